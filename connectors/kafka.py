@@ -1,0 +1,219 @@
+"""Kafka sources and sinks for the Flink jobs, plus topic administration.
+
+The Flink builders need a running JVM gateway, so PyFlink is imported inside the functions;
+the admin helpers only need kafka-python.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+DEFAULT_PARTITIONS = {"iotlink.raw": 4}
+
+
+def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: Mapping[str, int] | None = None) -> list[str]:
+    """Creates the topics that do not exist yet.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topics: Topic names.
+        partitions: Partition count per topic (default 1, ``iotlink.raw`` 4).
+
+    Returns:
+        The topics that were created.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    counts = {**DEFAULT_PARTITIONS, **(partitions or {})}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="iotlink-admin", request_timeout_ms=15000)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [t for t in topics if t not in existing]
+        created = []
+        for name in wanted:
+            try:
+                admin.create_topics([NewTopic(name, num_partitions=counts.get(name, 1), replication_factor=1)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    """Blocks until the broker answers a metadata request.
+
+    Raises:
+        TimeoutError: naming the address when it does not answer in time.
+    """
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+            try:
+                consumer.topics()
+                return
+            finally:
+                consumer.close()
+        except KafkaError as exc:
+            last_error = exc
+            time.sleep(0.3)
+    raise TimeoutError(f"Kafka at {bootstrap_servers} did not answer within {timeout_s:.0f}s: {last_error}")
+
+
+def partition_counts(bootstrap_servers: str, topic: str) -> int:
+    """Returns the number of partitions of a topic."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise ValueError(f"topic {topic!r} does not exist on {bootstrap_servers}")
+        return len(parts)
+    finally:
+        consumer.close()
+
+
+def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> dict[int, int]:
+    """Finds each partition's end offset (last offset + 1) by reading the topic to its end.
+
+    The embedded broker reports a wrong end offset from ListOffsets(latest), so this reads
+    instead: it stops when a partition returns nothing for a while.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_poll_records=50000,
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = {tp.partition: 0 for tp in parts}
+        deadline = time.monotonic() + timeout_s
+        idle_polls = 0
+        while idle_polls < 3 and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=700)
+            if not any(batch.values()):
+                idle_polls += 1
+                continue
+            idle_polls = 0
+            for tp, records in batch.items():
+                ends[tp.partition] = max(ends[tp.partition], records[-1].offset + 1)
+        return ends
+    finally:
+        consumer.close()
+
+
+def _offsets_initializer(topic: str, offsets: Mapping[int, int]):
+    """Builds ``OffsetsInitializer.offsets(map)`` with the unshaded Kafka classes (see DESIGN.md)."""
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import get_java_class
+
+    jvm = get_gateway().jvm
+    wrapper = jvm.org.apache.flink.python.util.HashMapWrapper(None, get_java_class(jvm.Long))
+    for partition, offset in offsets.items():
+        wrapper.put(jvm.org.apache.kafka.common.TopicPartition(topic, int(partition)), int(offset))
+    j_init = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer.offsets(wrapper.asMap())
+    return KafkaOffsetsInitializer(j_init)
+
+
+def _committed_or_earliest():
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    reset = jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST
+    j_init = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer.committedOffsets(reset)
+    return KafkaOffsetsInitializer(j_init)
+
+
+def raw_bytes_schema():
+    """A DeserializationSchema that hands Python the Kafka value as ``bytes``, untouched."""
+    from pyflink.common.serialization import DeserializationSchema
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    return DeserializationSchema(j_deserialization_schema=jvm.org.apache.flink.api.common.serialization.ByteArraySchema())
+
+
+def raw_kafka_source(
+    bootstrap_servers: str,
+    topic: str,
+    group_id: str,
+    stop_offsets: Mapping[int, int] | None = None,
+    start_offsets: Mapping[int, int] | None = None,
+):
+    """A KafkaSource over the raw topic, yielding raw values as bytes.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topic: The raw topic.
+        group_id: Consumer group; offsets are committed on checkpoints for lag tooling.
+        stop_offsets: Partition -> end offset to make the source bounded (benchmark, tests).
+        start_offsets: Partition -> start offset; default committed offsets, else earliest.
+
+    Returns:
+        The KafkaSource.
+    """
+    from pyflink.datastream.connectors.kafka import KafkaSource
+
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_value_only_deserializer(raw_bytes_schema())
+        .set_property("partition.discovery.interval.ms", "30000")
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .set_property("fetch.max.bytes", str(32 * 1024 * 1024))
+        .set_property("max.partition.fetch.bytes", str(8 * 1024 * 1024))
+    )
+    builder.set_starting_offsets(_offsets_initializer(topic, start_offsets) if start_offsets else _committed_or_earliest())
+    if stop_offsets is not None:
+        builder.set_bounded(_offsets_initializer(topic, stop_offsets))
+    return builder.build()
+
+
+def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_id_prefix: str):
+    """A KafkaSink writing strings to ``topic`` in Kafka transactions committed on checkpoints.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topic: Target topic.
+        transactional_id_prefix: Unique per sink and job, so restores fence old producers.
+
+    Returns:
+        The KafkaSink.
+    """
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.base import DeliveryGuarantee
+    from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+
+    serializer = (
+        KafkaRecordSerializationSchema.builder().set_topic(topic).set_value_serialization_schema(SimpleStringSchema()).build()
+    )
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(bootstrap_servers)
+        .set_record_serializer(serializer)
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+        .set_transactional_id_prefix(transactional_id_prefix)
+        .set_property("transaction.timeout.ms", "600000")
+        .set_property("linger.ms", "20")
+        .set_property("batch.size", str(256 * 1024))
+        .build()
+    )

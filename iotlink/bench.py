@@ -1,0 +1,3 @@
+"""Benchmark placeholder replaced below."""
+def add_bench_arguments(parser):
+    pass

@@ -1,0 +1,376 @@
+"""The ``iotlink`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from iotlink.config import ConfigError, Settings, load_settings
+
+EPILOG = """\
+Endpoints come from (lowest to highest priority): defaults, the config file (--config or
+$IOTLINK_CONFIG), environment variables (IOTLINK_BOOTSTRAP_SERVERS, IOTLINK_POSTGRES_URL,
+IOTLINK_ICEBERG_CATALOG, IOTLINK_ICEBERG_WAREHOUSE, IOTLINK_MQTT_URL, IOTLINK_DATA_DIR) and the
+options below. With --embedded a command starts the embedded stack itself.
+"""
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("platform endpoints")
+    group.add_argument("--config", metavar="FILE", help="YAML config file (default $IOTLINK_CONFIG)")
+    group.add_argument("--embedded", action="store_true", help="start the embedded stack for this command and stop it after")
+    group.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
+    group.add_argument("--postgres-url", metavar="URL", help="PostgreSQL URL, postgresql://user@host:port/db")
+    group.add_argument("--iceberg-catalog", metavar="URI", help="Iceberg catalog: sqlite:///path (SQL catalog) or REST URL")
+    group.add_argument("--iceberg-warehouse", metavar="URI", help="Iceberg warehouse location (file:///… or s3://…)")
+    group.add_argument("--mqtt-url", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port")
+    group.add_argument("--data-dir", metavar="DIR", help="embedded stack data, checkpoints and logs (default ./.iotlink)")
+    ports = parent.add_argument_group("embedded stack ports (127.0.0.1)")
+    ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Kafka-protocol broker port (default 19092)")
+    ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
+    ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
+    flink = parent.add_argument_group("Flink")
+    flink.add_argument("--ui-port", type=int, metavar="PORT", help="Flink web UI / REST port of the local cluster (default 18081)")
+    flink.add_argument("--parallelism", type=int, metavar="N", help="job parallelism (default 2)")
+    flink.add_argument("--checkpoint-interval", type=int, metavar="MS", help="checkpoint interval in ms (default 2000)")
+    flink.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint directory (default <data-dir>/checkpoints)")
+    return parent
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Builds settings from the config file, environment and the parsed options."""
+    overrides: dict = {
+        "bootstrap_servers": args.bootstrap_servers,
+        "postgres_url": args.postgres_url,
+        "iceberg_catalog": args.iceberg_catalog,
+        "iceberg_warehouse": args.iceberg_warehouse,
+        "mqtt_url": args.mqtt_url,
+        "data_dir": args.data_dir,
+    }
+    ports = {k: v for k, v in {"kafka": args.kafka_port, "postgres": args.postgres_port, "mqtt": args.mqtt_port}.items() if v}
+    if ports:
+        overrides["ports"] = ports
+    flink = {
+        k: v
+        for k, v in {
+            "rest_port": args.ui_port,
+            "parallelism": args.parallelism,
+            "checkpoint_interval_ms": args.checkpoint_interval,
+            "checkpoint_dir": args.checkpoint_dir,
+        }.items()
+        if v is not None
+    }
+    if flink:
+        overrides["flink"] = flink
+    return load_settings(args.config, overrides)
+
+
+def _print_endpoints(endpoints: dict[str, str], ui_port: int | None = None) -> None:
+    width = max(len(k) for k in endpoints) if endpoints else 0
+    for name, address in endpoints.items():
+        print(f"  {name:<{width}}  {address}")
+    if ui_port is not None:
+        print(f"  {'flink ui':<{width}}  http://127.0.0.1:{ui_port}")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupt(signum, frame):
+    raise _Interrupted()
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    """Starts the embedded stack and keeps it up until Ctrl-C."""
+    from iotlink.stack import EmbeddedStack
+
+    stack = EmbeddedStack(settings)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        endpoints = stack.start()
+        print("iotlink embedded stack is up:")
+        _print_endpoints(endpoints)
+        print(f"  topics    {', '.join(settings.topics.all())}")
+        print(f"  data dir  {stack.data_dir}")
+        print("Press Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nstopping the embedded stack…")
+    finally:
+        stack.stop()
+    print("stopped: no broker, database or MQTT process left running")
+    return 0
+
+
+def _with_stack(args, settings, components):
+    from iotlink.stack import EmbeddedStack
+
+    if not args.embedded:
+        return None, settings
+    stack = EmbeddedStack(settings, components)
+    stack.start()
+    print("embedded stack started:")
+    _print_endpoints(stack.endpoints)
+    return stack, stack.settings_with_endpoints()
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the telemetry job on the local MiniCluster."""
+    from jobs.telemetry_job import options_from_args, run_telemetry_job
+
+    options = options_from_args(args)
+    stack, settings = _with_stack(args, settings, ("kafka",))
+    try:
+        print(f"telemetry job '{options.job_name}': {settings.topics.raw} -> {settings.topics.telemetry} (+ {settings.topics.dlq})")
+        print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}   checkpoints: {settings.checkpoint_dir}", flush=True)
+        run_telemetry_job(settings, options)
+        print("job finished")
+    except KeyboardInterrupt:
+        print("\njob cancelled")
+    finally:
+        if stack is not None:
+            stack.stop()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    """Publishes simulated device traffic."""
+    from iotlink.simulator import run_simulation
+
+    stack, settings = _with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" else ("kafka",))
+    try:
+        stats = run_simulation(settings, args, progress=True)
+        print(f"sent {stats.sent} messages ({stats.invalid} deliberately malformed), {stats.errors} send errors")
+        return 0 if stats.errors == 0 else 1
+    except KeyboardInterrupt:
+        print("\nsimulation stopped")
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _job_command(settings: Settings, extra: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "iotlink.cli", "run",
+        "--bootstrap-servers", settings.bootstrap_servers,
+        "--data-dir", str(settings.data_dir),
+        "--ui-port", str(settings.flink.rest_port),
+        "--parallelism", str(settings.flink.parallelism),
+        "--checkpoint-interval", str(settings.flink.checkpoint_interval_ms),
+        *extra,
+    ]
+
+
+def start_job_process(settings: Settings, extra: list[str], log_path: Path) -> subprocess.Popen:
+    """Starts ``iotlink run`` in its own process group, logging to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(
+        _job_command(settings, extra), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, env=env,
+    )
+
+
+def stop_job_process(proc: subprocess.Popen, rest, timeout_s: float = 20.0) -> None:
+    """Cancels the running job through REST, then ends the job process group (JVM included)."""
+    job_id = rest.running_job()
+    if job_id:
+        try:
+            rest.cancel(job_id)
+        except OSError:
+            pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # anything the group left behind (the Flink JVM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Embedded stack + telemetry job + simulator, with live counters."""
+    from iotlink.live import CounterLine, FlinkRest
+    from iotlink.simulator import run_simulation
+    from iotlink.stack import EmbeddedStack
+
+    stack = EmbeddedStack(settings)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    proc = None
+    from iotlink.simulator import PublishStats
+
+    stop = threading.Event()
+    sim_stats = PublishStats()
+    try:
+        stack.start()
+        settings = stack.settings_with_endpoints()
+        print("embedded stack:")
+        _print_endpoints(stack.endpoints, settings.flink.rest_port)
+        log_path = stack.data_dir / "logs" / "telemetry-job.log"
+        proc = start_job_process(settings, [], log_path)
+        rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
+        print(f"starting the telemetry job (log: {log_path}) …", flush=True)
+        deadline = time.monotonic() + 180
+        job_id = None
+        while job_id is None:
+            if proc.poll() is not None:
+                print(f"error: the telemetry job exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
+                return 1
+            if time.monotonic() > deadline:
+                print(f"error: the telemetry job did not start within 180 s; see {log_path}", file=sys.stderr)
+                return 1
+            job_id = rest.running_job()
+            time.sleep(0.5)
+        print(f"job {job_id} running — Flink web UI: http://127.0.0.1:{settings.flink.rest_port}/#/job/running/{job_id}/overview")
+
+        def simulate():
+            run_simulation(settings, args, progress=False, stop=stop, stats=sim_stats)
+
+        sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        sim_thread.start()
+        line = CounterLine()
+        end = time.monotonic() + args.duration if args.duration else None
+        while end is None or time.monotonic() < end:
+            time.sleep(2)
+            if proc.poll() is not None:
+                print(f"error: the telemetry job exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
+                return 1
+            try:
+                counters = rest.job_counters(job_id)
+                completed = rest.checkpoints(job_id)["counts"]["completed"]
+            except (OSError, KeyError, ValueError):
+                continue
+            print(line.render(counters, completed, sent=sim_stats.sent), flush=True)
+        print("duration reached")
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nstopping…")
+    finally:
+        stop.set()
+        if proc is not None:
+            from iotlink.live import FlinkRest
+
+            stop_job_process(proc, FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}"))
+        stack.stop()
+        print("stopped: job, broker, database and MQTT broker are down")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the benchmark."""
+    from iotlink.bench import run_bench
+
+    return run_bench(args, settings)
+
+
+def _add_simulation_options(parser: argparse.ArgumentParser, default_duration: float | None) -> None:
+    sim = parser.add_argument_group("simulator")
+    sim.add_argument("--devices", type=int, default=100, metavar="N", help="number of devices (default 100)")
+    sim.add_argument("--rate", type=float, default=200.0, metavar="MSG/S", help="messages per second, all devices (default 200)")
+    sim.add_argument(
+        "--duration", type=float, default=default_duration, metavar="S",
+        help=f"stop after S seconds (default {'until Ctrl-C' if default_duration is None else default_duration})",
+    )
+    sim.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+    sim.add_argument(
+        "--profile", default="normal=85,overheat=5,garbage=4,late=4,nodata=2", metavar="MIX",
+        help="device behaviours with percent weights: normal, overheat, nodata, garbage, late "
+        "(default normal=85,overheat=5,garbage=4,late=4,nodata=2)",
+    )
+    sim.add_argument(
+        "--forms", default="json", metavar="LIST",
+        help="payload forms, comma-separated: json,hex,csv (default json; hex and csv devices need their YAML decoder specs)",
+    )
+    sim.add_argument("--seed", type=int, default=7, help="random seed; same seed, same messages (default 7)")
+    sim.add_argument("--target", choices=("kafka", "mqtt"), default="kafka", help="publish envelopes to Kafka or raw payloads to MQTT")
+    sim.add_argument("--mqtt-env", default="dev", choices=("dev", "stg", "prd"), help="env level of the MQTT topics (default dev)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    from jobs.telemetry_job import add_job_arguments
+
+    common = _connection_options()
+    parser = argparse.ArgumentParser(
+        prog="iotlink",
+        description="iotlink: IoT telemetry on Apache Flink — decode, alarms, aggregates, exactly-once sinks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "up", parents=[common], help="start the embedded stack (Kafka-protocol broker, PostgreSQL, Iceberg, MQTT) until Ctrl-C",
+        description="Start the embedded stack on 127.0.0.1, create the topics, print every endpoint; Ctrl-C stops it all.",
+    )
+    run = sub.add_parser(
+        "run", parents=[common], help="run the telemetry job (raw -> decode -> telemetry + DLQ) on a local Flink cluster",
+        description="Run the streaming telemetry job on the local Flink MiniCluster with its web UI. "
+        "Ctrl-C cancels it (the last checkpoint is retained for --restore).",
+    )
+    add_job_arguments(run)
+    simulate = sub.add_parser(
+        "simulate", parents=[common], help="publish simulated device traffic to Kafka or MQTT",
+        description="Publish a deterministic simulated fleet (JSON, hex, CSV devices) to Kafka or MQTT.",
+    )
+    _add_simulation_options(simulate, None)
+    demo = sub.add_parser(
+        "demo", parents=[common], help="embedded stack + telemetry job + simulator with live counters",
+        description="Start the embedded stack, the telemetry job and the simulator; print live counters from Flink. "
+        "Stops cleanly on Ctrl-C or after --duration.",
+    )
+    _add_simulation_options(demo, None)
+    bench = sub.add_parser(
+        "bench", parents=[common], help="measure throughput (msgs/s, peak memory) or end-to-end latency percentiles",
+        description="Throughput mode preloads raw messages and runs the job bounded from earliest to the end; "
+        "latency mode streams at a fixed rate and reports receive -> telemetry-visible latency p50/p95/p99.",
+    )
+    from iotlink.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    return parser
+
+
+COMMANDS = {"up": cmd_up, "run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``iotlink`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"iotlink: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"iotlink: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"iotlink: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # one clear line for operators; the traceback only with IOTLINK_DEBUG
+        if os.environ.get("IOTLINK_DEBUG"):
+            raise
+        print(f"iotlink {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Typed platform configuration: defaults < config file < environment < command line.
+
+The config file is YAML (``--config FILE`` or ``IOTLINK_CONFIG``), loaded with ``safe_load``::
+
+    bootstrap_servers: kafka-1:9092,kafka-2:9092
+    postgres_url: postgresql://iotlink:secret@db:5432/iotlink
+    iceberg_catalog: http://rest-catalog:8181
+    mqtt_url: mqtt://mosquitto:1883
+    flink:
+      checkpoint_interval_ms: 5000
+
+Environment variables: ``IOTLINK_BOOTSTRAP_SERVERS``, ``IOTLINK_POSTGRES_URL``,
+``IOTLINK_ICEBERG_CATALOG``, ``IOTLINK_ICEBERG_WAREHOUSE``, ``IOTLINK_MQTT_URL``,
+``IOTLINK_DATA_DIR``. A bad value fails at start-up with the source, field and reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_VARS = {
+    "bootstrap_servers": "IOTLINK_BOOTSTRAP_SERVERS",
+    "postgres_url": "IOTLINK_POSTGRES_URL",
+    "iceberg_catalog": "IOTLINK_ICEBERG_CATALOG",
+    "iceberg_warehouse": "IOTLINK_ICEBERG_WAREHOUSE",
+    "mqtt_url": "IOTLINK_MQTT_URL",
+    "data_dir": "IOTLINK_DATA_DIR",
+}
+CONFIG_ENV_VAR = "IOTLINK_CONFIG"
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is one line naming source, field and reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Topics(_Strict):
+    """Kafka topic names."""
+
+    raw: str = "iotlink.raw"
+    telemetry: str = "iotlink.telemetry"
+    dlq: str = "iotlink.dlq"
+    alarms: str = "iotlink.alarms"
+    rules: str = "iotlink.rules"
+    rules_status: str = "iotlink.rules.status"
+    notifications: str = "iotlink.notifications"
+    control: str = "iotlink.control"
+
+    def all(self) -> list[str]:
+        """Every topic the platform uses."""
+        return list(self.model_dump().values())
+
+
+class StackPorts(_Strict):
+    """Ports of the embedded stack on 127.0.0.1."""
+
+    kafka: int = Field(19092, ge=1, le=65535)
+    postgres: int = Field(15432, ge=1, le=65535)
+    mqtt: int = Field(11883, ge=1, le=65535)
+
+
+class FlinkSettings(_Strict):
+    """How the telemetry job runs."""
+
+    parallelism: int = Field(2, ge=1)
+    checkpoint_interval_ms: int = Field(2000, ge=100)
+    checkpoint_dir: str | None = None
+    rest_port: int = Field(18081, ge=0, le=65535)
+    execution_mode: str = Field("thread", pattern="^(thread|process)$")
+    out_of_orderness_ms: int = Field(5000, ge=0)
+    idleness_ms: int = Field(10000, ge=0)
+    group_id: str = "iotlink-telemetry"
+
+
+class Settings(_Strict):
+    """Everything a command needs to reach the platform's services."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    postgres_url: str | None = None
+    iceberg_catalog: str | None = None
+    iceberg_warehouse: str | None = None
+    mqtt_url: str | None = None
+    data_dir: Path = Path(".iotlink")
+    topics: Topics = Topics()
+    ports: StackPorts = StackPorts()
+    flink: FlinkSettings = FlinkSettings()
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",")]
+        bad = [s for s in servers if not _HOST_PORT.match(s)]
+        if bad:
+            raise ValueError(f"expected host:port[,host:port...], got {', '.join(repr(b) for b in bad)}")
+        return ",".join(servers)
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _check_postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected postgresql://user[:password]@host[:port]/database")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^mqtts?://[^/:]+(:\d{1,5})?/?$", value):
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        return value
+
+    @field_validator("iceberg_catalog")
+    @classmethod
+    def _check_iceberg(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:///", "postgresql", "http://", "https://")):
+            raise ValueError("expected a SQL catalog URI (sqlite:///path, postgresql+psycopg://...) or a REST catalog URL")
+        return value
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where checkpoints go: the configured dir, else ``<data_dir>/checkpoints``."""
+        if self.flink.checkpoint_dir:
+            return Path(self.flink.checkpoint_dir)
+        return self.data_dir.resolve() / "checkpoints"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}"
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Loads settings from the config file, environment and command-line overrides.
+
+    Args:
+        config_file: YAML file; falls back to ``$IOTLINK_CONFIG``.
+        overrides: Values from the command line (None values are ignored).
+        environ: Environment to read (defaults to ``os.environ``).
+
+    Returns:
+        Validated settings.
+
+    Raises:
+        ConfigError: one line naming the source, the field and the reason.
+    """
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(CONFIG_ENV_VAR)
+    layers: list[tuple[str, dict]] = []
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        layers.append((str(path), loaded))
+    env_values = {field: environ[var] for field, var in ENV_VARS.items() if environ.get(var)}
+    if env_values:
+        layers.append(("environment", env_values))
+    cli_values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if cli_values:
+        layers.append(("command line", cli_values))
+    merged: dict = {}
+    for source, layer in layers:
+        merged = _deep_merge(merged, layer)
+        try:
+            Settings.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_describe(exc)}") from None
+    return Settings.model_validate(merged)

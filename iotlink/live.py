@@ -1,0 +1,103 @@
+"""Live counters read from the Flink REST API (the same numbers the web UI shows)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+# Flink metric names end with "<group>.<name>"; the job counts in group "iotlink".
+COUNTERS = {
+    "records_in": "iotlink.records_in",
+    "decoded": "iotlink.decoded",
+    "dlq": "iotlink.rejected",
+    "late": "iotlink.late",
+    "alarms": "iotlink.alarms_raised",
+}
+
+
+class FlinkRest:
+    """A small client for the Flink REST API."""
+
+    def __init__(self, base_url: str, timeout_s: float = 3.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def get(self, path: str):
+        """GETs a JSON document."""
+        with urllib.request.urlopen(self.base_url + path, timeout=self.timeout_s) as resp:
+            return json.load(resp)
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        """Sends a request with an optional JSON body and returns the JSON answer (or None)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            text = resp.read()
+        return json.loads(text) if text else None
+
+    def running_job(self) -> str | None:
+        """The id of the first RUNNING job, if any."""
+        try:
+            jobs = self.get("/jobs/overview")["jobs"]
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            return None
+        running = [j for j in jobs if j["state"] == "RUNNING"]
+        return running[0]["jid"] if running else None
+
+    def job_counters(self, job_id: str) -> dict[str, int]:
+        """Sums the job's iotlink counters over all vertices and subtasks."""
+        totals = dict.fromkeys(COUNTERS, 0)
+        job = self.get(f"/jobs/{job_id}")
+        for vertex in job.get("vertices", []):
+            base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+            names = [m["id"] for m in self.get(base)]
+            wanted = [n for n in names if any(n.endswith(suffix) for suffix in COUNTERS.values())]
+            if not wanted:
+                continue
+            for metric in self.get(base + "?get=" + ",".join(wanted) + "&agg=sum"):
+                for key, suffix in COUNTERS.items():
+                    if metric["id"].endswith(suffix):
+                        totals[key] += int(float(metric.get("sum", 0)))
+        return totals
+
+    def checkpoints(self, job_id: str) -> dict:
+        """Checkpoint statistics of a job."""
+        return self.get(f"/jobs/{job_id}/checkpoints")
+
+    def cancel(self, job_id: str) -> None:
+        """Cancels a job."""
+        self.request("PATCH", f"/jobs/{job_id}?mode=cancel")
+
+
+@dataclass
+class CounterLine:
+    """Formats one progress line with per-second rates."""
+
+    started: float = field(default_factory=time.monotonic)
+    _last: tuple[float, int] | None = None
+
+    def render(self, counters: dict[str, int], completed_checkpoints: int | None, sent: int | None = None) -> str:
+        """Returns the line for the current counters."""
+        now = time.monotonic()
+        rate = 0.0
+        if self._last is not None and now > self._last[0]:
+            rate = (counters["records_in"] - self._last[1]) / (now - self._last[0])
+        self._last = (now, counters["records_in"])
+        parts = [f"[{now - self.started:6.0f}s]"]
+        if sent is not None:
+            parts.append(f"sent {sent:>8}")
+        parts += [
+            f"in {counters['records_in']:>8}",
+            f"decoded {counters['decoded']:>8}",
+            f"dlq {counters['dlq']:>6}",
+            f"late {counters['late']:>5}",
+            f"alarms {counters['alarms']:>4}",
+            f"{rate:8.0f} rec/s",
+        ]
+        if completed_checkpoints is not None:
+            parts.append(f"checkpoints {completed_checkpoints}")
+        return "  ".join(parts)

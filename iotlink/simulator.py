@@ -1,0 +1,316 @@
+"""Device simulator: a deterministic fleet publishing to Kafka (as envelopes) or MQTT.
+
+Devices are spread over the sample products in three payload forms:
+
+- ``prod-a`` JSON, the client's shape (``tempC``, ``rpm``, ``voltage``, ``vibration``);
+- ``product_a`` hex binary, length based (int16 temperature x0.1, uint8 humidity);
+- ``product_d`` CSV with a header (``temp,hum``).
+
+Profiles change a device's behaviour: ``normal``; ``overheat`` (temperature climbs past 80 C);
+``nodata`` (goes silent after its first third of messages); ``garbage`` (malformed payloads);
+``late`` (device timestamps shuffled back by up to 2 minutes). The same seed and start time give
+the same messages.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from operators.envelope import RawEnvelope, build_envelope
+from operators.topic import DeviceTopic
+
+PROFILES = ("normal", "overheat", "nodata", "garbage", "late")
+FORMS = ("json", "hex", "csv")
+PRODUCT_BY_FORM = {"json": "prod-a", "hex": "product_a", "csv": "product_d"}
+TOPIC_FORMAT = {"json": "json", "hex": "bin", "csv": "csv"}
+
+
+@dataclass(frozen=True, slots=True)
+class SimDevice:
+    """One simulated device."""
+
+    device_id: str
+    hub_id: str
+    form: str
+    profile: str
+
+    @property
+    def product_id(self) -> str:
+        """The product the device belongs to."""
+        return PRODUCT_BY_FORM[self.form]
+
+    def topic(self, env: str = "dev") -> str:
+        """The MQTT topic the device publishes telemetry on."""
+        return DeviceTopic(env, self.hub_id, self.device_id, "periodic", "pub", "telemetry", TOPIC_FORMAT[self.form]).render()
+
+
+@dataclass(frozen=True, slots=True)
+class SimMessage:
+    """One payload as a device sends it."""
+
+    device: SimDevice
+    device_ts: int
+    payload: bytes
+    valid: bool
+
+    def envelope(self, received_at: int, source: str = "kafka") -> RawEnvelope:
+        """The raw envelope a bridge would write for this message."""
+        return RawEnvelope(
+            payload=self.payload,
+            source=source,
+            received_at=received_at,
+            device_id=self.device.device_id,
+            product_id=self.device.product_id,
+            hub_id=self.device.hub_id,
+            format=TOPIC_FORMAT[self.device.form],
+        )
+
+
+def parse_profile_mix(text: str) -> dict[str, float]:
+    """Parses ``normal=80,garbage=10,late=10`` (percent weights) or a single profile name.
+
+    Raises:
+        ValueError: for an unknown profile or a bad weight.
+    """
+    mix: dict[str, float] = {}
+    for item in text.split(","):
+        name, _, weight = item.strip().partition("=")
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+        try:
+            mix[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"profile weight {weight!r} for {name!r} is not a number") from None
+        if mix[name] <= 0:
+            raise ValueError(f"profile weight for {name!r} must be positive")
+    return mix
+
+
+def build_fleet(count: int, forms: tuple[str, ...] = FORMS, profiles: dict[str, float] | None = None, seed: int = 0) -> list[SimDevice]:
+    """Creates ``count`` devices: forms round-robin; every tenth device a hub with two children.
+
+    Args:
+        count: Number of devices.
+        forms: Payload forms to use.
+        profiles: Profile -> weight (default all normal).
+        seed: Random seed for the profile assignment.
+
+    Returns:
+        The devices, in a stable order.
+    """
+    for form in forms:
+        if form not in FORMS:
+            raise ValueError(f"unknown payload form {form!r}; choose from {', '.join(FORMS)}")
+    rng = random.Random(seed)
+    profiles = profiles or {"normal": 1.0}
+    names, weights = list(profiles), list(profiles.values())
+    devices = []
+    hub = "nohub"
+    for i in range(count):
+        device_id = f"dev-{i:05d}"
+        if i % 10 == 0 and i + 2 < count:
+            hub = device_id  # a hub: the next two devices are its children
+        elif i % 10 > 2:
+            hub = "nohub"
+        devices.append(SimDevice(device_id, hub, forms[i % len(forms)], rng.choices(names, weights)[0]))
+    return devices
+
+
+class FleetSimulator:
+    """Generates the fleet's messages tick by tick; deterministic for a seed and start time."""
+
+    def __init__(self, devices: list[SimDevice], seed: int = 0, interval_ms: int = 1000):
+        self.devices = devices
+        self.interval_ms = interval_ms
+        self._rng = random.Random(seed)
+        self._temps = {d.device_id: 20.0 + (i % 15) for i, d in enumerate(devices)}
+
+    def _garbage(self, device: SimDevice, n: int) -> bytes:
+        kind = n % 4
+        if device.form == "json":
+            return [b"{not json", b'{"data": {"metrics": "oops"}}', b"[1, 2, 3]", b'{"device_timestamp": 5, "data": {"metrics": {"tempC": 1}}}'][kind]
+        if device.form == "hex":
+            return [b"\x01", b"\xff", b"", b"\x00"][kind]
+        return [b"temp,hum\nhot,wet\n", b"", b"temp;hum\n1;2\n", b"x\n"][kind]
+
+    def _reading(self, device: SimDevice, step: int, total_steps: int) -> tuple[float, int]:
+        # A bounded random walk; overheating devices add a ramp that ends 70 C higher.
+        base = min(max(self._temps[device.device_id] + self._rng.uniform(-0.5, 0.5), 0.0), 60.0)
+        self._temps[device.device_id] = base
+        temp = base + (70.0 * step / max(total_steps - 1, 1) if device.profile == "overheat" else 0.0)
+        return round(temp, 1), self._rng.randint(30, 70)
+
+    def _payload(self, device: SimDevice, ts: int, temp: float, hum: int) -> bytes:
+        if device.form == "json":
+            doc = {
+                "device_timestamp": ts,
+                "data": {
+                    "metrics": {
+                        "tempC": temp,
+                        "rpm": self._rng.randint(900, 1500),
+                        "voltage": round(self._rng.uniform(215.0, 225.0), 1),
+                        "vibration": round(self._rng.uniform(0.0, 2.0), 2),
+                    }
+                },
+            }
+            if device.hub_id not in ("nohub", device.device_id):
+                doc["hub_timestamp"] = ts + 5
+                doc["nodes"] = [{"device_id": device.device_id, "role": "EndDevice", "parent": device.hub_id}]
+            return orjson.dumps(doc)
+        if device.form == "hex":
+            return struct.pack(">hB", int(round(temp * 10)), hum)
+        return f"temp,hum\n{temp},{hum}\n".encode()
+
+    def messages(self, start_ts: int, steps: int) -> Iterator[SimMessage]:
+        """Yields every device's message for ``steps`` ticks of ``interval_ms`` from ``start_ts``.
+
+        Args:
+            start_ts: Device time of the first tick, epoch ms.
+            steps: Number of ticks.
+        """
+        for step in range(steps):
+            yield from self.tick(start_ts, step, steps)
+
+    def tick(self, start_ts: int, step: int, total_steps: int) -> Iterator[SimMessage]:
+        """Yields the messages of one tick (silent devices yield nothing)."""
+        base_ts = start_ts + step * self.interval_ms
+        for device in self.devices:
+            if device.profile == "nodata" and step >= max(total_steps // 3, 1):
+                continue
+            ts = base_ts
+            if device.profile == "late":
+                ts -= self._rng.randint(0, 120_000)
+            temp, hum = self._reading(device, step, total_steps)
+            if device.profile == "garbage" and step % 2 == 1:
+                yield SimMessage(device, ts, self._garbage(device, step // 2), False)
+            else:
+                yield SimMessage(device, ts, self._payload(device, ts, temp, hum), True)
+
+
+def encode_for_kafka(message: SimMessage, received_at: int) -> tuple[bytes, bytes]:
+    """(key, value) for ``iotlink.raw``: keyed by device id, value the raw envelope."""
+    return message.device.device_id.encode(), build_envelope(message.envelope(received_at))
+
+
+@dataclass
+class PublishStats:
+    """Counters of a simulation run."""
+
+    sent: int = 0
+    invalid: int = 0
+    errors: int = 0
+
+
+def kafka_publisher(bootstrap_servers: str, topic: str):
+    """Returns (send(message, received_at), close()) writing envelopes to Kafka keyed by device."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks=1, linger_ms=20, batch_size=512 * 1024, max_request_size=8 * 1024 * 1024
+    )
+
+    def send(message: SimMessage, received_at: int):
+        key, value = encode_for_kafka(message, received_at)
+        return producer.send(topic, key=key, value=value)
+
+    def close():
+        producer.flush()
+        producer.close()
+
+    return send, close
+
+
+def mqtt_publisher(mqtt_url: str, env: str = "dev"):
+    """Returns (send(message, received_at), close()) publishing raw payloads on the device topics (QoS 1)."""
+    from urllib.parse import urlparse
+
+    import paho.mqtt.client as mqtt
+
+    url = urlparse(mqtt_url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iotlink-sim-{random.randrange(1 << 30)}")
+    if url.scheme == "mqtts":
+        client.tls_set()
+    client.max_queued_messages_set(10000)
+    client.connect(url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883))
+    client.loop_start()
+
+    def send(message: SimMessage, received_at: int):
+        return client.publish(message.device.topic(env), message.payload, qos=1)
+
+    def close():
+        client.loop_stop()
+        client.disconnect()
+
+    return send, close
+
+
+def run_simulation(settings, args, progress: bool = False, stop=None, stats: PublishStats | None = None) -> PublishStats:
+    """Publishes the simulated fleet live, paced to ``args.rate`` messages per second.
+
+    Device times are the wall clock at each tick (minus the shuffle of ``late`` devices).
+
+    Args:
+        settings: Platform settings (bootstrap servers, MQTT URL, raw topic).
+        args: Parsed simulator options (devices, rate, duration, count, profile, forms, seed,
+            target, mqtt_env).
+        progress: Print a line every 5 seconds.
+        stop: A threading.Event that ends the run early.
+        stats: Counters to update in place (so a caller can watch them live).
+
+    Returns:
+        The final counters.
+    """
+    import math
+    import time
+
+    stats = stats or PublishStats()
+    fleet = build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+    tick_s = len(fleet) / args.rate
+    sim = FleetSimulator(fleet, seed=args.seed, interval_ms=max(int(tick_s * 1000), 1))
+    if args.count:
+        total_steps = math.ceil(args.count / len(fleet))
+    elif args.duration:
+        total_steps = max(int(args.duration / tick_s), 1)
+    else:
+        total_steps = None
+    horizon = total_steps or 600  # profiles (overheat ramp, nodata) play out over this many ticks
+    if args.target == "mqtt":
+        if not settings.mqtt_url:
+            raise ValueError("--target mqtt needs --mqtt-url (or --embedded)")
+        send, close = mqtt_publisher(settings.mqtt_url, args.mqtt_env)
+    else:
+        send, close = kafka_publisher(settings.bootstrap_servers, settings.topics.raw)
+    started = time.monotonic()
+    last_report = started
+    step = 0
+    try:
+        while total_steps is None or step < total_steps:
+            if stop is not None and stop.is_set():
+                break
+            now_ms = int(time.time() * 1000)
+            for message in sim.tick(now_ms, step % horizon, horizon):
+                if args.count and stats.sent >= args.count:
+                    break
+                try:
+                    send(message, int(time.time() * 1000))
+                except Exception:  # noqa: BLE001 - counted and reported; one bad send must not end the run
+                    stats.errors += 1
+                    continue
+                stats.sent += 1
+                stats.invalid += not message.valid
+            step += 1
+            next_tick = started + step * tick_s
+            now = time.monotonic()
+            if progress and now - last_report >= 5:
+                print(f"simulator: sent {stats.sent} ({stats.sent / (now - started):.0f} msg/s)", flush=True)
+                last_report = now
+            if next_tick > now:
+                time.sleep(next_tick - now)
+    finally:
+        close()
+    return stats

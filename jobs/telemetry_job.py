@@ -1,0 +1,292 @@
+"""The streaming telemetry job: raw envelopes in, standard telemetry and dead letters out.
+
+    KafkaSource(iotlink.raw) -> decode -> event time (device time, idleness)
+        -> late check -> KafkaSink EXACTLY_ONCE (iotlink.telemetry)
+    decode --dead letters--> KafkaSink EXACTLY_ONCE (iotlink.dlq)
+
+Run locally with ``iotlink run`` or submit to a cluster::
+
+    flink run -py jobs/telemetry_job.py -pyfs operators,connectors,jobs,iotlink \\
+        --bootstrap-servers kafka:9092 --checkpoint-dir s3://bucket/checkpoints
+
+:func:`build_telemetry_pipeline` takes the source and sinks from outside, so tests and other
+jobs can swap them; ``main`` only wires configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Submitted as a file (`flink run -py jobs/telemetry_job.py`): make the project importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from iotlink.config import Settings  # noqa: E402
+
+JOB_NAME = "iotlink-telemetry"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-run choices that are not platform configuration.
+
+    Attributes:
+        stop_offsets: Partition -> end offset of the raw topic; makes the job bounded.
+        start_offsets: Partition -> start offset; default committed offsets, else earliest.
+        restore_from: Checkpoint or savepoint path to restore state from.
+        fail_after: Test-only fault: fail once after this many records.
+        fail_marker: File that records that the fault has fired.
+        job_name: Flink job name.
+    """
+
+    stop_offsets: Mapping[int, int] | None = None
+    start_offsets: Mapping[int, int] | None = None
+    restore_from: str | None = None
+    fail_after: int | None = None
+    fail_marker: str | None = None
+    job_name: str = JOB_NAME
+
+
+def flink_configuration(settings: Settings, options: RunOptions) -> dict[str, str]:
+    """The Flink configuration for the job (checkpointing, state backend, web UI, restore).
+
+    Args:
+        settings: Platform settings.
+        options: Per-run options.
+
+    Returns:
+        Flink configuration keys and values.
+    """
+    checkpoint_dir = settings.checkpoint_dir
+    conf = {
+        "pipeline.name": options.job_name,
+        "parallelism.default": str(settings.flink.parallelism),
+        "execution.checkpointing.interval": f"{settings.flink.checkpoint_interval_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.dir": checkpoint_dir.as_uri() if checkpoint_dir.is_absolute() else str(checkpoint_dir),
+        "execution.checkpointing.savepoint-dir": (checkpoint_dir.parent / "savepoints").as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3",
+        "execution.checkpointing.min-pause": f"{min(500, settings.flink.checkpoint_interval_ms // 2)} ms",
+        "state.backend.type": "rocksdb",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "5",
+        "restart-strategy.fixed-delay.delay": "1 s",
+        "python.execution-mode": settings.flink.execution_mode,
+        "python.fn-execution.bundle.size": "1000",
+        "python.fn-execution.bundle.time": "200",
+        "rest.port": str(settings.flink.rest_port),
+        "rest.address": "127.0.0.1",
+        "rest.bind-address": "127.0.0.1",
+        "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, 1)),
+    }
+    if options.restore_from:
+        path = Path(options.restore_from)
+        conf["execution.state-recovery.path"] = path.resolve().as_uri() if "://" not in options.restore_from else options.restore_from
+    return conf
+
+
+def build_telemetry_pipeline(
+    env,
+    raw_source,
+    telemetry_sink,
+    dlq_sink,
+    *,
+    out_of_orderness_ms: int,
+    idleness_ms: int,
+    registry_factory: Callable | None = None,
+    fault=None,
+):
+    """Wires the telemetry dataflow onto ``env``.
+
+    Args:
+        env: A StreamExecutionEnvironment.
+        raw_source: A Flink Source yielding raw envelope bytes.
+        telemetry_sink: Sink for telemetry JSON strings.
+        dlq_sink: Sink for dead-letter JSON strings.
+        out_of_orderness_ms: Bounded out-of-orderness of device time.
+        idleness_ms: After this long without data a partition stops holding back watermarks.
+        registry_factory: Builds the DecoderRegistry inside the task (default built-ins).
+        fault: Optional test-only MapFunction inserted after the source.
+
+    Returns:
+        The telemetry JSON stream (after the late check), for callers that extend the job.
+    """
+    from pyflink.common import Duration, Types, WatermarkStrategy
+
+    from operators.decode import DecoderRegistry
+    from operators.flink_functions import (
+        DEAD_LETTERS,
+        TELEMETRY_TUPLE,
+        DecodeRawFunction,
+        DeviceTimeAssigner,
+        EmitTelemetryFunction,
+    )
+
+    raw = env.from_source(raw_source, WatermarkStrategy.no_watermarks(), "Kafka raw source").uid("source-raw")
+    raw = raw.name("Kafka: iotlink.raw")
+    if fault is not None:
+        raw = raw.map(fault, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())).uid("test-fault").name("Test fault")
+    decoded = (
+        raw.process(DecodeRawFunction(registry_factory or DecoderRegistry), output_type=TELEMETRY_TUPLE)
+        .uid("decode-raw")
+        .name("Decode payloads")
+    )
+    dead_letters = decoded.get_side_output(DEAD_LETTERS)
+    dead_letters.sink_to(dlq_sink).uid("sink-dlq").name("Kafka: iotlink.dlq")
+
+    strategy = (
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
+        .with_timestamp_assigner(DeviceTimeAssigner())
+    )
+    if idleness_ms > 0:
+        strategy = strategy.with_idleness(Duration.of_millis(idleness_ms))
+    timed = decoded.assign_timestamps_and_watermarks(strategy).uid("event-time").name("Device time + watermarks")
+    telemetry = (
+        timed.process(EmitTelemetryFunction(), output_type=Types.STRING()).uid("late-check").name("Late check")
+    )
+    telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry")
+    return telemetry
+
+
+def export_python_path() -> None:
+    """Puts this interpreter's packages and the project on PYTHONPATH for Flink's Python workers.
+
+    In thread mode PemJa embeds the base interpreter, which does not see a virtualenv's
+    site-packages; the JVM (started after this) passes PYTHONPATH on to it.
+    """
+    import os
+    import site
+
+    root = str(Path(__file__).resolve().parent.parent)
+    wanted = [root, *site.getsitepackages()]
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + current))
+
+
+def create_job(settings: Settings, options: RunOptions):
+    """Creates the execution environment with the Kafka source and sinks wired in.
+
+    Returns:
+        The StreamExecutionEnvironment, ready to execute.
+    """
+    export_python_path()
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from connectors.kafka import exactly_once_string_sink, raw_kafka_source
+    from operators.flink_functions import FailOnceAfter
+
+    config = Configuration()
+    conf = flink_configuration(settings, options)
+    # The Python workers (and PemJa in thread mode) must use this interpreter and its packages.
+    conf.setdefault("python.executable", sys.executable)
+    conf.setdefault("python.client.executable", sys.executable)
+    for key, value in conf.items():
+        config.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    bootstrap, topics = settings.bootstrap_servers, settings.topics
+    source = raw_kafka_source(
+        bootstrap, topics.raw, settings.flink.group_id, stop_offsets=options.stop_offsets, start_offsets=options.start_offsets
+    )
+    # Transactional ids must be unique per sink; the job name keeps parallel jobs apart.
+    telemetry_sink = exactly_once_string_sink(bootstrap, topics.telemetry, f"{options.job_name}-telemetry")
+    dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq")
+    fault = None
+    if options.fail_after is not None:
+        if not options.fail_marker:
+            raise ValueError("fail_after needs fail_marker")
+        fault = FailOnceAfter(options.fail_after, options.fail_marker)
+    build_telemetry_pipeline(
+        env,
+        source,
+        telemetry_sink,
+        dlq_sink,
+        out_of_orderness_ms=settings.flink.out_of_orderness_ms,
+        idleness_ms=settings.flink.idleness_ms,
+        fault=fault,
+    )
+    return env
+
+
+def run_telemetry_job(settings: Settings, options: RunOptions, on_started: Callable | None = None) -> None:
+    """Runs the job until it finishes (bounded) or is interrupted (Ctrl-C cancels it).
+
+    Args:
+        settings: Platform settings.
+        options: Per-run options.
+        on_started: Called with the JobClient once the job is submitted.
+    """
+    env = create_job(settings, options)
+    client = env.execute_async(options.job_name)
+    if on_started is not None:
+        on_started(client)
+    try:
+        client.get_job_execution_result().result()
+    except KeyboardInterrupt:
+        client.cancel().result()
+        raise
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the per-run options of the telemetry job to a parser."""
+    parser.add_argument(
+        "--restore", metavar="PATH", help="restore state from this checkpoint (…/chk-N) or savepoint directory"
+    )
+    parser.add_argument(
+        "--stop-offsets",
+        metavar="P=O,...",
+        help="run bounded: stop each raw partition at this offset (e.g. 0=1000,1=998); default unbounded",
+    )
+    parser.add_argument(
+        "--start-offsets",
+        metavar="P=O,...",
+        help="start each raw partition at this offset; default the group's committed offsets, else earliest",
+    )
+    parser.add_argument("--job-name", default=JOB_NAME, help=f"Flink job name and transactional id prefix (default {JOB_NAME})")
+    parser.add_argument("--fail-after", type=int, metavar="N", help="testing only: fail once after N records")
+    parser.add_argument("--fail-marker", metavar="FILE", help="testing only: file recording that the fault fired")
+
+
+def parse_offsets(text: str | None) -> dict[int, int] | None:
+    """Parses ``0=100,1=250`` into {0: 100, 1: 250}.
+
+    Raises:
+        ValueError: naming the malformed item.
+    """
+    if not text:
+        return None
+    offsets = {}
+    for item in text.split(","):
+        partition, sep, offset = item.partition("=")
+        if not sep or not partition.strip().isdigit() or not offset.strip().isdigit():
+            raise ValueError(f"offset item {item!r} is not PARTITION=OFFSET")
+        offsets[int(partition)] = int(offset)
+    return offsets
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """Builds RunOptions from parsed arguments."""
+    return RunOptions(
+        stop_offsets=parse_offsets(args.stop_offsets),
+        start_offsets=parse_offsets(args.start_offsets),
+        restore_from=args.restore,
+        fail_after=args.fail_after,
+        fail_marker=args.fail_marker,
+        job_name=args.job_name,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``flink run -py jobs/telemetry_job.py [options]``."""
+    from iotlink.cli import main as cli_main
+
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

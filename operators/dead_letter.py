@@ -1,0 +1,69 @@
+"""Dead-letter records: what ``iotlink.dlq`` holds for every rejected input.
+
+A dead letter keeps the original payload byte-exact (same ``payload_encoding`` rule as the
+raw envelope) and says precisely why it was rejected:
+
+```json
+{"v": 1, "failed_at": 1756653767999, "stage": "decode", "reason_code": "invalid_json",
+ "reason": "payload is not valid JSON: unexpected character: line 1 column 1 (char 0)",
+ "device_id": "dev-7", "product_id": "prod-a", "source": "kafka", "received_at": 1756653767451,
+ "mqtt_topic": null, "payload_encoding": "utf8", "payload": "{not json"}
+```
+
+When the raw record is not even an envelope, ``payload`` is the whole raw record value.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from operators.envelope import RawEnvelope, encode_payload
+
+DEAD_LETTER_VERSION = 1
+
+
+def make_dead_letter(
+    *,
+    stage: str,
+    reason_code: str,
+    reason: str,
+    failed_at: int,
+    envelope: RawEnvelope | None = None,
+    raw_value: bytes | None = None,
+) -> dict:
+    """Builds a dead-letter record.
+
+    Args:
+        stage: Pipeline stage that rejected it (``envelope`` or ``decode``).
+        reason_code: Short machine-readable reason, e.g. ``invalid_json``.
+        reason: Human-readable, precise reason.
+        failed_at: Rejection time, epoch ms UTC.
+        envelope: The parsed envelope, when the raw record was one.
+        raw_value: The raw Kafka value, when it could not be parsed as an envelope.
+
+    Returns:
+        The dead letter as a dict.
+    """
+    if envelope is None and raw_value is None:
+        raise ValueError("a dead letter needs the envelope or the raw value")
+    payload = envelope.payload if envelope is not None else raw_value
+    encoding, text = encode_payload(payload)
+    return {
+        "v": DEAD_LETTER_VERSION,
+        "failed_at": failed_at,
+        "stage": stage,
+        "reason_code": reason_code,
+        "reason": reason,
+        "device_id": envelope.device_id if envelope else None,
+        "product_id": envelope.product_id if envelope else None,
+        "source": envelope.source if envelope else None,
+        "received_at": envelope.received_at if envelope else None,
+        "mqtt_topic": envelope.mqtt_topic if envelope else None,
+        "payload_encoding": encoding,
+        "payload": text,
+    }
+
+
+def dead_letter_to_json(record: dict) -> str:
+    """Serializes a dead letter for ``iotlink.dlq``."""
+    return orjson.dumps(record).decode("utf-8")

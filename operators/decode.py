@@ -1,0 +1,246 @@
+"""Decoding raw envelopes into standard telemetry records.
+
+This module is the single place payload decoders plug in: :class:`DecoderRegistry` picks a
+:class:`PayloadDecoder` for each envelope by product and format, and :func:`decode_raw_record`
+turns one ``iotlink.raw`` value into telemetry records or one dead letter. Errors travel as
+data (:class:`DecodeOutcome`), never as exceptions out of the operator.
+
+The built-in decoder understands the client's JSON payload shape::
+
+    {"hub_timestamp": 1756653767451, "device_timestamp": 1756653767451,
+     "data": {"metrics": {"tempC": 26.3, "rpm": 1200}},
+     "nodes": [{"device_id": "child-01", "role": "EndDevice", "parent": "hub-01"}]}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+import orjson
+
+from operators.dead_letter import make_dead_letter
+from operators.envelope import EnvelopeError, RawEnvelope, parse_envelope
+from operators.telemetry import make_telemetry_record
+from operators.topic import NO_HUB, TopicError, parse_device_topic
+
+# Device clocks before this are unset RTCs, not readings (2000-01-01T00:00:00Z).
+MIN_PLAUSIBLE_TS = 946_684_800_000
+# Readings stamped further ahead of the platform clock than this are rejected.
+MAX_CLOCK_AHEAD_MS = 24 * 3600 * 1000
+
+
+class DecodeError(ValueError):
+    """A payload that cannot become a telemetry record; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who sent a payload, resolved from the envelope hints and the MQTT topic."""
+
+    device_id: str
+    product_id: str
+    hub_id: str | None
+    child_device_id: str | None
+    format: str | None
+
+
+class PayloadDecoder(Protocol):
+    """Turns one payload into telemetry records (a hub payload may hold several)."""
+
+    def decode(self, envelope: RawEnvelope, identity: DeviceIdentity) -> list[dict]:
+        """Returns the records, or raises :class:`DecodeError`."""
+        ...
+
+
+def parse_timestamp(value: object, field_name: str) -> int:
+    """Parses a device or hub timestamp: epoch milliseconds or ISO 8601 (UTC when no zone).
+
+    Raises:
+        DecodeError: ``invalid_timestamp`` naming the field.
+    """
+    if isinstance(value, bool):
+        raise DecodeError("invalid_timestamp", f"{field_name} is a boolean, expected epoch ms or ISO 8601")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise DecodeError("invalid_timestamp", f"{field_name} {value!r} is not ISO 8601 or epoch ms") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp() * 1000)
+    raise DecodeError("invalid_timestamp", f"{field_name} {value!r} is not ISO 8601 or epoch ms")
+
+
+def check_plausible_time(ts: int, ingest_ts: int, field_name: str) -> None:
+    """Rejects device times before 2000 or more than a day ahead of the platform clock."""
+    if ts < MIN_PLAUSIBLE_TS:
+        raise DecodeError("implausible_timestamp", f"{field_name} {ts} is before 2000-01-01 (device clock unset?)")
+    if ts > ingest_ts + MAX_CLOCK_AHEAD_MS:
+        raise DecodeError(
+            "implausible_timestamp", f"{field_name} {ts} is more than 24 h ahead of the receive time {ingest_ts}"
+        )
+
+
+def _metric_value(name: str, value: object) -> object:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DecodeError("invalid_metric", f"metric {name!r} is not a finite number")
+        return value
+    raise DecodeError("invalid_metric", f"metric {name!r} is a {type(value).__name__}, expected number, bool or string")
+
+
+class ClientJsonDecoder:
+    """Decodes the client's JSON shape (``device_timestamp``, ``hub_timestamp``, ``data.metrics``).
+
+    Metrics whose value is ``null`` are left out (a sensor that reported nothing); any other
+    non-scalar value rejects the payload, naming the metric.
+    """
+
+    def decode(self, envelope: RawEnvelope, identity: DeviceIdentity) -> list[dict]:
+        """Returns one telemetry record for the payload."""
+        try:
+            doc = orjson.loads(envelope.payload)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError("invalid_json", f"payload is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise DecodeError("invalid_json", f"payload is a JSON {type(doc).__name__}, expected an object")
+        data = doc.get("data")
+        if not isinstance(data, dict):
+            raise DecodeError("missing_field", "payload has no 'data' object")
+        if "bin" in data and "metrics" not in data:
+            raise DecodeError(
+                "no_decoder_spec",
+                f"payload carries binary data.bin; product {identity.product_id!r} needs a YAML decoder spec",
+            )
+        raw_metrics = data.get("metrics")
+        if not isinstance(raw_metrics, dict):
+            raise DecodeError("missing_field", "payload has no 'data.metrics' object")
+        metrics = {name: _metric_value(name, value) for name, value in raw_metrics.items() if value is not None}
+        if not metrics:
+            raise DecodeError("empty_metrics", "payload 'data.metrics' holds no values")
+        ingest_ts = envelope.received_at
+        if doc.get("device_timestamp") is not None:
+            device_ts = parse_timestamp(doc["device_timestamp"], "device_timestamp")
+            check_plausible_time(device_ts, ingest_ts, "device_timestamp")
+        else:
+            device_ts = ingest_ts
+        hub_ts = None
+        if doc.get("hub_timestamp") is not None:
+            hub_ts = parse_timestamp(doc["hub_timestamp"], "hub_timestamp")
+        return [
+            make_telemetry_record(
+                device_id=identity.device_id,
+                product_id=identity.product_id,
+                device_ts=device_ts,
+                ingest_ts=ingest_ts,
+                metrics=metrics,
+                hub_id=identity.hub_id,
+                child_device_id=identity.child_device_id,
+                hub_ts=hub_ts,
+            )
+        ]
+
+
+@dataclass
+class DecoderRegistry:
+    """Chooses the decoder for an envelope.
+
+    Decoders registered for a product win; otherwise the decoder for the payload format is
+    used. The YAML spec decoders register here per product.
+    """
+
+    by_product: dict[str, PayloadDecoder] = field(default_factory=dict)
+    by_format: dict[str, PayloadDecoder] = field(default_factory=lambda: {"json": ClientJsonDecoder()})
+
+    def decoder_for(self, identity: DeviceIdentity) -> PayloadDecoder:
+        """Returns the decoder, or raises ``DecodeError('no_decoder_spec')``."""
+        decoder = self.by_product.get(identity.product_id)
+        if decoder is not None:
+            return decoder
+        fmt = identity.format or "json"
+        decoder = self.by_format.get(fmt)
+        if decoder is None:
+            raise DecodeError(
+                "no_decoder_spec",
+                f"no decoder for product {identity.product_id!r} in format {fmt!r}: add a YAML spec",
+            )
+        return decoder
+
+
+def resolve_identity(envelope: RawEnvelope) -> DeviceIdentity:
+    """Resolves device, hub and product from the envelope hints and its MQTT topic.
+
+    Raises:
+        DecodeError: ``invalid_topic``, ``unknown_device`` or ``unknown_product``.
+    """
+    device_id, hub_id, fmt = envelope.device_id, envelope.hub_id, envelope.format
+    child_device_id = None
+    if envelope.mqtt_topic is not None:
+        try:
+            topic = parse_device_topic(envelope.mqtt_topic)
+        except TopicError as exc:
+            raise DecodeError("invalid_topic", str(exc)) from None
+        if device_id is not None and device_id != topic.device_id:
+            raise DecodeError(
+                "device_mismatch", f"envelope device_id {device_id!r} differs from topic device {topic.device_id!r}"
+            )
+        device_id, hub_id, child_device_id = topic.device_id, topic.hub_id, topic.child_device_id
+        fmt = fmt or topic.format
+    elif hub_id is not None and hub_id not in (NO_HUB, device_id):
+        child_device_id = device_id
+    if device_id is None:
+        raise DecodeError("unknown_device", "no device id in the envelope or its MQTT topic")
+    if envelope.product_id is None:
+        raise DecodeError("unknown_product", f"no product id for device {device_id!r}")
+    return DeviceIdentity(device_id, envelope.product_id, hub_id, child_device_id, fmt)
+
+
+@dataclass(slots=True)
+class DecodeOutcome:
+    """What one raw record became: telemetry records, or one dead letter."""
+
+    records: list[dict]
+    dead_letter: dict | None = None
+
+
+def decode_raw_record(raw_value: bytes, registry: DecoderRegistry, now_ms: int) -> DecodeOutcome:
+    """Decodes one ``iotlink.raw`` value.
+
+    Args:
+        raw_value: The Kafka record value (an envelope).
+        registry: Decoders to use.
+        now_ms: Current time, stamped on dead letters.
+
+    Returns:
+        The records, or a dead letter with the original payload and the reason.
+    """
+    try:
+        envelope = parse_envelope(raw_value)
+    except EnvelopeError as exc:
+        return DecodeOutcome(
+            [], make_dead_letter(stage="envelope", reason_code=exc.code, reason=exc.reason, failed_at=now_ms, raw_value=raw_value)
+        )
+    try:
+        identity = resolve_identity(envelope)
+        records = registry.decoder_for(identity).decode(envelope, identity)
+    except DecodeError as exc:
+        return DecodeOutcome(
+            [], make_dead_letter(stage="decode", reason_code=exc.code, reason=exc.reason, failed_at=now_ms, envelope=envelope)
+        )
+    return DecodeOutcome(records)
