@@ -217,3 +217,44 @@ def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_i
         .set_property("batch.size", str(256 * 1024))
         .build()
     )
+
+
+def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_s: float = 120.0) -> list[bytes]:
+    """Reads every committed record value of a topic (read_committed), from the beginning.
+
+    Offsets cannot be counted instead: transaction markers occupy offsets too.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topic: Topic to read.
+        idle_s: Stop after this long without new records.
+        timeout_s: Hard limit.
+
+    Returns:
+        The record values in partition order.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_poll_records=50000,
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        last_data = time.monotonic()
+        while time.monotonic() - last_data < idle_s and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            for records in batch.values():
+                values.extend(r.value for r in records)
+                last_data = time.monotonic()
+        return values
+    finally:
+        consumer.close()

@@ -1,3 +1,254 @@
-"""Benchmark placeholder replaced below."""
-def add_bench_arguments(parser):
-    pass
+"""The benchmark: throughput of the telemetry job over a preloaded topic, and end-to-end latency.
+
+Throughput: preload N raw envelopes (mixed JSON/hex/CSV, many devices), run the job bounded
+from the first to the last preloaded offset, print msgs/s, wall time and peak memory.
+Latency: run the job streaming, publish at a fixed rate, and measure receive time (envelope
+``received_at``) -> the telemetry record being readable (read_committed) downstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from iotlink.config import Settings
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the benchmark options."""
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--mode", choices=("throughput", "latency"), default="throughput", help="what to measure (default throughput)")
+    group.add_argument("--messages", type=int, default=500_000, metavar="N", help="messages to preload (throughput; default 500000)")
+    group.add_argument("--devices", type=int, default=10_000, metavar="N", help="simulated devices (default 10000)")
+    group.add_argument("--forms", default="json,hex,csv", metavar="LIST", help="payload forms mixed in (default json,hex,csv)")
+    group.add_argument("--rate", type=float, default=2000.0, metavar="MSG/S", help="publish rate in latency mode (default 2000)")
+    group.add_argument("--duration", type=float, default=60.0, metavar="S", help="publishing time in latency mode (default 60)")
+    group.add_argument("--seed", type=int, default=11, help="simulator seed (default 11)")
+
+
+@dataclass
+class MemoryPeak:
+    """Samples the resident memory of a process tree and keeps the peak."""
+
+    pid: int
+    peak_bytes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for proc in procs:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+                self.peak_bytes = max(self.peak_bytes, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> MemoryPeak:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def preload(settings: Settings, messages: int, devices: int, forms: str, seed: int) -> tuple[dict[int, int], int, int, float]:
+    """Produces ``messages`` simulated envelopes to the raw topic.
+
+    Returns:
+        (end offset per partition, messages sent, of which deliberately invalid, seconds taken).
+    """
+    from kafka import KafkaProducer
+
+    from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
+
+    fleet = build_fleet(devices, tuple(forms.split(",")), parse_profile_mix("normal=94,garbage=3,late=3"), seed)
+    sim = FleetSimulator(fleet, seed=seed, interval_ms=1000)
+    steps = math.ceil(messages / len(fleet))
+    start_ts = int(time.time() * 1000) - steps * 1000
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=50, batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    ends: dict[int, int] = {}
+
+    def on_sent(meta):
+        if meta.offset + 1 > ends.get(meta.partition, 0):
+            ends[meta.partition] = meta.offset + 1
+
+    started = time.monotonic()
+    sent = invalid = 0
+    now = int(time.time() * 1000)
+    for message in sim.messages(start_ts, steps):
+        if sent >= messages:
+            break
+        key, value = encode_for_kafka(message, now)
+        producer.send(settings.topics.raw, key=key, value=value).add_callback(on_sent)
+        sent += 1
+        invalid += not message.valid
+        if sent % 100_000 == 0:
+            print(f"  preloaded {sent}/{messages}", flush=True)
+    producer.flush()
+    producer.close()
+    return ends, sent, invalid, time.monotonic() - started
+
+
+def count_topic(bootstrap_servers: str, topic: str) -> int:
+    """Counts the committed records of a topic by reading it to the end."""
+    from connectors.kafka import read_topic
+
+    return len(read_topic(bootstrap_servers, topic))
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def _start_job(settings: Settings, extra: list[str], log_name: str):
+    from iotlink.cli import start_job_process
+
+    return start_job_process(settings, extra, settings.data_dir.resolve() / "logs" / log_name)
+
+
+def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
+    """Preloads the raw topic and times the bounded job over it."""
+    from connectors.kafka import scan_end_offsets
+
+    print(f"machine: {_machine()}")
+    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    telemetry_before = count_topic(settings.bootstrap_servers, settings.topics.telemetry)
+    dlq_before = count_topic(settings.bootstrap_servers, settings.topics.dlq)
+    print(f"preloading {args.messages} messages from {args.devices} devices ({args.forms}) …", flush=True)
+    ends, sent, invalid, preload_s = preload(settings, args.messages, args.devices, args.forms, args.seed)
+    print(f"preloaded {sent} messages in {preload_s:.1f}s ({sent / preload_s:.0f} msg/s), {invalid} deliberately malformed")
+    start = ",".join(f"{p}={before.get(p, 0)}" for p in sorted(ends))
+    stop = ",".join(f"{p}={o}" for p, o in sorted(ends.items()))
+    job_name = f"iotlink-bench-{int(time.time())}"
+    print(f"running the telemetry job bounded over the preloaded offsets (job {job_name}) …", flush=True)
+    t0 = time.monotonic()
+    proc = _start_job(settings, ["--start-offsets", start, "--stop-offsets", stop, "--job-name", job_name], "bench-job.log")
+    from iotlink.live import FlinkRest
+
+    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
+    running_at = None
+    with MemoryPeak(proc.pid) as memory:
+        while proc.poll() is None:
+            if running_at is None and rest.running_job() is not None:
+                running_at = time.monotonic()
+            time.sleep(0.2)
+        code = proc.returncode
+    ended = time.monotonic()
+    wall = ended - t0
+    job_s = ended - running_at if running_at else wall
+    if code != 0:
+        print(f"error: the job exited with code {code}; see {settings.data_dir.resolve() / 'logs' / 'bench-job.log'}")
+        return 1
+    telemetry = count_topic(settings.bootstrap_servers, settings.topics.telemetry) - telemetry_before
+    dlq = count_topic(settings.bootstrap_servers, settings.topics.dlq) - dlq_before
+    print()
+    print(f"messages           {sent}")
+    print(f"telemetry records  {telemetry}")
+    print(f"dead letters       {dlq}")
+    print(f"accounted for      {telemetry + dlq} of {sent}")
+    print(f"wall time          {wall:.1f} s (JVM start, job, shutdown)")
+    print(f"job running time   {job_s:.1f} s (RUNNING -> finished)")
+    print(f"throughput         {sent / job_s:.0f} msgs/s while running, {sent / wall:.0f} msgs/s over the whole run")
+    print(f"peak memory        {memory.peak_bytes / 2**20:.0f} MiB (job process tree RSS)")
+    return 0 if telemetry + dlq == sent else 1
+
+
+def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
+    """Streams at a fixed rate and reports receive -> telemetry-visible latency percentiles."""
+    from kafka import KafkaConsumer
+
+    from connectors.kafka import scan_end_offsets
+    from iotlink.cli import stop_job_process
+    from iotlink.live import FlinkRest
+    from iotlink.simulator import PublishStats, run_simulation
+
+    print(f"machine: {_machine()}")
+    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    start = ",".join(f"{p}={o}" for p, o in sorted(before.items()))
+    job_name = f"iotlink-latency-{int(time.time())}"
+    proc = _start_job(settings, ["--start-offsets", start, "--job-name", job_name], "bench-latency-job.log")
+    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
+    deadline = time.monotonic() + 180
+    while rest.running_job() is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print("error: the job did not start; see the job log")
+            stop_job_process(proc, rest)
+            return 1
+        time.sleep(0.5)
+    latencies: list[int] = []
+    stop = threading.Event()
+    consumer = KafkaConsumer(
+        settings.topics.telemetry, bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
+        auto_offset_reset="latest", enable_auto_commit=False, group_id=f"{job_name}-probe",
+    )
+    consumer.poll(timeout_ms=1000)  # join the group before publishing
+
+    def consume():
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=500).values():
+                now = int(time.time() * 1000)
+                latencies.extend(now - orjson.loads(r.value)["ingest_ts"] for r in records)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    sim_args = argparse.Namespace(
+        devices=min(args.devices, int(args.rate)), rate=args.rate, duration=args.duration, count=None,
+        profile="normal", forms="json", seed=args.seed, target="kafka", mqtt_env="dev",
+    )
+    stats = PublishStats()
+    print(f"publishing {args.rate:.0f} msg/s for {args.duration:.0f}s (checkpoint interval {settings.flink.checkpoint_interval_ms} ms) …")
+    run_simulation(settings, sim_args, progress=True, stats=stats)
+    time.sleep(settings.flink.checkpoint_interval_ms / 1000 * 3 + 3)
+    stop.set()
+    reader.join()
+    consumer.close()
+    stop_job_process(proc, rest)
+    if not latencies:
+        print("error: no telemetry became visible")
+        return 1
+    q = statistics.quantiles(latencies, n=100)
+    print()
+    print(f"sent {stats.sent}, telemetry seen {len(latencies)}")
+    print(f"latency receive -> telemetry visible (ms): p50 {q[49]:.0f}  p95 {q[94]:.0f}  p99 {q[98]:.0f}  max {max(latencies)}")
+    print("(exactly-once output becomes visible when the checkpoint that covers it completes)")
+    return 0
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the chosen benchmark, on the embedded stack when ``--embedded`` is given."""
+    from iotlink.stack import EmbeddedStack
+
+    stack = None
+    if args.embedded:
+        stack = EmbeddedStack(settings, ("kafka",))
+        stack.start()
+        settings = stack.settings_with_endpoints()
+    try:
+        if args.mode == "latency":
+            return bench_latency(args, settings)
+        return bench_throughput(args, settings)
+    finally:
+        if stack is not None:
+            stack.stop()

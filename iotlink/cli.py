@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -187,10 +188,8 @@ def stop_job_process(proc: subprocess.Popen, rest, timeout_s: float = 20.0) -> N
     """Cancels the running job through REST, then ends the job process group (JVM included)."""
     job_id = rest.running_job()
     if job_id:
-        try:
+        with contextlib.suppress(OSError):
             rest.cancel(job_id)
-        except OSError:
-            pass
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -198,10 +197,8 @@ def stop_job_process(proc: subprocess.Popen, rest, timeout_s: float = 20.0) -> N
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # anything the group left behind (the Flink JVM)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

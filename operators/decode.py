@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
@@ -78,7 +78,7 @@ def parse_timestamp(value: object, field_name: str) -> int:
         except ValueError:
             raise DecodeError("invalid_timestamp", f"{field_name} {value!r} is not ISO 8601 or epoch ms") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
     raise DecodeError("invalid_timestamp", f"{field_name} {value!r} is not ISO 8601 or epoch ms")
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Prepares a machine for iotlink: Java 17, a Python 3.11 virtualenv with the pinned dependencies.
+# Idempotent: does nothing when the venv is already in sync with setup.py and requirements.lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
+if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 11 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Java 17 (openjdk-17-jre-headless)…"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+  else
+    echo "bootstrap: Java 17 is required: run 'sudo apt-get install openjdk-17-jre-headless' (or install any JDK 17 and put java on PATH)" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PY=$candidate; break
+    fi
+  done
+fi
+if [ -z "$PY" ]; then
+  echo "bootstrap: Python 3.11 is required (Flink 2.0 supports Python <= 3.11): install python3.11 and python3.11-venv" >&2
+  exit 1
+fi
+
+stamp="$VENV/.iotlink-installed"
+want=$(cat setup.py requirements.lock | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+echo "bootstrap: installing pinned dependencies (first run takes a few minutes)…"
+"$VENV/bin/python" -m pip install -q --upgrade pip wheel
+"$VENV/bin/python" -m pip install -q -c requirements.lock -e '.[test]'
+"$VENV/bin/python" -m pip check
+echo "$want" > "$stamp"
+echo "bootstrap: ready"

