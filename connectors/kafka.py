@@ -219,8 +219,10 @@ def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_i
     )
 
 
-def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_s: float = 120.0) -> list[bytes]:
-    """Reads every committed record value of a topic (read_committed), from the beginning.
+def read_topic(
+    bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_s: float = 120.0, read_committed: bool = True
+) -> list[bytes]:
+    """Reads every record value of a topic from the beginning (committed only, by default).
 
     Offsets cannot be counted instead: transaction markers occupy offsets too.
 
@@ -229,6 +231,7 @@ def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_
         topic: Topic to read.
         idle_s: Stop after this long without new records.
         timeout_s: Hard limit.
+        read_committed: Skip records of open or aborted transactions.
 
     Returns:
         The record values in partition order.
@@ -239,7 +242,7 @@ def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        isolation_level="read_committed",
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
         fetch_max_bytes=64 * 1024 * 1024,
         max_poll_records=50000,
     )

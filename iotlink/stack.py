@@ -11,6 +11,7 @@ broker on 127.0.0.1, started as real processes and stopped together.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -205,6 +206,7 @@ class EmbeddedStack:
         Returns:
             Endpoint name -> address.
         """
+        atexit.register(self.stop)  # an interpreter exit must not leave services behind
         try:
             self._start()
         except BaseException:

@@ -1,0 +1,25 @@
+"""One embedded stack (broker, PostgreSQL, Iceberg catalog, MQTT) shared by the integration tests."""
+
+import pytest
+
+from iotlink.config import Settings, StackPorts
+from iotlink.stack import EmbeddedStack, free_port
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("iotlink-stack")
+    settings = Settings(
+        data_dir=data_dir,
+        ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port()),
+        flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2},
+    )
+    embedded = EmbeddedStack(settings)
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(stack):
+    return stack.settings_with_endpoints()

@@ -1,0 +1,69 @@
+import os
+import threading
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from kafka.admin import KafkaAdminClient
+
+from connectors.iceberg import open_catalog
+from iotlink.config import Settings, StackPorts
+from iotlink.stack import EmbeddedStack, StackError, free_port, port_is_free
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_endpoint_answers(stack, settings):
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        assert set(settings.topics.all()) <= set(admin.list_topics())
+    finally:
+        admin.close()
+    with psycopg.connect(settings.postgres_url) as conn:
+        assert conn.execute("select current_database()").fetchone() == ("iotlink",)
+    assert ("iotlink",) in open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse).list_namespaces()
+
+    received = threading.Event()
+    port = settings.ports.mqtt
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: received.set() if m.payload == b"\x01\x02" else None
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("iotlink/+/+/+/+/pub/+/+", qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        for _ in range(20):
+            pub.publish("iotlink/dev/nohub/d1/periodic/pub/telemetry/bin", b"\x01\x02", qos=1).wait_for_publish(5)
+            if received.wait(0.5):
+                break
+        assert received.is_set()
+    finally:
+        for client in (pub, sub):
+            client.loop_stop()
+            client.disconnect()
+
+
+def test_stop_leaves_nothing_running(tmp_path):
+    settings = Settings(data_dir=tmp_path, ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port()))
+    stack = EmbeddedStack(settings)
+    stack.start()
+    pids = stack.pids()
+    assert set(pids) == {"kafka", "postgres", "mqtt"}
+    stack.stop()
+    for name, pid in pids.items():
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as stat:
+                assert stat.read().split()[2] == "Z", f"{name} (pid {pid}) still running"
+        except ProcessLookupError:
+            pass
+    for port in (settings.ports.kafka, settings.ports.postgres, settings.ports.mqtt):
+        assert port_is_free(port)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path, settings):
+    busy = Settings(data_dir=tmp_path, ports=StackPorts(kafka=settings.ports.kafka))
+    with pytest.raises(StackError, match=f"port {settings.ports.kafka} .* already in use"):
+        EmbeddedStack(busy, ("kafka",)).start()

@@ -1,0 +1,175 @@
+"""The telemetry job on the Flink MiniCluster against the embedded broker: exact output sets,
+a crash mid-stream with recovery from the last checkpoint, and a restore from a checkpoint path."""
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from connectors.kafka import read_topic, scan_end_offsets
+from iotlink.live import FlinkRest
+from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
+from jobs.telemetry_job import RunOptions, create_job, run_telemetry_job
+from operators.decode import DecoderRegistry, decode_raw_record
+
+pytestmark = pytest.mark.integration
+START = 1_756_653_767_000
+
+
+def produce(settings, devices, steps, seed, start_ts=START):
+    """Publishes simulated envelopes; returns the values sent and the end offsets."""
+    fleet = build_fleet(devices, profiles=parse_profile_mix("normal=70,garbage=15,late=15"), seed=seed)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
+    values, ends = [], {}
+    for message in FleetSimulator(fleet, seed=seed).messages(start_ts, steps):
+        key, value = encode_for_kafka(message, start_ts + 200_000)
+        meta = producer.send(settings.topics.raw, key=key, value=value).get(30)
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+        values.append(value)
+    producer.close()
+    return values, ends
+
+
+def expected_outputs(values):
+    """What the pure decoder makes of the inputs: telemetry keys and dead-letter payloads."""
+    registry = DecoderRegistry()
+    telemetry, dead = Counter(), Counter()
+    for value in values:
+        out = decode_raw_record(value, registry, 0)
+        for record in out.records:
+            telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
+        if out.dead_letter:
+            dead[(out.dead_letter["reason_code"], out.dead_letter["payload"])] += 1
+    return telemetry, dead
+
+
+def actual_outputs(settings, telemetry_skip, dlq_skip):
+    telemetry_values = read_topic(settings.bootstrap_servers, settings.topics.telemetry)[telemetry_skip:]
+    dlq_values = read_topic(settings.bootstrap_servers, settings.topics.dlq)[dlq_skip:]
+    telemetry = Counter()
+    for value in telemetry_values:
+        record = orjson.loads(value)
+        telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
+    dead = Counter((d["reason_code"], d["payload"]) for d in map(orjson.loads, dlq_values))
+    return telemetry, dead
+
+
+def output_counts(settings):
+    return (
+        len(read_topic(settings.bootstrap_servers, settings.topics.telemetry, idle_s=1)),
+        len(read_topic(settings.bootstrap_servers, settings.topics.dlq, idle_s=1)),
+    )
+
+
+def current_ends(settings):
+    return scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+
+
+def offsets_arg(ends, partitions):
+    return {p: ends.get(p, 0) for p in partitions}
+
+
+@pytest.fixture
+def job_settings(settings, tmp_path):
+    return settings.model_copy(update={"data_dir": tmp_path})
+
+
+def test_bounded_run_produces_exactly_the_decoded_set(job_settings):
+    settings = job_settings
+    before = current_ends(settings)
+    seen_before = output_counts(settings)
+    values, ends = produce(settings, devices=30, steps=40, seed=5)
+    partitions = sorted(set(before) | set(ends))
+    run_telemetry_job(settings, RunOptions(start_offsets=offsets_arg(before, partitions), stop_offsets=offsets_arg(
+        {**before, **ends}, partitions), job_name="it-bounded"))
+    want_telemetry, want_dead = expected_outputs(values)
+    got_telemetry, got_dead = actual_outputs(settings, *seen_before)
+    assert sum(want_dead.values()) > 50 and sum(want_telemetry.values()) > 300
+    assert got_telemetry == want_telemetry
+    assert got_dead == want_dead
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="embedded Tansu broker: after a crash, Flink's KafkaSink re-commits the transaction pre-committed for the "
+    "last checkpoint; Tansu leaves it uncommitted, so its records stay invisible to read_committed readers "
+    "(measured: all missing records are in the log, uncommitted). Apache Kafka honours this commit.",
+)
+def test_crash_mid_stream_recovers_from_checkpoint_exactly_once(job_settings, tmp_path):
+    settings = job_settings
+    before = current_ends(settings)
+    seen_before = output_counts(settings)
+    values, ends = produce(settings, devices=40, steps=100, seed=9)
+    partitions = sorted(set(before) | set(ends))
+    marker = tmp_path / "fault-fired"
+    run_telemetry_job(
+        settings,
+        RunOptions(
+            start_offsets=offsets_arg(before, partitions), stop_offsets=offsets_arg({**before, **ends}, partitions),
+            fail_after=900, fail_marker=str(marker), job_name="it-crash",
+        ),
+    )
+    assert marker.exists(), "the injected failure did not fire"
+    want_telemetry, want_dead = expected_outputs(values)
+    got_telemetry, got_dead = actual_outputs(settings, *seen_before)
+    missing = want_telemetry - got_telemetry
+    uncommitted = Counter()
+    for value in read_topic(settings.bootstrap_servers, settings.topics.telemetry, read_committed=False):
+        record = orjson.loads(value)
+        uncommitted[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
+    print(f"missing {sum(missing.values())}, of which in the log uncommitted: {sum((missing & uncommitted).values())}, "
+          f"extra {sum((got_telemetry - want_telemetry).values())}, log total {sum(uncommitted.values())}")
+    assert got_telemetry == want_telemetry
+    assert got_dead == want_dead
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path:
+    done = [p.parent for p in checkpoint_dir.glob("*/chk-*/_metadata")]
+    assert done, f"no completed checkpoint under {checkpoint_dir}"
+    return max(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def run_until_caught_up(settings, options, expected_in):
+    """Runs the job unbounded until it has read ``expected_in`` records and two more checkpoints
+    have completed (so their Kafka transactions are committed), then cancels it."""
+    env = create_job(settings, options)
+    client = env.execute_async(options.job_name)
+    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
+    job_id = str(client.get_job_id())
+    deadline = time.monotonic() + 150
+    completed = None
+    try:
+        while completed is None:
+            assert time.monotonic() < deadline, f"job read fewer than {expected_in} records in time"
+            try:
+                if rest.job_counters(job_id)["records_in"] >= expected_in:
+                    completed = rest.checkpoints(job_id)["counts"]["completed"]
+            except (OSError, KeyError, ValueError):
+                pass
+            time.sleep(0.5)
+        while rest.checkpoints(job_id)["counts"]["completed"] < completed + 2:
+            assert time.monotonic() < deadline, "no checkpoint completed after catching up"
+            time.sleep(0.3)
+    finally:
+        client.cancel().result()
+
+
+def test_restore_from_checkpoint_path_continues_where_it_stopped(job_settings):
+    settings = job_settings
+    before = current_ends(settings)
+    seen_before = output_counts(settings)
+    first, _ = produce(settings, devices=20, steps=30, seed=21)
+    partitions = sorted(before) or [0, 1, 2, 3]
+    run_until_caught_up(settings, RunOptions(start_offsets=offsets_arg(before, partitions), job_name="it-restore"), len(first))
+    checkpoint = latest_checkpoint(settings.checkpoint_dir)
+
+    second, _ = produce(settings, devices=20, steps=30, seed=22, start_ts=START + 60_000)
+    # Restored from the checkpoint, the job must read only the second batch.
+    run_until_caught_up(settings, RunOptions(restore_from=str(checkpoint), job_name="it-restore"), len(second))
+    want_telemetry, want_dead = expected_outputs(first + second)
+    got_telemetry, got_dead = actual_outputs(settings, *seen_before)
+    assert got_telemetry == want_telemetry
+    assert got_dead == want_dead

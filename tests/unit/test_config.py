@@ -1,0 +1,51 @@
+import pytest
+
+from iotlink.config import ConfigError, load_settings
+
+
+def test_precedence_file_env_cli(tmp_path):
+    cfg = tmp_path / "iotlink.yaml"
+    cfg.write_text("bootstrap_servers: file:1\nmqtt_url: mqtt://file:1883\nflink:\n  parallelism: 3\n")
+    s = load_settings(cfg, environ={})
+    assert (s.bootstrap_servers, s.mqtt_url, s.flink.parallelism) == ("file:1", "mqtt://file:1883", 3)
+    s = load_settings(cfg, environ={"IOTLINK_BOOTSTRAP_SERVERS": "env:2"})
+    assert s.bootstrap_servers == "env:2" and s.flink.parallelism == 3
+    s = load_settings(cfg, {"bootstrap_servers": "cli:3", "flink": {"rest_port": 9999}}, environ={"IOTLINK_BOOTSTRAP_SERVERS": "env:2"})
+    assert s.bootstrap_servers == "cli:3" and s.flink.rest_port == 9999 and s.flink.parallelism == 3
+
+
+def test_config_file_from_environment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("postgres_url: postgresql://u@db:5432/iot\n")
+    assert load_settings(None, environ={"IOTLINK_CONFIG": str(cfg)}).postgres_url == "postgresql://u@db:5432/iot"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("bootstrap_servers: localhost\n", "bootstrap_servers: expected host:port"),
+        ("postgres_url: mysql://x\n", "postgres_url: expected postgresql://"),
+        ("mqtt_url: http://broker\n", "mqtt_url: expected mqtt://"),
+        ("flink:\n  parallelism: 0\n", "flink.parallelism"),
+        ("kafka: 1\n", "kafka: Extra inputs"),
+        ("a: [1\n", "line 2 invalid YAML"),
+        ("- 1\n", "top level must be a mapping"),
+    ],
+)
+def test_bad_config_names_file_field_and_reason(tmp_path, text, fragment):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, environ={})
+    message = str(info.value)
+    assert message.startswith(str(cfg)) and fragment in message and "\n" not in message
+
+
+def test_bad_environment_value_names_the_source():
+    with pytest.raises(ConfigError, match="^environment: mqtt_url"):
+        load_settings(None, environ={"IOTLINK_MQTT_URL": "tcp://x"})
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings("/nonexistent/iotlink.yaml", environ={})

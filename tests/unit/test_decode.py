@@ -1,0 +1,105 @@
+import orjson
+import pytest
+
+from operators.decode import DecoderRegistry, decode_raw_record
+from operators.envelope import RawEnvelope, build_envelope
+
+NOW = 1_756_653_800_000
+TS = 1_756_653_767_451
+
+
+def raw(payload, **hints):
+    fields = {"source": "kafka", "received_at": NOW, "device_id": "dev-1", "product_id": "prod-a", "format": "json"}
+    fields.update(hints)
+    if isinstance(payload, dict):
+        payload = orjson.dumps(payload)
+    return build_envelope(RawEnvelope(payload=payload, **{k: v for k, v in fields.items() if v is not None}))
+
+
+def decode(value):
+    return decode_raw_record(value, DecoderRegistry(), NOW)
+
+
+def test_client_json_shape_becomes_a_standard_record():
+    payload = {
+        "hub_timestamp": TS + 3,
+        "device_timestamp": TS,
+        "data": {"metrics": {"tempC": 26.3, "rpm": 1200, "door": True, "mode": "eco", "spare": None}},
+        "nodes": [{"device_id": "child-01", "role": "EndDevice", "parent": "hub-01"}],
+    }
+    out = decode(raw(payload, device_id=None, mqtt_topic="iotlink/stg/hub-01/child-01/periodic/pub/telemetry/json"))
+    assert out.dead_letter is None
+    assert out.records == [
+        {
+            "device_id": "child-01",
+            "product_id": "prod-a",
+            "device_ts": TS,
+            "ingest_ts": NOW,
+            "metrics": {"tempC": 26.3, "rpm": 1200, "door": True, "mode": "eco"},
+            "hub_id": "hub-01",
+            "child_device_id": "child-01",
+            "hub_ts": TS + 3,
+        }
+    ]
+
+
+def test_missing_device_timestamp_uses_ingest_time_and_iso_is_accepted():
+    assert decode(raw({"data": {"metrics": {"t": 1}}})).records[0]["device_ts"] == NOW
+    iso = decode(raw({"device_timestamp": "2025-08-31T15:22:47.451Z", "data": {"metrics": {"t": 1}}}))
+    assert iso.records[0]["device_ts"] == TS
+
+
+def test_standalone_device_has_no_child_id():
+    out = decode(raw({"data": {"metrics": {"t": 1}}}, device_id=None, mqtt_topic="iotlink/prd/nohub/d9/periodic/pub/telemetry/json"))
+    record = out.records[0]
+    assert record["device_id"] == "d9" and record["hub_id"] == "nohub" and "child_device_id" not in record
+
+
+@pytest.mark.parametrize(
+    ("value", "stage", "code", "fragment"),
+    [
+        (b"\xff\xfe garbage", "envelope", "invalid_envelope", "not a JSON envelope"),
+        (raw(b"{not json"), "decode", "invalid_json", "not valid JSON"),
+        (raw(b"[1, 2]"), "decode", "invalid_json", "JSON list"),
+        (raw({"device_timestamp": TS}), "decode", "missing_field", "'data'"),
+        (raw({"data": {"metrics": "oops"}}), "decode", "missing_field", "data.metrics"),
+        (raw({"data": {"metrics": {}}}), "decode", "empty_metrics", "no values"),
+        (raw({"data": {"metrics": {"t": [1]}}}), "decode", "invalid_metric", "'t' is a list"),
+        (raw({"device_timestamp": 5, "data": {"metrics": {"t": 1}}}), "decode", "implausible_timestamp", "before 2000"),
+        (raw({"device_timestamp": NOW + 2 * 86400000, "data": {"metrics": {"t": 1}}}), "decode", "implausible_timestamp", "ahead"),
+        (raw({"device_timestamp": "yesterday", "data": {"metrics": {"t": 1}}}), "decode", "invalid_timestamp", "yesterday"),
+        (raw({"data": {"bin": "0102"}}), "decode", "no_decoder_spec", "data.bin"),
+        (raw(b"\x01\x02", format="bin"), "decode", "no_decoder_spec", "'bin'"),
+        (raw({"data": {"metrics": {"t": 1}}}, product_id=None), "decode", "unknown_product", "dev-1"),
+        (raw({"data": {"metrics": {"t": 1}}}, device_id=None), "decode", "unknown_device", "no device id"),
+        (raw({"data": {"metrics": {"t": 1}}}, mqtt_topic="iotlink/x"), "decode", "invalid_topic", "levels"),
+        (
+            raw({"data": {"metrics": {"t": 1}}}, mqtt_topic="iotlink/dev/nohub/other/periodic/pub/telemetry/json"),
+            "decode", "device_mismatch", "'other'",
+        ),
+    ],
+)
+def test_rejections_keep_the_payload_and_say_why(value, stage, code, fragment):
+    out = decode(value)
+    assert out.records == []
+    letter = out.dead_letter
+    assert (letter["stage"], letter["reason_code"]) == (stage, code)
+    assert fragment in letter["reason"]
+    assert letter["failed_at"] == NOW
+    if stage == "envelope":
+        assert letter["payload_encoding"] == "base64"
+    else:
+        original = orjson.loads(value)
+        assert (letter["payload"], letter["payload_encoding"]) == (original["payload"], original["payload_encoding"])
+        assert letter["received_at"] == NOW
+
+
+def test_product_decoder_overrides_format_default():
+    class Fixed:
+        def decode(self, envelope, identity):
+            return [{"device_id": identity.device_id, "product_id": identity.product_id, "device_ts": 1, "ingest_ts": 1,
+                     "metrics": {"len": len(envelope.payload)}}]
+
+    registry = DecoderRegistry(by_product={"product_a": Fixed()})
+    out = decode_raw_record(raw(b"\x00\x01\x02", product_id="product_a", format="bin"), registry, NOW)
+    assert out.records[0]["metrics"] == {"len": 3}
