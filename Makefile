@@ -3,7 +3,7 @@
 VENV ?= .venv
 DURATION ?=
 DEMO_ARGS ?=
-BENCH_ARGS ?=
+BENCH_ARGS ?= --embedded
 
 .PHONY: demo test bench lint setup
 
