@@ -177,7 +177,7 @@ def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
 
 def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
     """Streams at a fixed rate and reports receive -> telemetry-visible latency percentiles."""
-    from kafka import KafkaConsumer
+    from kafka import KafkaConsumer, TopicPartition
 
     from connectors.kafka import scan_end_offsets
     from iotlink.cli import stop_job_process
@@ -199,11 +199,16 @@ def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
         time.sleep(0.5)
     latencies: list[int] = []
     stop = threading.Event()
+    # Start reading telemetry where it ends now (found by scanning: the embedded broker's
+    # "latest" offset is wrong), so every record published from here on is measured.
+    telemetry_ends = scan_end_offsets(settings.bootstrap_servers, settings.topics.telemetry)
     consumer = KafkaConsumer(
-        settings.topics.telemetry, bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
-        auto_offset_reset="latest", enable_auto_commit=False, group_id=f"{job_name}-probe",
+        bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False,
     )
-    consumer.poll(timeout_ms=1000)  # join the group before publishing
+    parts = [TopicPartition(settings.topics.telemetry, p) for p in sorted(telemetry_ends)]
+    consumer.assign(parts)
+    for tp in parts:
+        consumer.seek(tp, telemetry_ends[tp.partition])
 
     def consume():
         while not stop.is_set():
