@@ -108,7 +108,13 @@ def build_fleet(count: int, forms: tuple[str, ...] = FORMS, profiles: dict[str, 
             raise ValueError(f"unknown payload form {form!r}; choose from {', '.join(FORMS)}")
     rng = random.Random(seed)
     profiles = profiles or {"normal": 1.0}
-    names, weights = list(profiles), list(profiles.values())
+    # Quotas, not dice: every profile with a weight gets its share of devices (at least one).
+    total = sum(profiles.values())
+    quotas = {name: max(1, round(count * w / total)) for name, w in profiles.items()}
+    largest = max(quotas, key=quotas.get)
+    quotas[largest] += count - sum(quotas.values())
+    assignment = [name for name, n in quotas.items() for _ in range(max(n, 0))][:count]
+    rng.shuffle(assignment)
     devices = []
     hub = "nohub"
     for i in range(count):
@@ -117,7 +123,7 @@ def build_fleet(count: int, forms: tuple[str, ...] = FORMS, profiles: dict[str, 
             hub = device_id  # a hub: the next two devices are its children
         elif i % 10 > 2:
             hub = "nohub"
-        devices.append(SimDevice(device_id, hub, forms[i % len(forms)], rng.choices(names, weights)[0]))
+        devices.append(SimDevice(device_id, hub, forms[i % len(forms)], assignment[i]))
     return devices
 
 
