@@ -32,13 +32,25 @@ MIN_PLAUSIBLE_TS = 946_684_800_000
 MAX_CLOCK_AHEAD_MS = 24 * 3600 * 1000
 
 
-class DecodeError(ValueError):
-    """A payload that cannot become a telemetry record; ``code`` is machine-readable."""
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# Pipeline stages a record can be rejected at, as reported on dead letters.
+STAGES = ("envelope", "spec_selection", "parse", "checksum", "contract")
 
-    def __init__(self, code: str, reason: str):
+
+class DecodeError(ValueError):
+    """A payload that cannot become a telemetry record.
+
+    Attributes:
+        code: Machine-readable reason, e.g. ``truncated``.
+        reason: Precise human-readable reason.
+        stage: Where it failed: envelope, spec_selection, parse, checksum or contract.
+    """
+
+    def __init__(self, code: str, reason: str, stage: str = "parse"):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.stage = stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,15 @@ class DeviceIdentity:
     hub_id: str | None
     child_device_id: str | None
     format: str | None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Master data for one device: its product and tenant (from a YAML file or PostgreSQL)."""
+
+    product_id: str
+    tenant: str | None = None
 
 
 class PayloadDecoder(Protocol):
@@ -86,11 +107,9 @@ def parse_timestamp(value: object, field_name: str) -> int:
 def check_plausible_time(ts: int, ingest_ts: int, field_name: str) -> None:
     """Rejects device times before 2000 or more than a day ahead of the platform clock."""
     if ts < MIN_PLAUSIBLE_TS:
-        raise DecodeError("implausible_timestamp", f"{field_name} {ts} is before 2000-01-01 (device clock unset?)")
+        raise DecodeError("implausible_timestamp", f"{field_name} {ts} is before 2000-01-01 (device clock unset?)", stage="contract")
     if ts > ingest_ts + MAX_CLOCK_AHEAD_MS:
-        raise DecodeError(
-            "implausible_timestamp", f"{field_name} {ts} is more than 24 h ahead of the receive time {ingest_ts}"
-        )
+        raise DecodeError("implausible_timestamp", f"{field_name} {ts} is more than 24 h ahead of the receive time {ingest_ts}", stage="contract")
 
 
 def _metric_value(name: str, value: object) -> object:
@@ -127,13 +146,14 @@ class ClientJsonDecoder:
             raise DecodeError(
                 "no_decoder_spec",
                 f"payload carries binary data.bin; product {identity.product_id!r} needs a YAML decoder spec",
+                stage="spec_selection",
             )
         raw_metrics = data.get("metrics")
         if not isinstance(raw_metrics, dict):
             raise DecodeError("missing_field", "payload has no 'data.metrics' object")
         metrics = {name: _metric_value(name, value) for name, value in raw_metrics.items() if value is not None}
         if not metrics:
-            raise DecodeError("empty_metrics", "payload 'data.metrics' holds no values")
+            raise DecodeError("empty_metrics", "payload 'data.metrics' holds no values", stage="contract")
         ingest_ts = envelope.received_at
         if doc.get("device_timestamp") is not None:
             device_ts = parse_timestamp(doc["device_timestamp"], "device_timestamp")
@@ -153,41 +173,66 @@ class ClientJsonDecoder:
                 hub_id=identity.hub_id,
                 child_device_id=identity.child_device_id,
                 hub_ts=hub_ts,
+                tenant=identity.tenant,
             )
         ]
 
 
+_FORMAT_OF_HINT = {"json": "json", "bin": "hex_binary", "hex": "hex_binary", "csv": "csv"}
+
+
 @dataclass
 class DecoderRegistry:
-    """Chooses the decoder for an envelope.
+    """Chooses the decoder for an envelope and resolves the device's product and tenant.
 
-    Decoders registered for a product win; otherwise the decoder for the payload format is
-    used. The YAML spec decoders register here per product.
+    The product comes from the envelope (bridge hint), else from the device registry
+    (``devices``). A product's YAML specs (``by_product``, one per format) win; when a product
+    has several, the envelope/topic format hint picks one, else the payload's first byte
+    (``{`` means JSON). Without a spec, JSON in the client's shape is decoded by the built-in
+    decoder (``by_format``); anything else is rejected naming the missing spec.
     """
 
-    by_product: dict[str, PayloadDecoder] = field(default_factory=dict)
+    by_product: dict[str, PayloadDecoder | list[PayloadDecoder]] = field(default_factory=dict)
     by_format: dict[str, PayloadDecoder] = field(default_factory=lambda: {"json": ClientJsonDecoder()})
+    devices: dict[str, DeviceInfo] = field(default_factory=dict)
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
-    def decoder_for(self, identity: DeviceIdentity) -> PayloadDecoder:
+    def decoders_of(self, product_id: str) -> list[PayloadDecoder]:
+        """The spec decoders registered for a product."""
+        found = self.by_product.get(product_id)
+        if found is None:
+            return []
+        return found if isinstance(found, list) else [found]
+
+    def decoder_for(self, identity: DeviceIdentity, payload: bytes = b"") -> PayloadDecoder:
         """Returns the decoder, or raises ``DecodeError('no_decoder_spec')``."""
-        decoder = self.by_product.get(identity.product_id)
-        if decoder is not None:
-            return decoder
-        fmt = identity.format or "json"
+        decoders = self.decoders_of(identity.product_id)
+        if len(decoders) == 1:
+            return decoders[0]
+        json_like = payload.lstrip()[:1] == b"{"
+        if decoders:
+            wanted = _FORMAT_OF_HINT.get(identity.format or "") or ("json" if json_like else "hex_binary")
+            for decoder in decoders:
+                if getattr(decoder, "format", None) == wanted:
+                    return decoder
+            have = ", ".join(getattr(d, "format", "?") for d in decoders)
+            raise DecodeError("no_decoder_spec", f"product {identity.product_id!r} has no {wanted} spec (has: {have})", stage="spec_selection")
+        fmt = identity.format or ("json" if json_like else "bin")
         decoder = self.by_format.get(fmt)
         if decoder is None:
             raise DecodeError(
                 "no_decoder_spec",
                 f"no decoder for product {identity.product_id!r} in format {fmt!r}: add a YAML spec",
+                stage="spec_selection",
             )
         return decoder
 
 
-def resolve_identity(envelope: RawEnvelope) -> DeviceIdentity:
-    """Resolves device, hub and product from the envelope hints and its MQTT topic.
+def resolve_identity(envelope: RawEnvelope, devices: dict[str, DeviceInfo] | None = None) -> DeviceIdentity:
+    """Resolves device, hub, product and tenant from the envelope, its MQTT topic and master data.
 
     Raises:
-        DecodeError: ``invalid_topic``, ``unknown_device`` or ``unknown_product``.
+        DecodeError: ``invalid_topic``, ``device_mismatch``, ``unknown_device`` or ``unknown_product``.
     """
     device_id, hub_id, fmt = envelope.device_id, envelope.hub_id, envelope.format
     child_device_id = None
@@ -195,28 +240,67 @@ def resolve_identity(envelope: RawEnvelope) -> DeviceIdentity:
         try:
             topic = parse_device_topic(envelope.mqtt_topic)
         except TopicError as exc:
-            raise DecodeError("invalid_topic", str(exc)) from None
+            raise DecodeError("invalid_topic", str(exc), stage="spec_selection") from None
         if device_id is not None and device_id != topic.device_id:
             raise DecodeError(
-                "device_mismatch", f"envelope device_id {device_id!r} differs from topic device {topic.device_id!r}"
+                "device_mismatch",
+                f"envelope device_id {device_id!r} differs from topic device {topic.device_id!r}",
+                stage="spec_selection",
             )
         device_id, hub_id, child_device_id = topic.device_id, topic.hub_id, topic.child_device_id
         fmt = fmt or topic.format
     elif hub_id is not None and hub_id not in (NO_HUB, device_id):
         child_device_id = device_id
     if device_id is None:
-        raise DecodeError("unknown_device", "no device id in the envelope or its MQTT topic")
-    if envelope.product_id is None:
-        raise DecodeError("unknown_product", f"no product id for device {device_id!r}")
-    return DeviceIdentity(device_id, envelope.product_id, hub_id, child_device_id, fmt)
+        raise DecodeError("unknown_device", "no device id in the envelope or its MQTT topic", stage="spec_selection")
+    info = devices.get(device_id) if devices else None
+    product_id = envelope.product_id or (info.product_id if info else None)
+    if product_id is None:
+        raise DecodeError(
+            "unknown_product",
+            f"no product id for device {device_id!r}: not in the envelope and not in the device registry",
+            stage="spec_selection",
+        )
+    return DeviceIdentity(device_id, product_id, hub_id, child_device_id, fmt, info.tenant if info else None)
+
+
+def check_record(record: dict) -> None:
+    """The data contract every decoded record must meet before it leaves the decoder.
+
+    Raises:
+        DecodeError: stage ``contract``, naming the field that breaks it.
+    """
+    for name in ("device_id", "product_id"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value:
+            raise DecodeError("missing_field", f"record {name} is {value!r}, expected a non-empty string", stage="contract")
+    device_ts = record.get("device_ts")
+    if type(device_ts) is not int:
+        raise DecodeError("invalid_timestamp", f"record device_ts {device_ts!r} is not epoch ms", stage="contract")
+    check_plausible_time(device_ts, record["ingest_ts"], "device time")
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        raise DecodeError("empty_metrics", "record has no metrics", stage="contract")
+    for name, value in metrics.items():
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                raise DecodeError("invalid_metric", f"metric {name!r} is not a finite number", stage="contract")
+        elif kind not in (int, bool, str):
+            raise DecodeError("invalid_metric", f"metric {name!r} is a {kind.__name__}, expected number, bool or string", stage="contract")
 
 
 @dataclass(slots=True)
 class DecodeOutcome:
-    """What one raw record became: telemetry records, or one dead letter."""
+    """What one raw record became: telemetry records and dead letters (a CSV payload can have both)."""
 
     records: list[dict]
-    dead_letter: dict | None = None
+    dead_letters: list[dict] = field(default_factory=list)
+
+    @property
+    def dead_letter(self) -> dict | None:
+        """The first dead letter, if any."""
+        return self.dead_letters[0] if self.dead_letters else None
 
 
 def decode_raw_record(raw_value: bytes, registry: DecoderRegistry, now_ms: int) -> DecodeOutcome:
@@ -228,19 +312,50 @@ def decode_raw_record(raw_value: bytes, registry: DecoderRegistry, now_ms: int) 
         now_ms: Current time, stamped on dead letters.
 
     Returns:
-        The records, or a dead letter with the original payload and the reason.
+        The records, and a dead letter (original payload, stage, spec, reason) for each rejection.
     """
     try:
         envelope = parse_envelope(raw_value)
     except EnvelopeError as exc:
-        return DecodeOutcome(
-            [], make_dead_letter(stage="envelope", reason_code=exc.code, reason=exc.reason, failed_at=now_ms, raw_value=raw_value)
-        )
+        return DecodeOutcome([], [make_dead_letter(stage="envelope", reason_code=exc.code, reason=exc.reason, failed_at=now_ms, raw_value=raw_value)])
+    decoder = None
     try:
-        identity = resolve_identity(envelope)
-        records = registry.decoder_for(identity).decode(envelope, identity)
+        if len(envelope.payload) > registry.max_payload_bytes:
+            raise DecodeError(
+                "payload_too_large",
+                f"payload is {len(envelope.payload)} bytes, the limit is {registry.max_payload_bytes} bytes",
+                stage="envelope",
+            )
+        identity = resolve_identity(envelope, registry.devices)
+        decoder = registry.decoder_for(identity, envelope.payload)
+        decoded = decoder.decode(envelope, identity)
+        records, letters = [], []
+        for item in decoded:
+            if isinstance(item, dict):
+                try:
+                    check_record(item)
+                except DecodeError as exc:
+                    if len(decoded) == 1:
+                        raise
+                    letters.append(_letter(exc, envelope, decoder, now_ms))
+                    continue
+                records.append(item)
+            else:
+                letters.append(_letter(item.error, envelope, decoder, now_ms, row=item.row, payload=item.payload))
+        return DecodeOutcome(records, letters)
     except DecodeError as exc:
-        return DecodeOutcome(
-            [], make_dead_letter(stage="decode", reason_code=exc.code, reason=exc.reason, failed_at=now_ms, envelope=envelope)
-        )
-    return DecodeOutcome(records)
+        return DecodeOutcome([], [_letter(exc, envelope, decoder, now_ms)])
+
+
+def _letter(exc: DecodeError, envelope: RawEnvelope, decoder, now_ms: int, row: int | None = None, payload: bytes | None = None) -> dict:
+    return make_dead_letter(
+        stage=exc.stage,
+        reason_code=exc.code,
+        reason=exc.reason,
+        failed_at=now_ms,
+        envelope=envelope,
+        spec_id=getattr(decoder, "spec_id", None),
+        spec_version=getattr(decoder, "spec_version", None),
+        row=row,
+        payload=payload,
+    )

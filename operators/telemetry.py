@@ -3,7 +3,9 @@
 Required: ``device_id``, ``product_id``, ``device_ts`` (epoch ms UTC; ingest time when the
 device sends none), ``ingest_ts``, ``metrics`` (name -> number | bool | string).
 Optional: ``hub_id``, ``child_device_id``, ``hub_ts``, ``tenant``, ``units``, ``spec_id``,
-``spec_version``. Records are plain dicts so they serialize straight to JSON.
+``spec_version``, ``quality`` (data-quality issues such as a value outside its spec range:
+``{"metric": "volt", "issue": "out_of_range", "value": 312.0, "min": 0, "max": 300}``).
+Records are plain dicts so they serialize straight to JSON.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import orjson
 
 REQUIRED_FIELDS = ("device_id", "product_id", "device_ts", "ingest_ts", "metrics")
-OPTIONAL_FIELDS = ("hub_id", "child_device_id", "hub_ts", "tenant", "units", "spec_id", "spec_version")
+OPTIONAL_FIELDS = ("hub_id", "child_device_id", "hub_ts", "tenant", "units", "spec_id", "spec_version", "quality")
 MetricValue = float | int | bool | str
 
 

@@ -59,23 +59,23 @@ def test_standalone_device_has_no_child_id():
     ("value", "stage", "code", "fragment"),
     [
         (b"\xff\xfe garbage", "envelope", "invalid_envelope", "not a JSON envelope"),
-        (raw(b"{not json"), "decode", "invalid_json", "not valid JSON"),
-        (raw(b"[1, 2]"), "decode", "invalid_json", "JSON list"),
-        (raw({"device_timestamp": TS}), "decode", "missing_field", "'data'"),
-        (raw({"data": {"metrics": "oops"}}), "decode", "missing_field", "data.metrics"),
-        (raw({"data": {"metrics": {}}}), "decode", "empty_metrics", "no values"),
-        (raw({"data": {"metrics": {"t": [1]}}}), "decode", "invalid_metric", "'t' is a list"),
-        (raw({"device_timestamp": 5, "data": {"metrics": {"t": 1}}}), "decode", "implausible_timestamp", "before 2000"),
-        (raw({"device_timestamp": NOW + 2 * 86400000, "data": {"metrics": {"t": 1}}}), "decode", "implausible_timestamp", "ahead"),
-        (raw({"device_timestamp": "yesterday", "data": {"metrics": {"t": 1}}}), "decode", "invalid_timestamp", "yesterday"),
-        (raw({"data": {"bin": "0102"}}), "decode", "no_decoder_spec", "data.bin"),
-        (raw(b"\x01\x02", format="bin"), "decode", "no_decoder_spec", "'bin'"),
-        (raw({"data": {"metrics": {"t": 1}}}, product_id=None), "decode", "unknown_product", "dev-1"),
-        (raw({"data": {"metrics": {"t": 1}}}, device_id=None), "decode", "unknown_device", "no device id"),
-        (raw({"data": {"metrics": {"t": 1}}}, mqtt_topic="iotlink/x"), "decode", "invalid_topic", "levels"),
+        (raw(b"{not json"), "parse", "invalid_json", "not valid JSON"),
+        (raw(b"[1, 2]"), "parse", "invalid_json", "JSON list"),
+        (raw({"device_timestamp": TS}), "parse", "missing_field", "'data'"),
+        (raw({"data": {"metrics": "oops"}}), "parse", "missing_field", "data.metrics"),
+        (raw({"data": {"metrics": {}}}), "contract", "empty_metrics", "no values"),
+        (raw({"data": {"metrics": {"t": [1]}}}), "parse", "invalid_metric", "'t' is a list"),
+        (raw({"device_timestamp": 5, "data": {"metrics": {"t": 1}}}), "contract", "implausible_timestamp", "before 2000"),
+        (raw({"device_timestamp": NOW + 2 * 86400000, "data": {"metrics": {"t": 1}}}), "contract", "implausible_timestamp", "ahead"),
+        (raw({"device_timestamp": "yesterday", "data": {"metrics": {"t": 1}}}), "parse", "invalid_timestamp", "yesterday"),
+        (raw({"data": {"bin": "0102"}}), "spec_selection", "no_decoder_spec", "data.bin"),
+        (raw(b"\x01\x02", format="bin"), "spec_selection", "no_decoder_spec", "'bin'"),
+        (raw({"data": {"metrics": {"t": 1}}}, product_id=None), "spec_selection", "unknown_product", "dev-1"),
+        (raw({"data": {"metrics": {"t": 1}}}, device_id=None), "spec_selection", "unknown_device", "no device id"),
+        (raw({"data": {"metrics": {"t": 1}}}, mqtt_topic="iotlink/x"), "spec_selection", "invalid_topic", "levels"),
         (
             raw({"data": {"metrics": {"t": 1}}}, mqtt_topic="iotlink/dev/nohub/other/periodic/pub/telemetry/json"),
-            "decode", "device_mismatch", "'other'",
+            "spec_selection", "device_mismatch", "'other'",
         ),
     ],
 )
@@ -97,7 +97,7 @@ def test_rejections_keep_the_payload_and_say_why(value, stage, code, fragment):
 def test_product_decoder_overrides_format_default():
     class Fixed:
         def decode(self, envelope, identity):
-            return [{"device_id": identity.device_id, "product_id": identity.product_id, "device_ts": 1, "ingest_ts": 1,
+            return [{"device_id": identity.device_id, "product_id": identity.product_id, "device_ts": TS, "ingest_ts": NOW,
                      "metrics": {"len": len(envelope.payload)}}]
 
     registry = DecoderRegistry(by_product={"product_a": Fixed()})

@@ -1,0 +1,356 @@
+"""Loading decoder specs and the device registry; building the decoder registry; running examples.
+
+Every problem in a spec is reported as ``file:line: field: reason`` (one line per problem) by
+:class:`SpecLoadError`, so a bad spec stops the job at start-up instead of rejecting data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from operators.decode import DecodeError, DecoderRegistry, DeviceIdentity, DeviceInfo, check_record
+from operators.envelope import RawEnvelope
+from operators.spec_decoder import RowRejection, SpecDecoder, compile_spec, decode_hex_text
+from operators.spec_model import DecoderSpec
+from operators.spec_yaml import YamlDocument, YamlDocumentError, load_yaml_file, load_yaml_text
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+_SPEC_ADAPTER = TypeAdapter(DecoderSpec)
+_FLOAT_TOLERANCE = 1e-6
+
+
+class SpecLoadError(ValueError):
+    """One or more problems in spec or registry files; each line is ``file:line: field: reason``."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class LoadedSpec:
+    """A validated, compiled spec and where it came from.
+
+    Attributes:
+        spec: The validated spec model.
+        decoder: Its compiled decoder.
+        source: File it was read from.
+        notices: Repairs made while reading the YAML (see :mod:`operators.spec_yaml`).
+    """
+
+    spec: object
+    decoder: SpecDecoder
+    source: str
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def spec_id(self) -> str:
+        """The spec id (``spec_id`` in the file, else the file name without extension)."""
+        return self.decoder.spec_id
+
+
+def _clean_location(doc: YamlDocument, loc: tuple) -> tuple[str, tuple]:
+    """Drops union tags from a pydantic location; returns (``a.b[1].c``, data path)."""
+    node = doc.data
+    path: list = []
+    for part in loc:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text, tuple(path)
+
+
+def _problems(doc: YamlDocument, exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        where, path = _clean_location(doc, tuple(error["loc"]))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown option (check the spelling; see docs/specs.md)"
+        elif error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
+            message = "format must be one of hex_binary, json, csv"
+            where = where or "format"
+        line = doc.line_of(path)
+        problems.append(f"{doc.source}:{line}: {where or '(spec)'}: {message}")
+    return problems
+
+
+def parse_spec(doc: YamlDocument, spec_id: str | None = None) -> LoadedSpec:
+    """Validates and compiles one loaded YAML document.
+
+    Args:
+        doc: The YAML document.
+        spec_id: Id to use when the spec has none (default: file name without extension).
+
+    Returns:
+        The loaded spec.
+
+    Raises:
+        SpecLoadError: with file, line, field and reason for each problem.
+    """
+    if not isinstance(doc.data, dict):
+        raise SpecLoadError([f"{doc.source}:1: (spec): a spec is a YAML mapping, got {type(doc.data).__name__}"])
+    try:
+        spec = _SPEC_ADAPTER.validate_python(doc.data)
+    except ValidationError as exc:
+        raise SpecLoadError(_problems(doc, exc)) from None
+    sid = spec.spec_id or spec_id or Path(doc.source).stem
+    version = spec.version or "sha256:" + hashlib.sha256(doc.text.encode("utf-8")).hexdigest()[:12]
+    try:
+        decoder = compile_spec(spec, sid, version, doc.source)
+    except (ValueError, KeyError) as exc:
+        raise SpecLoadError([f"{doc.source}:1: (spec): {exc}"]) from None
+    return LoadedSpec(spec, decoder, doc.source, list(doc.notices))
+
+
+def load_spec_file(path: str | Path) -> LoadedSpec:
+    """Reads, validates and compiles one spec file (see :func:`parse_spec`)."""
+    try:
+        doc = load_yaml_file(path)
+    except YamlDocumentError as exc:
+        raise SpecLoadError([str(exc)]) from None
+    return parse_spec(doc)
+
+
+def load_spec_text(text: str, source: str = "<text>") -> LoadedSpec:
+    """Reads, validates and compiles a spec given as text."""
+    try:
+        doc = load_yaml_text(text, source)
+    except YamlDocumentError as exc:
+        raise SpecLoadError([str(exc)]) from None
+    return parse_spec(doc)
+
+
+def spec_files(paths: list[str | Path]) -> list[Path]:
+    """Expands directories to the spec files in them (``*.yaml``/``*.yml``, sorted)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found.extend(sorted(f for f in p.iterdir() if f.suffix in SPEC_SUFFIXES and f.is_file()))
+        else:
+            found.append(p)
+    return found
+
+
+def load_specs(paths: list[str | Path]) -> list[LoadedSpec]:
+    """Loads every spec under ``paths``; all problems of all files are reported together.
+
+    Raises:
+        SpecLoadError: any invalid spec, a duplicate spec id, or two specs for one product and format.
+    """
+    loaded: list[LoadedSpec] = []
+    problems: list[str] = []
+    for path in spec_files(paths):
+        try:
+            loaded.append(load_spec_file(path))
+        except SpecLoadError as exc:
+            problems.extend(exc.problems)
+    ids: dict[str, str] = {}
+    formats: dict[tuple[str, str], str] = {}
+    for item in loaded:
+        if item.spec_id in ids:
+            problems.append(f"{item.source}:1: spec_id: {item.spec_id!r} is also the id of {ids[item.spec_id]}")
+        ids[item.spec_id] = item.source
+        key = (item.decoder.product_id, item.decoder.format)
+        if key in formats:
+            problems.append(f"{item.source}:1: product_type: product {key[0]!r} already has a {key[1]} spec in {formats[key]}")
+        formats[key] = item.source
+    if problems:
+        raise SpecLoadError(problems)
+    return loaded
+
+
+def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
+    """Loads device -> product/tenant master data from a YAML file or a PostgreSQL table.
+
+    YAML: ``devices: {dev-1: {product: product_a, tenant: acme}, ...}``. PostgreSQL
+    (``postgresql://...``): table ``devices`` with columns ``device_id``, ``product_id`` and,
+    when present, ``tenant_id``.
+
+    Raises:
+        SpecLoadError: with the file or URL, field and reason.
+    """
+    if location is None:
+        return {}
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        return _devices_from_postgres(text)
+    try:
+        doc = load_yaml_file(text)
+    except YamlDocumentError as exc:
+        raise SpecLoadError([str(exc)]) from None
+    data = doc.data or {}
+    entries = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise SpecLoadError([f"{text}:1: devices: expected a mapping of device id -> {{product, tenant}}"])
+    devices: dict[str, DeviceInfo] = {}
+    problems = []
+    for device_id, entry in entries.items():
+        line = doc.line_of(("devices", device_id))
+        if isinstance(entry, str):
+            entry = {"product": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("product"), str):
+            problems.append(f"{text}:{line}: devices.{device_id}: needs product (a product id string)")
+            continue
+        unknown = set(entry) - {"product", "tenant", "site", "expected_interval_s", "name"}
+        if unknown:
+            problems.append(f"{text}:{line}: devices.{device_id}: unknown option(s) {', '.join(sorted(unknown))}")
+            continue
+        tenant = entry.get("tenant")
+        devices[str(device_id)] = DeviceInfo(entry["product"], None if tenant is None else str(tenant))
+    if problems:
+        raise SpecLoadError(problems)
+    return devices
+
+
+def _devices_from_postgres(url: str) -> dict[str, DeviceInfo]:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            columns = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices' AND table_schema = current_schema()"
+                )
+            }
+            if not {"device_id", "product_id"} <= columns:
+                raise SpecLoadError(
+                    [f"{_redact(url)}: devices: table needs columns device_id and product_id (has: {', '.join(sorted(columns)) or 'no table'})"]
+                )
+            tenant = "tenant_id" if "tenant_id" in columns else "NULL"
+            rows = conn.execute(f"SELECT device_id, product_id, {tenant} FROM devices").fetchall()
+    except psycopg.Error as exc:
+        raise SpecLoadError([f"{_redact(url)}: devices: cannot read the device registry: {str(exc).strip().splitlines()[0]}"]) from None
+    return {str(d): DeviceInfo(str(p), None if t is None else str(t)) for d, p, t in rows}
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def build_registry(specs: list[LoadedSpec], devices: dict[str, DeviceInfo] | None = None) -> DecoderRegistry:
+    """A :class:`DecoderRegistry` holding the specs' decoders per product and the device registry."""
+    by_product: dict[str, list] = {}
+    for item in specs:
+        by_product.setdefault(item.decoder.product_id, []).append(item.decoder)
+    return DecoderRegistry(by_product=by_product, devices=dict(devices or {}))
+
+
+# --- examples -------------------------------------------------------------------------------
+
+
+@dataclass
+class ExampleResult:
+    """The outcome of one spec example: ``ok`` and, when not, what differed."""
+
+    spec_id: str
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def example_payload(example, spec) -> bytes:
+    """The payload bytes an example describes (hex -> bytes unless the spec reads hex text)."""
+    if example.hex is not None:
+        if getattr(spec, "input", None) == "hex":
+            return example.hex.encode("ascii")
+        return decode_hex_text(example.hex)
+    if example.base64 is not None:
+        return base64.b64decode(example.base64)
+    if example.json_ is not None:
+        return example.json_.encode("utf-8") if isinstance(example.json_, str) else orjson.dumps(example.json_)
+    return (example.csv if example.csv is not None else example.text).encode("utf-8")
+
+
+def _same(expected, actual) -> bool:
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return expected is actual
+    if isinstance(expected, int | float) and isinstance(actual, int | float):
+        return math.isclose(expected, actual, rel_tol=_FLOAT_TOLERANCE, abs_tol=_FLOAT_TOLERANCE)
+    return expected == actual
+
+
+def _diff(expected: dict, actual: dict) -> str:
+    problems = []
+    for name, value in expected.items():
+        if name not in actual:
+            problems.append(f"{name} missing")
+        elif not _same(value, actual[name]):
+            problems.append(f"{name} = {actual[name]!r}, expected {value!r}")
+    problems.extend(f"unexpected {name} = {actual[name]!r}" for name in actual if name not in expected)
+    return "; ".join(problems)
+
+
+def decode_example(loaded: LoadedSpec, example) -> tuple[list[dict], list[DecodeError]]:
+    """Decodes one example payload as the job would; returns (records, rejections)."""
+    received_at = example.received_at if example.received_at is not None else int(time.time() * 1000)
+    envelope = RawEnvelope(payload=example_payload(example, loaded.spec), source="file", received_at=received_at)
+    identity = DeviceIdentity(example.device_id, example.product_id or loaded.decoder.product_id, None, None, None, example.tenant)
+    try:
+        items = loaded.decoder.decode(envelope, identity)
+    except DecodeError as exc:
+        return [], [exc]
+    records, errors = [], []
+    for item in items:
+        if isinstance(item, RowRejection):
+            errors.append(item.error)
+            continue
+        try:
+            check_record(item)
+        except DecodeError as exc:
+            errors.append(exc)
+            continue
+        records.append(item)
+    return records, errors
+
+
+def run_examples(loaded: LoadedSpec) -> list[ExampleResult]:
+    """Runs every example of a spec and compares the outcome with the expectation."""
+    results = []
+    for index, example in enumerate(loaded.spec.examples):
+        name = example.name or f"example {index + 1}"
+        records, errors = decode_example(loaded, example)
+        detail = ""
+        if example.error is not None:
+            if not errors:
+                detail = f"expected rejection containing {example.error!r}, got {len(records)} record(s)"
+            elif example.error not in errors[0].reason:
+                detail = f"rejected with {errors[0].reason!r}, expected it to contain {example.error!r}"
+            elif example.stage is not None and errors[0].stage != example.stage:
+                detail = f"rejected at stage {errors[0].stage}, expected {example.stage}"
+        else:
+            expected = example.records if example.records is not None else [example.metrics]
+            if errors:
+                detail = f"rejected: {errors[0].reason}"
+            elif len(records) != len(expected):
+                detail = f"{len(records)} record(s), expected {len(expected)}"
+            else:
+                for n, (want, record) in enumerate(zip(expected, records, strict=True)):
+                    diff = _diff(want, record["metrics"])
+                    if diff:
+                        detail = (f"record {n + 1}: " if len(expected) > 1 else "") + diff
+                        break
+            if not detail and example.device_ts is not None and records[0]["device_ts"] != example.device_ts:
+                detail = f"device_ts = {records[0]['device_ts']}, expected {example.device_ts}"
+            if not detail and example.quality is not None:
+                flagged = sorted({q.get("metric") or q.get("key") for r in records for q in r.get("quality", [])})
+                if flagged != sorted(example.quality):
+                    detail = f"quality issues on {flagged}, expected {sorted(example.quality)}"
+        results.append(ExampleResult(loaded.spec_id, name, not detail, detail))
+    return results

@@ -1,0 +1,148 @@
+"""Reading spec and rule YAML: ``safe_load`` semantics, line numbers for errors, one known repair.
+
+The client's published examples put ``output_schema:`` at the indentation of the list items
+above it (``conversion:`` / ``sections:`` lists), which strict YAML rejects. Those files must
+load as written, so :func:`load_yaml_document` repairs exactly that shape: a mapping key that
+follows a block list at the list's own indentation is read as a sibling of the list's parent
+key. Every repair is reported as a notice naming the line, so ``iotlink specs check`` can tell
+the author. Anything else that is not valid YAML fails with file, line and reason.
+
+Values are built with ``yaml.SafeLoader`` only; the composed node tree is kept to map a
+validation error's field path (``conversion[1].type``) back to its line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+_MAX_REPAIRS = 20
+
+
+class YamlDocumentError(ValueError):
+    """A YAML file that cannot be read; the message names file, line and reason."""
+
+
+@dataclass
+class YamlDocument:
+    """A loaded YAML document with what is needed to explain errors in it.
+
+    Attributes:
+        data: The loaded value (plain dicts, lists and scalars).
+        source: File name (or ``<text>``) used in messages.
+        text: The text actually parsed (after repairs).
+        notices: One line per repair made while loading.
+    """
+
+    data: object
+    source: str
+    text: str
+    notices: list[str] = field(default_factory=list)
+    _root: yaml.Node | None = None
+
+    def line_of(self, loc: tuple) -> int | None:
+        """Returns the 1-based line of the value at a field path, or of its nearest parent."""
+        node = self._root
+        line = node.start_mark.line + 1 if node is not None else None
+        for part in loc:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    if key_node.value == str(part):
+                        child = value_node
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                child = node.value[part]
+            if child is None:
+                break
+            node = child
+            line = node.start_mark.line + 1
+        return line
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _repair_sibling_key(lines: list[str], error: yaml.MarkedYAMLError) -> tuple[list[str], str] | None:
+    """Dedents a key written at the indentation of the list above it; None when not that shape."""
+    if error.context_mark is None or error.problem_mark is None:
+        return None
+    if "block collection" not in (error.context or "") or "<block end>" not in (error.problem or ""):
+        return None
+    list_line, key_line = error.context_mark.line, error.problem_mark.line
+    column = error.problem_mark.column
+    if error.context_mark.column != column or not lines[list_line].lstrip(" ").startswith("-"):
+        return None
+    parent = next(
+        (n for n in range(list_line - 1, -1, -1) if lines[n].strip() and not lines[n].lstrip().startswith("#") and _indent(lines[n]) < column),
+        None,
+    )
+    if parent is None:
+        return None
+    shift = column - _indent(lines[parent])
+    repaired = list(lines)
+    for n in range(key_line, len(lines)):
+        text = lines[n]
+        if text.strip() and not text.lstrip().startswith("#") and _indent(text) < column:
+            break
+        repaired[n] = text[shift:] if text[:shift].strip() == "" else text
+    key = lines[key_line].strip().split(":", 1)[0]
+    parent_key = lines[parent].strip().split(":", 1)[0]
+    notice = f"line {key_line + 1}: '{key}' is indented like the items of the '{parent_key}' list above it; read as a sibling of '{parent_key}'"
+    return repaired, notice
+
+
+def _problem_line(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
+    """Loads one YAML document from text.
+
+    Args:
+        text: The YAML text.
+        source: Name used in messages (usually the file path).
+
+    Returns:
+        The document with its data, repair notices and node tree.
+
+    Raises:
+        YamlDocumentError: invalid YAML, with file, line and reason.
+    """
+    lines = text.split("\n")
+    notices: list[str] = []
+    for _ in range(_MAX_REPAIRS):
+        current = "\n".join(lines)
+        try:
+            root = yaml.compose(current, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(current)
+        except yaml.MarkedYAMLError as exc:
+            repair = _repair_sibling_key(lines, exc)
+            if repair is None:
+                raise YamlDocumentError(f"{source}: {_problem_line(exc)}") from None
+            lines, notice = repair
+            notices.append(notice)
+            continue
+        except yaml.YAMLError as exc:
+            raise YamlDocumentError(f"{source}: {_problem_line(exc)}") from None
+        return YamlDocument(data=data, source=source, text=current, notices=notices, _root=root)
+    raise YamlDocumentError(f"{source}: too many indentation problems to read")
+
+
+def load_yaml_file(path: str | Path) -> YamlDocument:
+    """Loads a YAML file (see :func:`load_yaml_text`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YamlDocumentError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise YamlDocumentError(f"{path}: not UTF-8 text: {exc}") from None
+    return load_yaml_text(text, str(path))
