@@ -10,6 +10,10 @@ import time
 from collections.abc import Iterable, Mapping
 
 DEFAULT_PARTITIONS = {"iotlink.raw": 4}
+# Raw payloads may be up to the 1 MiB decode limit plus envelope overhead (base64 for binary), and
+# a dead letter repeats the payload: both topics accept records of up to 8 MiB.
+LARGE_RECORD_TOPICS = frozenset({"iotlink.raw", "iotlink.dlq"})
+LARGE_RECORD_BYTES = 8 * 1024 * 1024
 
 
 def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: Mapping[str, int] | None = None) -> list[str]:
@@ -34,7 +38,8 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: Map
         created = []
         for name in wanted:
             try:
-                admin.create_topics([NewTopic(name, num_partitions=counts.get(name, 1), replication_factor=1)])
+                configs = {"max.message.bytes": str(LARGE_RECORD_BYTES)} if name in LARGE_RECORD_TOPICS else None
+                admin.create_topics([NewTopic(name, num_partitions=counts.get(name, 1), replication_factor=1, topic_configs=configs)])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
@@ -188,13 +193,14 @@ def raw_kafka_source(
     return builder.build()
 
 
-def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_id_prefix: str):
+def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_id_prefix: str, max_record_bytes: int = 1024 * 1024):
     """A KafkaSink writing strings to ``topic`` in Kafka transactions committed on checkpoints.
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         topic: Target topic.
         transactional_id_prefix: Unique per sink and job, so restores fence old producers.
+        max_record_bytes: Largest record the producer may send (``max.request.size``).
 
     Returns:
         The KafkaSink.
@@ -215,6 +221,7 @@ def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_i
         .set_property("transaction.timeout.ms", "600000")
         .set_property("linger.ms", "20")
         .set_property("batch.size", str(256 * 1024))
+        .set_property("max.request.size", str(max_record_bytes + 64 * 1024))
         .build()
     )
 

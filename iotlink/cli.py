@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from iotlink.config import ConfigError, Settings, load_settings
+from operators.spec_loading import SpecLoadError
 
 EPILOG = """\
 Endpoints come from (lowest to highest priority): defaults, the config file (--config or
@@ -37,6 +38,11 @@ def _connection_options() -> argparse.ArgumentParser:
     ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Kafka-protocol broker port (default 19092)")
     ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
     ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
+    decoding = parent.add_argument_group("decoding")
+    decoding.add_argument("--specs-dir", metavar="DIR", help="directory of product decoder specs (default ./yaml_specs of the project)")
+    decoding.add_argument(
+        "--device-registry", metavar="FILE|URL", help="device -> product/tenant master data: a YAML file or postgresql:// URL (table devices)"
+    )
     flink = parent.add_argument_group("Flink")
     flink.add_argument("--ui-port", type=int, metavar="PORT", help="Flink web UI / REST port of the local cluster (default 18081)")
     flink.add_argument("--parallelism", type=int, metavar="N", help="job parallelism (default 2)")
@@ -47,6 +53,8 @@ def _connection_options() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Builds settings from the config file, environment and the parsed options."""
+    if not hasattr(args, "bootstrap_servers"):
+        return load_settings(getattr(args, "config", None), {})
     overrides: dict = {
         "bootstrap_servers": args.bootstrap_servers,
         "postgres_url": args.postgres_url,
@@ -54,6 +62,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "iceberg_warehouse": args.iceberg_warehouse,
         "mqtt_url": args.mqtt_url,
         "data_dir": args.data_dir,
+        "specs_dir": args.specs_dir,
+        "device_registry": args.device_registry,
     }
     ports = {k: v for k, v in {"kafka": args.kafka_port, "postgres": args.postgres_port, "mqtt": args.mqtt_port}.items() if v}
     if ports:
@@ -124,11 +134,17 @@ def _with_stack(args, settings, components):
     return stack, stack.settings_with_endpoints()
 
 
+def _announce_specs(factory, settings: Settings) -> None:
+    spec_ids = sorted(spec_id for _, spec_id in factory.spec_ids)
+    print(f"decoder specs: {len(spec_ids)} from {settings.specs_dir} ({', '.join(spec_ids)}); devices in registry: {len(factory.devices)}")
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the telemetry job on the local MiniCluster."""
-    from jobs.telemetry_job import options_from_args, run_telemetry_job
+    from jobs.telemetry_job import decoder_registry_factory, options_from_args, run_telemetry_job
 
     options = options_from_args(args)
+    _announce_specs(decoder_registry_factory(settings), settings)  # a bad spec stops here, before anything starts
     stack, settings = _with_stack(args, settings, ("kafka",))
     try:
         print(f"telemetry job '{options.job_name}': {settings.topics.raw} -> {settings.topics.telemetry} (+ {settings.topics.dlq})")
@@ -168,6 +184,8 @@ def _job_command(settings: Settings, extra: list[str]) -> list[str]:
         "--ui-port", str(settings.flink.rest_port),
         "--parallelism", str(settings.flink.parallelism),
         "--checkpoint-interval", str(settings.flink.checkpoint_interval_ms),
+        "--specs-dir", str(settings.specs_dir),
+        *(["--device-registry", settings.device_registry] if settings.device_registry else []),
         *extra,
     ]
 
@@ -206,7 +224,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.live import CounterLine, FlinkRest
     from iotlink.simulator import run_simulation
     from iotlink.stack import EmbeddedStack
+    from jobs.telemetry_job import decoder_registry_factory
 
+    _announce_specs(decoder_registry_factory(settings), settings)  # fail on a bad spec before starting anything
     stack = EmbeddedStack(settings)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     proc = None
@@ -339,10 +359,27 @@ def build_parser() -> argparse.ArgumentParser:
     from iotlink.bench import add_bench_arguments
 
     add_bench_arguments(bench)
+    from iotlink.spec_commands import add_spec_commands
+
+    add_spec_commands(sub)
     return parser
 
 
-COMMANDS = {"up": cmd_up, "run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "bench": cmd_bench}
+def _spec_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.spec_commands import run_spec_command
+
+    return run_spec_command(args, settings)
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "run": cmd_run,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+    "decode": _spec_command,
+    "specs": _spec_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, settings)
     except ConfigError as exc:
         print(f"iotlink: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SpecLoadError as exc:
+        for problem in exc.problems:
+            print(f"iotlink: invalid spec: {problem}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"iotlink: {exc}", file=sys.stderr)

@@ -31,6 +31,8 @@ ENV_VARS = {
     "iceberg_warehouse": "IOTLINK_ICEBERG_WAREHOUSE",
     "mqtt_url": "IOTLINK_MQTT_URL",
     "data_dir": "IOTLINK_DATA_DIR",
+    "specs_dir": "IOTLINK_SPECS_DIR",
+    "device_registry": "IOTLINK_DEVICE_REGISTRY",
 }
 CONFIG_ENV_VAR = "IOTLINK_CONFIG"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
@@ -91,6 +93,8 @@ class Settings(_Strict):
     iceberg_warehouse: str | None = None
     mqtt_url: str | None = None
     data_dir: Path = Path(".iotlink")
+    specs_dir: Path = Path(__file__).resolve().parent.parent / "yaml_specs"
+    device_registry: str | None = None
     topics: Topics = Topics()
     ports: StackPorts = StackPorts()
     flink: FlinkSettings = FlinkSettings()

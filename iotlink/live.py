@@ -64,6 +64,23 @@ class FlinkRest:
                         totals[key] += int(float(metric.get("sum", 0)))
         return totals
 
+    def metric_totals(self, job_id: str, contains: str) -> dict[str, int]:
+        """Sums every counter whose name contains ``contains`` over vertices and subtasks.
+
+        Keys are the names from the ``iotlink`` group on, e.g. ``iotlink.spec.product_a.decoded``.
+        """
+        totals: dict[str, int] = {}
+        job = self.get(f"/jobs/{job_id}")
+        for vertex in job.get("vertices", []):
+            base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+            wanted = [m["id"] for m in self.get(base) if contains in m["id"]]
+            for start in range(0, len(wanted), 40):
+                for metric in self.get(base + "?get=" + ",".join(wanted[start : start + 40]) + "&agg=sum"):
+                    name = metric["id"]
+                    key = name[name.index("iotlink.") :] if "iotlink." in name else name
+                    totals[key] = totals.get(key, 0) + int(float(metric.get("sum", 0)))
+        return totals
+
     def checkpoints(self, job_id: str) -> dict:
         """Checkpoint statistics of a job."""
         return self.get(f"/jobs/{job_id}/checkpoints")

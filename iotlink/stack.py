@@ -93,9 +93,17 @@ class EmbeddedPostgres:
         return str(POSTGRES_BIN_PATH / name)
 
     def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            args, user=self._run_as, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
+        user = None
+        if self._run_as is not None:
+            # Switching user inside subprocess (user=) forks and calls setreuid before exec, which
+            # can deadlock in a process that already runs threads (a JVM, a Kafka client);
+            # runuser does the switch in a fresh process instead.
+            runuser = shutil.which("runuser")
+            if runuser:
+                args = [runuser, "-u", self._run_as, "--", *args]
+            else:
+                user = self._run_as
+        return subprocess.run(args, user=user, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def start(self) -> None:
         """Initializes the data directory if new, then starts the server and creates the database."""

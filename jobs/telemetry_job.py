@@ -1,6 +1,6 @@
 """The streaming telemetry job: raw envelopes in, standard telemetry and dead letters out.
 
-    KafkaSource(iotlink.raw) -> decode -> event time (device time, idleness)
+    KafkaSource(iotlink.raw) -> decode (YAML specs) -> event time (device time, idleness)
         -> late check -> KafkaSink EXACTLY_ONCE (iotlink.telemetry)
     decode --dead letters--> KafkaSink EXACTLY_ONCE (iotlink.dlq)
 
@@ -168,17 +168,34 @@ def export_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + current))
 
 
+def decoder_registry_factory(settings: Settings):
+    """Reads and validates every spec and the device registry now, so a bad one stops the start.
+
+    Returns:
+        A picklable factory that builds the DecoderRegistry inside each task.
+
+    Raises:
+        operators.spec_loading.SpecLoadError: file, line, field and reason for each problem.
+    """
+    from operators.spec_loading import RegistryFactory, SpecLoadError, load_device_registry, load_specs
+
+    if not settings.specs_dir.is_dir():
+        raise SpecLoadError([f"{settings.specs_dir}: specs_dir is not a directory"])
+    return RegistryFactory(load_specs([settings.specs_dir]), load_device_registry(settings.device_registry))
+
+
 def create_job(settings: Settings, options: RunOptions):
     """Creates the execution environment with the Kafka source and sinks wired in.
 
     Returns:
         The StreamExecutionEnvironment, ready to execute.
     """
+    registry_factory = decoder_registry_factory(settings)
     export_python_path()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.kafka import exactly_once_string_sink, raw_kafka_source
+    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
@@ -195,7 +212,7 @@ def create_job(settings: Settings, options: RunOptions):
     )
     # Transactional ids must be unique per sink; the job name keeps parallel jobs apart.
     telemetry_sink = exactly_once_string_sink(bootstrap, topics.telemetry, f"{options.job_name}-telemetry")
-    dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq")
+    dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq", max_record_bytes=LARGE_RECORD_BYTES)
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -208,6 +225,7 @@ def create_job(settings: Settings, options: RunOptions):
         dlq_sink,
         out_of_orderness_ms=settings.flink.out_of_orderness_ms,
         idleness_ms=settings.flink.idleness_ms,
+        registry_factory=registry_factory,
         fault=fault,
     )
     return env

@@ -26,7 +26,12 @@ DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 
 
 class DecodeRawFunction(ProcessFunction):
-    """Decodes raw envelopes; telemetry goes to the main output, dead letters to a side output."""
+    """Decodes raw envelopes; telemetry goes to the main output, dead letters to a side output.
+
+    The decoder registry (every compiled spec) is built once per task in ``open``. Besides the
+    totals, it counts per reason (``rejected_reason.<code>.count``) and per spec
+    (``spec.<spec_id>.decoded`` / ``.rejected``; ``builtin`` for the client JSON decoder).
+    """
 
     def __init__(self, registry_factory=DecoderRegistry):
         self._registry_factory = registry_factory
@@ -40,6 +45,7 @@ class DecodeRawFunction(ProcessFunction):
         self._decoded = group.counter("decoded")
         self._rejected = group.counter("rejected")
         self._rejected_by_reason = {}
+        self._per_spec = {}
 
     def _count_rejection(self, code: str) -> None:
         self._rejected.inc()
@@ -49,15 +55,26 @@ class DecodeRawFunction(ProcessFunction):
             self._rejected_by_reason[code] = counter
         counter.inc()
 
+    def _spec_counters(self, spec_id: str | None):
+        key = spec_id or "builtin"
+        counters = self._per_spec.get(key)
+        if counters is None:
+            group = self._group.add_group("spec", key)
+            counters = (group.counter("decoded"), group.counter("rejected"))
+            self._per_spec[key] = counters
+        return counters
+
     def process_element(self, value, ctx):
         self._records_in.inc()
         outcome = decode_raw_record(bytes(value), self._registry, int(time.time() * 1000))
-        if outcome.dead_letter is not None:
-            self._count_rejection(outcome.dead_letter["reason_code"])
-            yield DEAD_LETTERS, dead_letter_to_json(outcome.dead_letter)
-            return
+        for letter in outcome.dead_letters:
+            self._count_rejection(letter["reason_code"])
+            if letter.get("spec_id") is not None or letter["stage"] in ("parse", "checksum", "contract"):
+                self._spec_counters(letter.get("spec_id"))[1].inc()
+            yield DEAD_LETTERS, dead_letter_to_json(letter)
         for record in outcome.records:
             self._decoded.inc()
+            self._spec_counters(record.get("spec_id"))[0].inc()
             yield record["device_id"], record["device_ts"], telemetry_to_json(record)
 
 

@@ -40,8 +40,8 @@ from operators.spec_model import (
     TextMapping,
     TimestampSource,
     ValueRules,
+    parse_int,
 )
-from operators.telemetry import make_telemetry_record
 
 _HEX_TEXT = re.compile(rb"^\s*(?:0[xX])?[0-9A-Fa-f\s]*$")
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -95,12 +95,14 @@ class ValueConverter:
     value, non-finite number) instead of failing the record.
     """
 
-    __slots__ = ("name", "scale", "add", "decimals", "enum", "bits", "keep", "clean_float32", "plain")
+    __slots__ = ("name", "scale", "add", "decimals", "int_only", "enum", "bits", "keep", "clean_float32", "plain")
 
     def __init__(self, name: str, rules: ValueRules, *, additive: float | None, float32: bool, integer_raw: bool, units: dict[str, str]):
         self.name = name
         self.scale = rules.scale
         self.add = additive
+        # Decimals taken from scale/offset round integer raws only: a float raw (JSON/CSV "auto") keeps its digits.
+        self.int_only = rules.decimals is None
         if rules.decimals is not None:
             self.decimals = rules.decimals
         elif (self.scale is not None or self.add is not None) and integer_raw:
@@ -147,7 +149,7 @@ class ValueConverter:
             value = value * self.scale
         if self.add is not None:
             value = value + self.add
-        if self.decimals is not None:
+        if self.decimals is not None and (type(raw) is int or not self.int_only):
             value = round(value, self.decimals)
             if self.decimals == 0 and self.scale is None:
                 value = int(value)
@@ -303,7 +305,8 @@ class GroupLayout:
             if rest:
                 raise DecodeError(
                     "truncated",
-                    f"{self.where}group {g.group}: {_plural(rest)} at offset {start + count * self.size} do not fill a {self.size}-byte element",
+                    f"{self.where}group {g.group}: {_plural(rest)} at offset {start + count * self.size} "
+                    f"{'does' if rest == 1 else 'do'} not fill a {self.size}-byte element",
                 )
         needed = start + count * self.size
         if needed > total:
@@ -407,7 +410,7 @@ class HybridLayout:
         self.by_tag = {}
         for section in self.sections:
             if self.tagged:
-                self.by_tag[int(section[0]) if not isinstance(section[0], int) else section[0]] = section
+                self.by_tag[parse_int(section[0], "section_id")] = section
 
     def _section(self, buf, pos, section, metrics, issues) -> int:
         section_id, layout, length, _ = section
@@ -675,23 +678,30 @@ def _compile_template(template: str):
 
 
 class OutputBuilder:
-    """Fills the standard record from ``output_schema`` templates."""
+    """Fills the standard record from ``output_schema`` templates.
+
+    Keys left at their default (``${device.id}``, ``${device.tenant}``, ``${timestamp}``, …) are
+    read straight from the identity and context; only custom templates run a compiled getter.
+    """
+
+    _DEFAULTS = {
+        "device_id": "${device.id}",
+        "product_id": "${device.product}",
+        "timestamp": "${timestamp}",
+        "hub_timestamp": "${hub_timestamp}",
+        "tenant": "${device.tenant}",
+        "hub_id": "${device.hub}",
+    }
 
     def __init__(self, schema: dict[str, str], spec_id: str, spec_version: str, units: dict[str, str], ranges: dict):
-        self.getters = {key: _compile_template(t) for key, t in schema.items() if key != "metrics"}
-        self.device_id = self.getters.pop("device_id", _token_getter("device.id"))
-        self.product_id = self.getters.pop("product_id", _token_getter("device.product"))
-        self.timestamp = self.getters.pop("timestamp", _token_getter("timestamp"))
-        self.hub_ts = self.getters.pop("hub_timestamp", _token_getter("hub_timestamp"))
-        self.tenant = self.getters.pop("tenant", _token_getter("device.tenant"))
-        self.hub_id = self.getters.pop("hub_id", _token_getter("device.hub"))
-        self.child = self.getters.pop("child_device_id", lambda c: c.identity.child_device_id)
+        self.custom = {
+            key: _compile_template(t) for key, t in schema.items() if key != "metrics" and t.strip() != self._DEFAULTS.get(key)
+        }
         self.templates = schema
         self.spec_id = spec_id
         self.spec_version = spec_version
         self.units = units
         self.ranges = ranges
-        self._time = TimeReader(None, "output_schema.timestamp")
 
     def _time_value(self, value, key: str) -> int | None:
         if value is None or type(value) is int:
@@ -702,41 +712,59 @@ class OutputBuilder:
         """Returns the record, or raises a ``contract`` DecodeError."""
         if not metrics:
             raise DecodeError("empty_metrics", "the payload decoded to no metrics", stage="contract")
-        device_id = self.device_id(ctx)
-        if not isinstance(device_id, str) or not device_id:
-            raise DecodeError(
-                "missing_field",
-                f"output_schema.device_id {self.templates.get('device_id', '${device.id}')} resolved to {device_id!r}",
-                stage="contract",
-            )
-        device_ts = self._time_value(self.timestamp(ctx), "timestamp")
+        identity = ctx.identity
+        device_id, product_id, tenant = identity.device_id, identity.product_id, identity.tenant
+        hub_id, child, hub_ts, device_ts = identity.hub_id, identity.child_device_id, ctx.hub_ts, ctx.timestamp
+        if self.custom:
+            custom = self.custom
+            if "device_id" in custom:
+                device_id = custom["device_id"](ctx)
+                if not isinstance(device_id, str) or not device_id:
+                    raise DecodeError(
+                        "missing_field", f"output_schema.device_id {self.templates['device_id']} resolved to {device_id!r}", stage="contract"
+                    )
+            if "product_id" in custom:
+                product_id = custom["product_id"](ctx)
+            if "timestamp" in custom:
+                device_ts = self._time_value(custom["timestamp"](ctx), "timestamp")
+            if "hub_timestamp" in custom:
+                hub_ts = self._time_value(custom["hub_timestamp"](ctx), "hub_timestamp")
+            if "tenant" in custom:
+                tenant = custom["tenant"](ctx)
+            if "hub_id" in custom:
+                hub_id = custom["hub_id"](ctx)
+            if "child_device_id" in custom:
+                child = custom["child_device_id"](ctx)
         if device_ts is None:
             device_ts = ctx.ingest_ts
+        record = {"device_id": device_id, "product_id": product_id, "device_ts": device_ts, "ingest_ts": ctx.ingest_ts, "metrics": metrics}
+        if hub_id is not None:
+            record["hub_id"] = hub_id
+        if child is not None:
+            record["child_device_id"] = child
+        if hub_ts is not None:
+            record["hub_ts"] = hub_ts
+        if tenant is not None:
+            record["tenant"] = str(tenant)
         units = self.units
         if units:
-            units = {m: u for m, u in units.items() if m in metrics}
+            if units.keys() <= metrics.keys():
+                record["units"] = units.copy()
+            else:
+                present = {m: u for m, u in units.items() if m in metrics}
+                if present:
+                    record["units"] = present
+        record["spec_id"] = self.spec_id
+        record["spec_version"] = self.spec_version
         ranges = self.ranges
         if ranges:
             for name, (low, high) in ranges.items():
                 value = metrics.get(name)
                 if type(value) in (int, float) and (low is not None and value < low or high is not None and value > high):
                     issues.append({"metric": name, "issue": "out_of_range", "value": value, "min": low, "max": high})
-        tenant = self.tenant(ctx)
-        return make_telemetry_record(
-            device_id=device_id,
-            product_id=self.product_id(ctx),
-            device_ts=device_ts,
-            ingest_ts=ctx.ingest_ts,
-            metrics=metrics,
-            hub_id=self.hub_id(ctx),
-            child_device_id=self.child(ctx),
-            hub_ts=self._time_value(self.hub_ts(ctx), "hub_timestamp"),
-            tenant=tenant if tenant is None else str(tenant),
-            units=units or None,
-            spec_id=self.spec_id,
-            spec_version=self.spec_version,
-            quality=issues or None,
-        )
+        if issues:
+            record["quality"] = issues
+        return record
 
 
 # --- decoders -------------------------------------------------------------------------------
@@ -763,7 +791,7 @@ class SpecDecoder:
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.max_payload:
             raise DecodeError("payload_too_large", f"payload is {_plural(len(payload))}, the limit is {_plural(self.max_payload)}", stage="envelope")
-        if not payload.strip():
+        if not payload or payload.isspace():
             raise DecodeError("empty_payload", "payload is empty")
 
 
@@ -785,6 +813,8 @@ class HexBinaryDecoder(SpecDecoder):
         self.checksums = [(c, CHECKSUM_FUNCTIONS[c.algorithm], ">" if (c.byte_order or spec.byte_order) == "big" else "<") for c in spec.checksum]
         has_groups = isinstance(self.layout, FixedLayout) and self.layout.groups
         self.fixed_extent = self.layout.extent if isinstance(self.layout, FixedLayout) and not has_groups else 0
+        # Key-value, hybrid and until_end layouts read to the end: they must stop before trailing checksums.
+        self.reads_to_end = not isinstance(self.layout, FixedLayout) or any(g.group.until_end for g in self.layout.groups)
         self.input = spec.input
         self.bin_path = compile_path(spec.bin_path)
         self.timestamp_field = spec.timestamp.field if spec.timestamp else None
@@ -792,14 +822,24 @@ class HexBinaryDecoder(SpecDecoder):
         self.wrapper_ts = TimeReader(None, "device_timestamp")
         self.wrapper_hub_ts = TimeReader(None, "hub_timestamp")
 
-    def payload_bytes(self, payload: bytes) -> tuple[bytes, object]:
-        """Returns (binary data, JSON wrapper document or None) for the configured input mode."""
+    def payload_bytes(self, payload: bytes, hint: str | None = None) -> tuple[bytes, object]:
+        """Returns (binary data, JSON wrapper document or None) for the configured input mode.
+
+        ``input: auto`` uses the envelope/topic format hint: ``hex`` means hex text (text that is
+        not hex is rejected, never read as raw bytes); ``bin`` means raw bytes unless the payload
+        is a JSON object (the client's ``data.bin`` wrapper); ``json`` means the wrapper. Without
+        a hint, a JSON object is the wrapper, even-length hex text (optional ``0x``, spaces) is
+        hex, anything else raw bytes. ``input: bytes|hex|json`` in the spec skips the guessing.
+        """
         mode = self.input
         if mode == "auto":
-            head = payload.lstrip()[:1]
-            if head == b"{":
+            if hint == "hex":
+                mode = "hex"
+            elif hint == "json":
                 mode = "json"
-            elif _HEX_TEXT.match(payload):
+            elif payload.lstrip()[:1] == b"{" and _json_object(payload) is not None:
+                return self._from_wrapper(_json_object(payload))
+            elif hint is None and _HEX_TEXT.match(payload) and _even_hex_digits(payload):
                 mode = "hex"
             else:
                 mode = "bytes"
@@ -811,6 +851,9 @@ class HexBinaryDecoder(SpecDecoder):
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError("invalid_json", f"payload is not valid JSON: {exc}") from None
+        return self._from_wrapper(doc)
+
+    def _from_wrapper(self, doc) -> tuple[bytes, object]:
         text = get_path(doc, self.bin_path)
         dotted = ".".join(str(p) for p in self.bin_path)
         if text is _MISSING or not isinstance(text, str):
@@ -828,7 +871,11 @@ class HexBinaryDecoder(SpecDecoder):
             end = check.end if check.end is not None else at
             end = end + total if end < 0 else end
             start = check.start + total if check.start < 0 else check.start
-            if at < 0 or at + width > total or start < 0 or end > total or start > end:
+            if at < 0:
+                raise DecodeError(
+                    "truncated", f"{check.algorithm}: payload of {_plural(total)} is too short for its {width}-byte checksum", stage="checksum"
+                )
+            if at + width > total or start < 0 or end > total or start > end:
                 raise DecodeError(
                     "truncated",
                     f"{check.algorithm}: payload of {_plural(total)} is too short for bytes {start}..{end} and the checksum at {at}",
@@ -847,10 +894,22 @@ class HexBinaryDecoder(SpecDecoder):
             last = max(last, at + width)
         return last
 
+    def fields_end(self, total: int) -> int:
+        """Where the fields of a payload of ``total`` bytes end: before the checksums stored at its end."""
+        starts = {}
+        for check, _, _ in self.checksums:
+            at = check.at if check.at is not None else -check.width
+            at = at + total if at < 0 else at
+            starts[at + check.width] = at
+        end = total
+        while end in starts and starts[end] < end:
+            end = starts[end]
+        return end
+
     def decode(self, envelope: RawEnvelope, identity: DeviceIdentity) -> list:
         """Decodes one payload into one record."""
         self._check_size(envelope.payload)
-        data, doc = self.payload_bytes(envelope.payload)
+        data, doc = self.payload_bytes(envelope.payload, identity.format)
         if not data:
             raise DecodeError("empty_payload", "payload holds no bytes")
         metrics: dict = {}
@@ -859,9 +918,20 @@ class HexBinaryDecoder(SpecDecoder):
             # A short frame is reported as truncated (naming the field), not as a checksum mismatch.
             self.layout.read(data, 0, metrics, issues)
         checked_end = self.verify_checksums(data) if self.checksums else 0
-        end = max(self.layout.read(data, 0, metrics, issues), checked_end)
+        body = data[: self.fields_end(len(data))] if self.checksums and self.reads_to_end else data
+        read_end = self.layout.read(body, 0, metrics, issues)
+        end = max(read_end, checked_end)
         if self.reject_trailing and end < len(data):
             raise DecodeError("trailing_bytes", f"{_plural(len(data) - end)} after the last field (offset {end}), payload has {_plural(len(data))}")
+        if self.reject_trailing and self.checksums:
+            # Unread bytes before checksums stored at the end are trailing bytes too: a frame padded
+            # with zeros still passes a CRC/xor8 whose position counts from the end.
+            tail = self.fields_end(len(data))
+            if read_end < tail < len(data):
+                raise DecodeError(
+                    "trailing_bytes",
+                    f"{_plural(tail - read_end)} after the last field (offset {read_end}), before the checksum at offset {tail}",
+                )
         ctx = _Context(identity, envelope.received_at, doc=doc)
         if self.timestamp_field is not None:
             raw = metrics.pop(self.timestamp_field, None)
@@ -872,6 +942,22 @@ class HexBinaryDecoder(SpecDecoder):
             if doc.get("hub_timestamp") is not None:
                 ctx.hub_ts = self.wrapper_hub_ts.read(doc["hub_timestamp"])
         return [self.output.build(ctx, metrics, issues)]
+
+
+def _json_object(payload: bytes) -> dict | None:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _even_hex_digits(payload: bytes) -> bool:
+    body = payload.strip()
+    if body[:2] in (b"0x", b"0X"):
+        body = body[2:]
+    digits = len(body) - sum(body.count(c) for c in b" \t\r\n")
+    return digits > 0 and digits % 2 == 0
 
 
 def decode_hex_text(payload: bytes | str) -> bytes:

@@ -7,6 +7,7 @@ Every problem in a spec is reported as ``file:line: field: reason`` (one line pe
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import math
 import time
@@ -61,8 +62,16 @@ def _clean_location(doc: YamlDocument, loc: tuple) -> tuple[str, tuple]:
     """Drops union tags from a pydantic location; returns (``a.b[1].c``, data path)."""
     node = doc.data
     path: list = []
-    for part in loc:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+    for n, part in enumerate(loc):
+        last = n == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            # Union tags ("hex_binary", "<field>") are not keys of the data; a key holding a
+            # scalar is only descended into when it ends the location.
+            if not last and not isinstance(node[part], dict | list):
+                continue
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path.append(part)
     text = ""
@@ -71,16 +80,36 @@ def _clean_location(doc: YamlDocument, loc: tuple) -> tuple[str, tuple]:
     return text, tuple(path)
 
 
+def _known_options() -> list[str]:
+    from operators import spec_model
+
+    names = set()
+    for value in vars(spec_model).values():
+        if isinstance(value, type) and issubclass(value, spec_model.BaseModel) and value.__module__ == spec_model.__name__:
+            names.update(value.model_fields)
+    return sorted(n.rstrip("_") for n in names)
+
+
 def _problems(doc: YamlDocument, exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
-        where, path = _clean_location(doc, tuple(error["loc"]))
+        # A SpecError raised by a model validator carries the path of the option it is about.
+        located = getattr((error.get("ctx") or {}).get("error"), "path", ())
+        where, path = _clean_location(doc, tuple(error["loc"]) + tuple(located))
         message = error["msg"].removeprefix("Value error, ")
+        if where:
+            message = message.removeprefix(f"{where}: ")
         if error["type"] == "extra_forbidden":
-            message = "unknown option (check the spelling; see docs/specs.md)"
+            guess = difflib.get_close_matches(str(error["loc"][-1]), _known_options(), n=1)
+            message = f"unknown option{f' (did you mean {guess[0]!r}?)' if guess else ''}; see docs/specs.md"
         elif error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
             message = "format must be one of hex_binary, json, csv"
-            where = where or "format"
+            if not where:
+                where, path = "format", ("format",)
+        elif error["type"] == "missing":
+            # The missing option is not in the file: name it, at the line of the mapping that lacks it.
+            missing = str(error["loc"][-1])
+            where = f"{where}.{missing}" if where else missing
         line = doc.line_of(path)
         problems.append(f"{doc.source}:{line}: {where or '(spec)'}: {message}")
     return problems
@@ -157,6 +186,15 @@ def load_specs(paths: list[str | Path]) -> list[LoadedSpec]:
             loaded.append(load_spec_file(path))
         except SpecLoadError as exc:
             problems.extend(exc.problems)
+    problems.extend(duplicate_problems(loaded))
+    if problems:
+        raise SpecLoadError(problems)
+    return loaded
+
+
+def duplicate_problems(loaded: list[LoadedSpec]) -> list[str]:
+    """Problems between specs: a spec id used twice, or two specs for one product and format."""
+    problems = []
     ids: dict[str, str] = {}
     formats: dict[tuple[str, str], str] = {}
     for item in loaded:
@@ -167,9 +205,7 @@ def load_specs(paths: list[str | Path]) -> list[LoadedSpec]:
         if key in formats:
             problems.append(f"{item.source}:1: product_type: product {key[0]!r} already has a {key[1]} spec in {formats[key]}")
         formats[key] = item.source
-    if problems:
-        raise SpecLoadError(problems)
-    return loaded
+    return problems
 
 
 def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
@@ -249,7 +285,31 @@ def build_registry(specs: list[LoadedSpec], devices: dict[str, DeviceInfo] | Non
     by_product: dict[str, list] = {}
     for item in specs:
         by_product.setdefault(item.decoder.product_id, []).append(item.decoder)
-    return DecoderRegistry(by_product=by_product, devices=dict(devices or {}))
+    registry = DecoderRegistry(by_product=by_product, devices=dict(devices or {}))
+    # A spec may allow larger payloads than the default; each decoder still enforces its own limit.
+    registry.max_payload_bytes = max([registry.max_payload_bytes, *(item.decoder.max_payload for item in specs)])
+    return registry
+
+
+class RegistryFactory:
+    """Builds the decoder registry inside each Flink task from spec texts read at job start.
+
+    The job's client reads and validates every spec (failing fast on a bad one) and ships the
+    texts with the operator, so task managers need no access to the spec directory.
+    """
+
+    def __init__(self, specs: list[LoadedSpec], devices: dict[str, DeviceInfo] | None = None, max_payload_bytes: int | None = None):
+        self.sources = [(item.source, Path(item.source).read_text(encoding="utf-8")) for item in specs]
+        self.spec_ids = [(item.decoder.product_id, item.spec_id) for item in specs]
+        self.devices = dict(devices or {})
+        self.max_payload_bytes = max_payload_bytes
+
+    def __call__(self) -> DecoderRegistry:
+        loaded = [load_spec_text(text, source) for source, text in self.sources]
+        registry = build_registry(loaded, self.devices)
+        if self.max_payload_bytes is not None:
+            registry.max_payload_bytes = self.max_payload_bytes
+        return registry
 
 
 # --- examples -------------------------------------------------------------------------------

@@ -58,6 +58,14 @@ METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
+class SpecError(ValueError):
+    """A validation problem that knows where it is: ``path`` is relative to the model that raised it."""
+
+    def __init__(self, message: str, path: tuple = ()):
+        super().__init__(message)
+        self.path = path
+
+
 def parse_int(value: object, what: str) -> int:
     """Reads an integer written as a number or as ``0x..`` / ``0b..`` text."""
     if isinstance(value, bool):
@@ -220,13 +228,15 @@ class BinaryField(ValueRules):
     @model_validator(mode="after")
     def _size(self):
         if self.length is not None and self.value_length is not None and self.length != self.value_length:
-            raise ValueError(f"field {self.field!r}: length {self.length} and value_length {self.value_length} disagree")
+            raise SpecError(f"field {self.field!r}: length {self.length} and value_length {self.value_length} disagree", ("value_length",))
         code, size = BINARY_TYPES[self.type]
         given = self.length or self.value_length
         if size is not None and given is not None and given != size:
-            raise ValueError(f"field {self.field!r}: type {self.type} is {size} byte(s), length says {given}")
+            raise SpecError(
+                f"field {self.field!r}: type {self.type} is {size} byte(s), length says {given}", ("length" if self.length else "value_length",)
+            )
         if size is None and given is None:
-            raise ValueError(f"field {self.field!r}: type {self.type} needs a length")
+            raise SpecError(f"field {self.field!r}: type {self.type} needs a length", ("type",))
         if (self.scale is not None or self.value_offset is not None) and self.type in ("ascii", "bytes", "bool"):
             raise ValueError(f"field {self.field!r}: scale/value_offset need a numeric type, not {self.type}")
         if (self.bits or self.enum) and self.type not in INTEGER_TYPES:
@@ -282,11 +292,12 @@ class BinaryGroup(_Model):
 
 
 def _item_kind(value: Any) -> str:
-    return "group" if isinstance(value, dict) and "group" in value else "field"
+    # Tags appear in error locations; "<...>" keeps them apart from the items' own field/group keys.
+    return "<group>" if isinstance(value, dict) and "group" in value else "<field>"
 
 
 LayoutItem = Annotated[
-    Annotated[BinaryField, Tag("field")] | Annotated[BinaryGroup, Tag("group")],
+    Annotated[BinaryField, Tag("<field>")] | Annotated[BinaryGroup, Tag("<group>")],
     Discriminator(_item_kind),
 ]
 
@@ -490,31 +501,39 @@ class _SpecBase(_Model):
     @model_validator(mode="after")
     def _output_schema(self):
         schema = self.effective_output_schema
+        at = ("output_schema",) if self.output_schema is not None else ("conversion", "output_schema")
         for key, template in schema.items():
             if key not in OUTPUT_KEYS:
-                raise ValueError(f"output_schema key {key!r} is not one of {', '.join(OUTPUT_KEYS)}")
+                raise SpecError(f"output_schema key {key!r} is not one of {', '.join(OUTPUT_KEYS)}", (*at, key))
             if not isinstance(template, str):
-                raise ValueError(f"output_schema.{key} must be a string template")
+                raise SpecError(f"output_schema.{key} must be a string template", (*at, key))
             tokens = TEMPLATE_TOKEN.findall(template)
             for token in tokens:
                 if not (token in SCALAR_TOKENS or token in METRICS_TOKENS or token.startswith(("payload.", "row."))):
-                    raise ValueError(
+                    raise SpecError(
                         f"output_schema.{key}: unknown placeholder ${{{token}}}; use device.id, device.tenant, device.product, "
-                        "device.hub, ingest_time, timestamp, hub_timestamp, payload.<path>, row.<column> or converted_fields"
+                        "device.hub, ingest_time, timestamp, hub_timestamp, payload.<path>, row.<column> or converted_fields",
+                        (*at, key),
                     )
+                fmt = getattr(self, "format", None)
+                if token.startswith("row.") and fmt != "csv" or token.startswith("payload.") and fmt == "csv":
+                    source = "CSV row" if token.startswith("row.") else "JSON payload"
+                    raise SpecError(f"output_schema.{key}: ${{{token}}} reads the {source}, which a {fmt} spec does not have", (*at, key))
             metric_tokens = [t for t in tokens if t in METRICS_TOKENS]
             if key == "metrics":
                 if template.strip() not in {f"${{{t}}}" for t in METRICS_TOKENS}:
-                    raise ValueError("output_schema.metrics must be exactly ${converted_fields}, ${mapped_fields} or ${all_sections_merged}")
+                    raise SpecError(
+                        "output_schema.metrics must be exactly ${converted_fields}, ${mapped_fields} or ${all_sections_merged}", (*at, key)
+                    )
             elif metric_tokens:
-                raise ValueError(f"output_schema.{key}: ${{{metric_tokens[0]}}} can only fill metrics")
+                raise SpecError(f"output_schema.{key}: ${{{metric_tokens[0]}}} can only fill metrics", (*at, key))
             if (
                 key in ("timestamp", "hub_timestamp")
                 and len(tokens) != 1
                 or key in ("timestamp", "hub_timestamp")
                 and template.strip() != f"${{{tokens[0]}}}"
             ):
-                raise ValueError(f"output_schema.{key} must be a single placeholder such as ${{timestamp}} or ${{ingest_time}}")
+                raise SpecError(f"output_schema.{key} must be a single placeholder such as ${{timestamp}} or ${{ingest_time}}", (*at, key))
         return self
 
     @property
@@ -557,7 +576,7 @@ class HexBinarySpec(_SpecBase):
     @model_validator(mode="after")
     def _unknown_keys(self):
         if self.unknown_keys == "report" and self.length_prefix == 0:
-            raise ValueError("unknown_keys: report needs length_prefix 1 or 2 (without a length the next key cannot be found)")
+            raise SpecError("unknown_keys: report needs length_prefix 1 or 2 (without a length the next key cannot be found)", ("unknown_keys",))
         return self
 
     @field_validator("separator", mode="before")
@@ -580,70 +599,119 @@ class HexBinarySpec(_SpecBase):
         kind = self.parsing_type
         if kind == "hybrid":
             if not self.sections or self.separator is None:
-                raise ValueError("hybrid parsing needs a separator and sections")
+                raise SpecError("hybrid parsing needs a separator and sections", ("parsing_type",))
             if self.conversion:
-                raise ValueError("hybrid parsing takes its fields from sections, not conversion")
+                raise SpecError("hybrid parsing takes its fields from sections, not conversion", ("conversion",))
             ids = [s.section_id for s in self.sections]
             if len(set(ids)) != len(ids):
-                raise ValueError(f"section ids must be unique, got {ids}")
-            for section in self.sections:
-                _check_layout(section.conversion, f"section {section.section_id}")
-            _unique_names([item for s in self.sections for item in s.conversion])
+                raise SpecError(f"section ids must be unique, got {ids}", ("sections",))
+            if self.section_order == "tagged":
+                tags = [_section_tag(s.section_id) for s in self.sections]
+                for n, tag in enumerate(tags):
+                    if tag is None:
+                        raise SpecError(
+                            f"tagged sections are found by the id byte after the separator: section_id {ids[n]!r} must be 0..255",
+                            ("sections", n, "section_id"),
+                        )
+                if len(set(tags)) != len(tags):
+                    raise SpecError(f"section ids must be unique, got {tags}", ("sections",))
+            for n, section in enumerate(self.sections):
+                _check_layout(section.conversion, f"section {section.section_id}", ("sections", n, "conversion"))
+            _unique_names(
+                [item for s in self.sections for item in s.conversion],
+                [("sections", n, "conversion", i) for n, s in enumerate(self.sections) for i in range(len(s.conversion))],
+            )
+            _check_timestamp_field(self)
             return self
         if self.sections or self.separator is not None:
-            raise ValueError(f"sections and separator belong to hybrid parsing, not {kind}")
+            raise SpecError(f"sections and separator belong to hybrid parsing, not {kind}", ("sections" if self.sections else "separator",))
         if not self.conversion:
-            raise ValueError(f"{kind} parsing needs a conversion list of fields")
+            raise SpecError(f"{kind} parsing needs a conversion list of fields", ("conversion",))
         if kind == "length_based":
-            _check_layout(self.conversion, "conversion")
+            _check_layout(self.conversion, "conversion", ("conversion",))
         else:
             _check_key_value(self)
-        _unique_names(self.conversion)
-        if self.timestamp is not None and self.timestamp.field is None:
-            raise ValueError("a binary timestamp names a decoded field: timestamp.field")
+        _unique_names(self.conversion, [("conversion", i) for i in range(len(self.conversion))])
+        _check_timestamp_field(self)
         return self
 
 
-def _check_layout(items: list, where: str) -> None:
-    known: set[str] = set()
-    for item in items:
+def _section_tag(section_id: int | str) -> int | None:
+    """The id byte of a tagged section (0..255), or None when the id is not one."""
+    try:
+        tag = parse_int(section_id, "section_id")
+    except ValueError:
+        return None
+    return tag if 0 <= tag <= 255 else None
+
+
+def _check_timestamp_field(spec: HexBinarySpec) -> None:
+    if spec.timestamp is None:
+        return
+    name = spec.timestamp.field
+    if name is None:
+        raise SpecError("a binary timestamp names a decoded field: timestamp.field", ("timestamp",))
+    items = spec.conversion or [item for s in spec.sections or [] for item in s.conversion]
+    fields = {item.field: item for item in items if isinstance(item, BinaryField)}
+    if name not in fields:
+        raise SpecError(f"timestamp.field: {name!r} is not a field of the layout (fields: {', '.join(fields)})", ("timestamp", "field"))
+    if not fields[name].keep:
+        raise SpecError(f"timestamp.field: {name!r} has keep: false; the time is read from that field's value", ("timestamp", "field"))
+
+
+def _check_layout(items: list, where: str, path: tuple = ()) -> None:
+    known: dict[str, BinaryField] = {}
+    for n, item in enumerate(items):
         if isinstance(item, BinaryGroup):
             if item.count_field is not None and item.count_field not in known:
-                raise ValueError(f"{where}: group {item.group!r} count_field {item.count_field!r} is not a field listed before it")
+                raise SpecError(
+                    f"{where}: group {item.group!r} count_field {item.count_field!r} is not a field listed before it", (*path, n, "count_field")
+                )
+            counter = known.get(item.count_field) if item.count_field is not None else None
+            if counter is not None and (
+                counter.type not in INTEGER_TYPES or not counter.keep or counter.enum or counter.scale is not None or counter.value_offset is not None
+            ):
+                raise SpecError(
+                    f"{where}: group {item.group!r} count_field {item.count_field!r} must be a kept integer field "
+                    "without scale, value_offset or enum",
+                    (*path, n, "count_field"),
+                )
             continue
         if item.offset is None:
-            raise ValueError(f"{where}: field {item.field!r} needs an offset")
+            raise SpecError(f"{where}: field {item.field!r} needs an offset", (*path, n))
         if item.key is not None:
-            raise ValueError(f"{where}: field {item.field!r} has a key; keys belong to key_value parsing")
-        known.add(item.field)
+            raise SpecError(f"{where}: field {item.field!r} has a key; keys belong to key_value parsing", (*path, n, "key"))
+        known[item.field] = item
     ends = [i for i, item in enumerate(items) if isinstance(item, BinaryGroup) and item.until_end]
     if ends and ends[-1] != len(items) - 1 or len(ends) > 1:
-        raise ValueError(f"{where}: an until_end group must be the last item")
+        raise SpecError(f"{where}: an until_end group must be the last item", (*path, ends[0]))
 
 
 def _check_key_value(spec: HexBinarySpec) -> None:
     lengths = set()
     keys: dict[int, str] = {}
-    for item in spec.conversion or []:
+    where: dict[int, int] = {}
+    for n, item in enumerate(spec.conversion or []):
         if isinstance(item, BinaryGroup) or item.key is None:
             name = item.group if isinstance(item, BinaryGroup) else item.field
-            raise ValueError(f'key_value parsing: {name!r} needs a key (e.g. key: "0x0001")')
+            raise SpecError(f'key_value parsing: {name!r} needs a key (e.g. key: "0x0001")', ("conversion", n))
         if item.key in keys:
-            raise ValueError(f"key 0x{item.key:04X} is used by both {keys[item.key]!r} and {item.field!r}")
+            raise SpecError(f"key 0x{item.key:04X} is used by both {keys[item.key]!r} and {item.field!r}", ("conversion", n, "key"))
         keys[item.key] = item.field
+        where[item.key] = n
         lengths.add(item.key_bytes or (2 if item.key > 0xFF else 1))
     key_length = spec.key_length or max(lengths)
     for key, name in keys.items():
         if key >= 1 << (8 * key_length):
-            raise ValueError(f"key 0x{key:X} of {name!r} does not fit in key_length {key_length}")
+            raise SpecError(f"key 0x{key:X} of {name!r} does not fit in key_length {key_length}", ("conversion", where[key], "key"))
 
 
-def _unique_names(items: list) -> None:
+def _unique_names(items: list, paths: list[tuple]) -> None:
     seen: set[str] = set()
-    for item in items:
+    for item, path in zip(items, paths, strict=True):
         name = item.group if isinstance(item, BinaryGroup) else item.field
         if name in seen:
-            raise ValueError(f"field name {name!r} is used twice")
+            raise SpecError(f"field name {name!r} is used twice", (*path, "group" if isinstance(item, BinaryGroup) else "field"))
         seen.add(name)
 
 

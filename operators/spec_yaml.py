@@ -95,12 +95,31 @@ def _repair_sibling_key(lines: list[str], error: yaml.MarkedYAMLError) -> tuple[
     return repaired, notice
 
 
-def _problem_line(error: yaml.YAMLError) -> str:
+def _problem_line(source: str, error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}: " if mark is not None else f"{source}: "
     problem = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
     return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def _duplicate_key(node: yaml.Node | None) -> str | None:
+    """The first mapping key given twice (YAML would silently keep the last one)."""
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in current.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    line = key_node.start_mark.line + 1
+                    if key_node.value in seen:
+                        return f"{line}: key '{key_node.value}' is given twice (first on line {seen[key_node.value]})"
+                    seen[key_node.value] = line
+                stack.append(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return None
 
 
 def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
@@ -126,12 +145,15 @@ def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
         except yaml.MarkedYAMLError as exc:
             repair = _repair_sibling_key(lines, exc)
             if repair is None:
-                raise YamlDocumentError(f"{source}: {_problem_line(exc)}") from None
+                raise YamlDocumentError(_problem_line(source, exc)) from None
             lines, notice = repair
             notices.append(notice)
             continue
         except yaml.YAMLError as exc:
-            raise YamlDocumentError(f"{source}: {_problem_line(exc)}") from None
+            raise YamlDocumentError(_problem_line(source, exc)) from None
+        duplicate = _duplicate_key(root)
+        if duplicate is not None:
+            raise YamlDocumentError(f"{source}:{duplicate}")
         return YamlDocument(data=data, source=source, text=current, notices=notices, _root=root)
     raise YamlDocumentError(f"{source}: too many indentation problems to read")
 
