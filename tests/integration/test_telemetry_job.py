@@ -1,26 +1,26 @@
 """The telemetry job on the Flink MiniCluster against the embedded broker: exact output sets,
 a crash mid-stream with recovery from the last checkpoint, and a restore from a checkpoint path."""
 
-import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
+from job_runs import run_until_caught_up
 from kafka import KafkaProducer
 
 from connectors.kafka import read_topic, scan_end_offsets
-from iotlink.live import FlinkRest
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
-from jobs.telemetry_job import RunOptions, create_job, run_telemetry_job
-from operators.decode import DecoderRegistry, decode_raw_record
+from jobs.telemetry_job import RunOptions, decoder_registry_factory, run_telemetry_job
+from operators.decode import decode_raw_record
 
 pytestmark = pytest.mark.integration
 START = 1_756_653_767_000
+DAY = 86_400_000
 
 
 def produce(settings, devices, steps, seed, start_ts=START):
-    """Publishes simulated envelopes; returns the values sent and the end offsets."""
+    """Publishes simulated envelopes received at ``start_ts + 200 s``; returns the values sent and the end offsets."""
     fleet = build_fleet(devices, profiles=parse_profile_mix("normal=70,garbage=15,late=15"), seed=seed)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
     values, ends = [], {}
@@ -33,35 +33,32 @@ def produce(settings, devices, steps, seed, start_ts=START):
     return values, ends
 
 
-def expected_outputs(values):
-    """What the pure decoder makes of the inputs: telemetry keys and dead-letter payloads."""
-    registry = DecoderRegistry()
+def expected_outputs(values, settings):
+    """What the pure decoder (same specs as the job) makes of the inputs: telemetry keys and dead letters."""
+    registry = decoder_registry_factory(settings)()
     telemetry, dead = Counter(), Counter()
     for value in values:
         out = decode_raw_record(value, registry, 0)
         for record in out.records:
             telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
-        if out.dead_letter:
-            dead[(out.dead_letter["reason_code"], out.dead_letter["payload"])] += 1
+        for letter in out.dead_letters:
+            dead[(letter["reason_code"], letter["payload"])] += 1
     return telemetry, dead
 
 
-def actual_outputs(settings, telemetry_skip, dlq_skip):
-    telemetry_values = read_topic(settings.bootstrap_servers, settings.topics.telemetry)[telemetry_skip:]
-    dlq_values = read_topic(settings.bootstrap_servers, settings.topics.dlq)[dlq_skip:]
+def actual_outputs(settings, received_ats):
+    """This test's outputs: the shared topics hold other tests' records too, so select by the
+    receive times this test stamped on its envelopes (each test uses its own)."""
     telemetry = Counter()
-    for value in telemetry_values:
+    for value in read_topic(settings.bootstrap_servers, settings.topics.telemetry):
         record = orjson.loads(value)
-        telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
-    dead = Counter((d["reason_code"], d["payload"]) for d in map(orjson.loads, dlq_values))
+        if record["ingest_ts"] in received_ats:
+            telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
+    dead = Counter()
+    for letter in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.dlq)):
+        if letter["received_at"] in received_ats:
+            dead[(letter["reason_code"], letter["payload"])] += 1
     return telemetry, dead
-
-
-def output_counts(settings):
-    return (
-        len(read_topic(settings.bootstrap_servers, settings.topics.telemetry, idle_s=1)),
-        len(read_topic(settings.bootstrap_servers, settings.topics.dlq, idle_s=1)),
-    )
 
 
 def current_ends(settings):
@@ -80,13 +77,12 @@ def job_settings(settings, tmp_path):
 def test_bounded_run_produces_exactly_the_decoded_set(job_settings):
     settings = job_settings
     before = current_ends(settings)
-    seen_before = output_counts(settings)
     values, ends = produce(settings, devices=30, steps=40, seed=5)
     partitions = sorted(set(before) | set(ends))
     run_telemetry_job(settings, RunOptions(start_offsets=offsets_arg(before, partitions), stop_offsets=offsets_arg(
         {**before, **ends}, partitions), job_name="it-bounded"))
-    want_telemetry, want_dead = expected_outputs(values)
-    got_telemetry, got_dead = actual_outputs(settings, *seen_before)
+    want_telemetry, want_dead = expected_outputs(values, settings)
+    got_telemetry, got_dead = actual_outputs(settings, {START + 200_000})
     assert sum(want_dead.values()) > 50 and sum(want_telemetry.values()) > 300
     assert got_telemetry == want_telemetry
     assert got_dead == want_dead
@@ -101,8 +97,8 @@ def test_bounded_run_produces_exactly_the_decoded_set(job_settings):
 def test_crash_mid_stream_recovers_from_checkpoint_exactly_once(job_settings, tmp_path):
     settings = job_settings
     before = current_ends(settings)
-    seen_before = output_counts(settings)
-    values, ends = produce(settings, devices=40, steps=100, seed=9)
+    start = START + DAY
+    values, ends = produce(settings, devices=40, steps=100, seed=9, start_ts=start)
     partitions = sorted(set(before) | set(ends))
     marker = tmp_path / "fault-fired"
     run_telemetry_job(
@@ -113,12 +109,14 @@ def test_crash_mid_stream_recovers_from_checkpoint_exactly_once(job_settings, tm
         ),
     )
     assert marker.exists(), "the injected failure did not fire"
-    want_telemetry, want_dead = expected_outputs(values)
-    got_telemetry, got_dead = actual_outputs(settings, *seen_before)
+    want_telemetry, want_dead = expected_outputs(values, settings)
+    got_telemetry, got_dead = actual_outputs(settings, {start + 200_000})
     missing = want_telemetry - got_telemetry
     uncommitted = Counter()
     for value in read_topic(settings.bootstrap_servers, settings.topics.telemetry, read_committed=False):
         record = orjson.loads(value)
+        if record["ingest_ts"] != start + 200_000:
+            continue
         uncommitted[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
     print(f"missing {sum(missing.values())}, of which in the log uncommitted: {sum((missing & uncommitted).values())}, "
           f"extra {sum((got_telemetry - want_telemetry).values())}, log total {sum(uncommitted.values())}")
@@ -132,44 +130,19 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path:
     return max(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def run_until_caught_up(settings, options, expected_in):
-    """Runs the job unbounded until it has read ``expected_in`` records and two more checkpoints
-    have completed (so their Kafka transactions are committed), then cancels it."""
-    env = create_job(settings, options)
-    client = env.execute_async(options.job_name)
-    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
-    job_id = str(client.get_job_id())
-    deadline = time.monotonic() + 150
-    completed = None
-    try:
-        while completed is None:
-            assert time.monotonic() < deadline, f"job read fewer than {expected_in} records in time"
-            try:
-                if rest.job_counters(job_id)["records_in"] >= expected_in:
-                    completed = rest.checkpoints(job_id)["counts"]["completed"]
-            except (OSError, KeyError, ValueError):
-                pass
-            time.sleep(0.5)
-        while rest.checkpoints(job_id)["counts"]["completed"] < completed + 2:
-            assert time.monotonic() < deadline, "no checkpoint completed after catching up"
-            time.sleep(0.3)
-    finally:
-        client.cancel().result()
-
-
 def test_restore_from_checkpoint_path_continues_where_it_stopped(job_settings):
     settings = job_settings
     before = current_ends(settings)
-    seen_before = output_counts(settings)
-    first, _ = produce(settings, devices=20, steps=30, seed=21)
+    start = START + 2 * DAY
+    first, _ = produce(settings, devices=20, steps=30, seed=21, start_ts=start)
     partitions = sorted(before) or [0, 1, 2, 3]
     run_until_caught_up(settings, RunOptions(start_offsets=offsets_arg(before, partitions), job_name="it-restore"), len(first))
     checkpoint = latest_checkpoint(settings.checkpoint_dir)
 
-    second, _ = produce(settings, devices=20, steps=30, seed=22, start_ts=START + 60_000)
+    second, _ = produce(settings, devices=20, steps=30, seed=22, start_ts=start + 60_000)
     # Restored from the checkpoint, the job must read only the second batch.
     run_until_caught_up(settings, RunOptions(restore_from=str(checkpoint), job_name="it-restore"), len(second))
-    want_telemetry, want_dead = expected_outputs(first + second)
-    got_telemetry, got_dead = actual_outputs(settings, *seen_before)
+    want_telemetry, want_dead = expected_outputs(first + second, settings)
+    got_telemetry, got_dead = actual_outputs(settings, {start + 200_000, start + 260_000})
     assert got_telemetry == want_telemetry
     assert got_dead == want_dead
