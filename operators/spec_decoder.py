@@ -956,7 +956,7 @@ def _even_hex_digits(payload: bytes) -> bool:
     body = payload.strip()
     if body[:2] in (b"0x", b"0X"):
         body = body[2:]
-    digits = len(body) - sum(body.count(c) for c in b" \t\r\n")
+    digits = len(body.translate(None, b" \t\r\n"))
     return digits > 0 and digits % 2 == 0
 
 
