@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best is reported (default 3)")
     args = parser.parse_args(argv)
     specs = {p.stem: load_spec_file(p) for p in sorted((ROOT / "yaml_specs").glob("*.yaml"))}
-    print(f"decode micro-benchmark: {args.records:,} distinct payloads per case, best of {args.repeat}, per CPU-second, Python {sys.version.split()[0]}")
+    print(f"decode micro-benchmark: {args.records:,} distinct payloads per case, best of {args.repeat}, "
+          f"records per CPU-second, Python {sys.version.split()[0]}")
     print(f"{'case':44} {'decoder rec/s':>14} {'µs/rec':>8} {'pipeline rec/s':>15} {'µs/rec':>8}")
     for case, spec_name in CASES.items():
         data = payloads(case, args.records)
