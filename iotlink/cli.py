@@ -359,10 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     from iotlink.bench import add_bench_arguments
 
     add_bench_arguments(bench)
+    from iotlink.rule_commands import add_rule_commands
     from iotlink.spec_commands import add_spec_commands
 
     add_spec_commands(sub)
+    add_rule_commands(sub)
     return parser
+
+
+def _rule_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.rule_commands import run_rule_command
+
+    return run_rule_command(args, settings)
 
 
 def _spec_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -379,6 +387,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "decode": _spec_command,
     "specs": _spec_command,
+    "rules": _rule_command,
 }
 
 

@@ -90,7 +90,8 @@ def _known_options() -> list[str]:
     return sorted(n.rstrip("_") for n in names)
 
 
-def _problems(doc: YamlDocument, exc: ValidationError) -> list[str]:
+def _problems(doc: YamlDocument, exc: ValidationError, options: list[str] | None = None, docs_ref: str = "docs/specs.md") -> list[str]:
+    """``file:line: field: reason`` lines for a validation error (also used for rule sets)."""
     problems = []
     for error in exc.errors(include_url=False):
         # A SpecError raised by a model validator carries the path of the option it is about.
@@ -100,8 +101,8 @@ def _problems(doc: YamlDocument, exc: ValidationError) -> list[str]:
         if where:
             message = message.removeprefix(f"{where}: ")
         if error["type"] == "extra_forbidden":
-            guess = difflib.get_close_matches(str(error["loc"][-1]), _known_options(), n=1)
-            message = f"unknown option{f' (did you mean {guess[0]!r}?)' if guess else ''}; see docs/specs.md"
+            guess = difflib.get_close_matches(str(error["loc"][-1]), options if options is not None else _known_options(), n=1)
+            message = f"unknown option{f' (did you mean {guess[0]!r}?)' if guess else ''}; see {docs_ref}"
         elif error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
             message = "format must be one of hex_binary, json, csv"
             if not where:
@@ -414,3 +415,44 @@ def run_examples(loaded: LoadedSpec) -> list[ExampleResult]:
                     detail = f"quality issues on {flagged}, expected {sorted(example.quality)}"
         results.append(ExampleResult(loaded.spec_id, name, not detail, detail))
     return results
+
+
+def spec_metric_names(spec) -> frozenset[str] | None:
+    """The metric names a spec can produce, or None when they are open-ended (repeated groups,
+    JSON metrics copied as they come)."""
+    from operators.spec_model import BinaryGroup, HexBinarySpec, JsonSpec
+
+    names: set[str] = set()
+
+    def add(name: str, rules) -> None:
+        if rules.keep:
+            names.add(name)
+        names.update(b.name for b in rules.bits or [])
+
+    if isinstance(spec, HexBinarySpec):
+        items = list(spec.conversion or []) + [i for s in spec.sections or [] for i in s.conversion]
+        for item in items:
+            if isinstance(item, BinaryGroup):
+                return None
+            add(item.field, item)
+        if spec.timestamp is not None and spec.timestamp.field:
+            names.discard(spec.timestamp.field)
+        return frozenset(names)
+    if isinstance(spec, JsonSpec) and spec.conversion.metrics_path and spec.conversion.include_unmapped:
+        return None
+    for mapping in spec.conversion.mapping:
+        add(mapping.metric, mapping)
+    return frozenset(names)
+
+
+def metrics_by_product(specs: list[LoadedSpec]) -> dict[str, frozenset[str]]:
+    """Per product, the metric names its specs produce (products with open-ended specs are left out)."""
+    found: dict[str, frozenset[str] | None] = {}
+    for item in specs:
+        names = spec_metric_names(item.spec)
+        product = item.decoder.product_id
+        if product in found and (found[product] is None or names is None):
+            found[product] = None
+        else:
+            found[product] = (found.get(product) or frozenset()) | names if names is not None else None
+    return {product: names for product, names in found.items() if names is not None}
