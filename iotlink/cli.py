@@ -43,6 +43,7 @@ def _connection_options() -> argparse.ArgumentParser:
     decoding.add_argument(
         "--device-registry", metavar="FILE|URL", help="device -> product/tenant master data: a YAML file or postgresql:// URL (table devices)"
     )
+    decoding.add_argument("--rules-dir", metavar="DIR", help="directory of alarm rule sets (default ./rules of the project)")
     flink = parent.add_argument_group("Flink")
     flink.add_argument("--ui-port", type=int, metavar="PORT", help="Flink web UI / REST port of the local cluster (default 18081)")
     flink.add_argument("--parallelism", type=int, metavar="N", help="job parallelism (default 2)")
@@ -64,6 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "data_dir": args.data_dir,
         "specs_dir": args.specs_dir,
         "device_registry": args.device_registry,
+        "rules_dir": args.rules_dir,
     }
     ports = {k: v for k, v in {"kafka": args.kafka_port, "postgres": args.postgres_port, "mqtt": args.mqtt_port}.items() if v}
     if ports:
@@ -135,8 +137,13 @@ def _with_stack(args, settings, components):
 
 
 def _announce_specs(factory, settings: Settings) -> None:
+    from jobs.telemetry_job import rules_factory_for
+
     spec_ids = sorted(spec_id for _, spec_id in factory.spec_ids)
     print(f"decoder specs: {len(spec_ids)} from {settings.specs_dir} ({', '.join(spec_ids)}); devices in registry: {len(factory.devices)}")
+    rules = rules_factory_for(settings)
+    count = len(rules.sources) if rules else 0
+    print(f"alarm rule sets: {count} from {settings.rules_dir}" + ("" if count else " (alarm operator off)"))
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -185,6 +192,7 @@ def _job_command(settings: Settings, extra: list[str]) -> list[str]:
         "--parallelism", str(settings.flink.parallelism),
         "--checkpoint-interval", str(settings.flink.checkpoint_interval_ms),
         "--specs-dir", str(settings.specs_dir),
+        "--rules-dir", str(settings.rules_dir),
         *(["--device-registry", settings.device_registry] if settings.device_registry else []),
         *extra,
     ]

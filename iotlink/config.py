@@ -33,6 +33,7 @@ ENV_VARS = {
     "data_dir": "IOTLINK_DATA_DIR",
     "specs_dir": "IOTLINK_SPECS_DIR",
     "device_registry": "IOTLINK_DEVICE_REGISTRY",
+    "rules_dir": "IOTLINK_RULES_DIR",
 }
 CONFIG_ENV_VAR = "IOTLINK_CONFIG"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
@@ -57,6 +58,7 @@ class Topics(_Strict):
     rules_status: str = "iotlink.rules.status"
     notifications: str = "iotlink.notifications"
     control: str = "iotlink.control"
+    commands: str = "iotlink.commands"
 
     def all(self) -> list[str]:
         """Every topic the platform uses."""
@@ -95,6 +97,7 @@ class Settings(_Strict):
     data_dir: Path = Path(".iotlink")
     specs_dir: Path = Path(__file__).resolve().parent.parent / "yaml_specs"
     device_registry: str | None = None
+    rules_dir: Path = Path(__file__).resolve().parent.parent / "rules"
     topics: Topics = Topics()
     ports: StackPorts = StackPorts()
     flink: FlinkSettings = FlinkSettings()

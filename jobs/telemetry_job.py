@@ -100,6 +100,9 @@ def build_telemetry_pipeline(
     idleness_ms: int,
     registry_factory: Callable | None = None,
     fault=None,
+    rules_factory: Callable | None = None,
+    alarm_sink=None,
+    command_sink=None,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -112,6 +115,10 @@ def build_telemetry_pipeline(
         idleness_ms: After this long without data a partition stops holding back watermarks.
         registry_factory: Builds the DecoderRegistry inside the task (default built-ins).
         fault: Optional test-only MapFunction inserted after the source.
+        rules_factory: Builds the compiled rule sets inside the task; with ``alarm_sink`` it adds
+            the alarm operator (keyed by device) after the event-time assignment.
+        alarm_sink: Sink for alarm-event JSON strings.
+        command_sink: Sink for shadow-command JSON strings of automatic actions.
 
     Returns:
         The telemetry JSON stream (after the late check), for callers that extend the job.
@@ -150,6 +157,18 @@ def build_telemetry_pipeline(
         timed.process(EmitTelemetryFunction(), output_type=Types.STRING()).uid("late-check").name("Late check")
     )
     telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry")
+    if rules_factory is not None and alarm_sink is not None:
+        from operators.flink_functions import COMMANDS, AlarmFunction
+
+        alarms = (
+            timed.key_by(lambda t: t[0], key_type=Types.STRING())
+            .process(AlarmFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
+            .uid("alarm-rules")
+            .name("Alarm rules (per device)")
+        )
+        alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
+        if command_sink is not None:
+            alarms.get_side_output(COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
     return telemetry
 
 
@@ -184,6 +203,22 @@ def decoder_registry_factory(settings: Settings):
     return RegistryFactory(load_specs([settings.specs_dir]), load_device_registry(settings.device_registry))
 
 
+def rules_factory_for(settings: Settings, specs=None):
+    """Reads and validates every rule set now (a bad one stops the start); None without rules.
+
+    Raises:
+        operators.spec_loading.SpecLoadError: file, line, field and reason for each problem.
+    """
+    from operators.rule_loading import RulesFactory, load_rule_sets
+    from operators.spec_loading import load_specs, metrics_by_product
+
+    if not settings.rules_dir.is_dir():
+        return None
+    specs = specs if specs is not None else (load_specs([settings.specs_dir]) if settings.specs_dir.is_dir() else [])
+    loaded = load_rule_sets([settings.rules_dir], metrics_by_product(specs))
+    return RulesFactory(loaded) if loaded else None
+
+
 def create_job(settings: Settings, options: RunOptions):
     """Creates the execution environment with the Kafka source and sinks wired in.
 
@@ -191,6 +226,7 @@ def create_job(settings: Settings, options: RunOptions):
         The StreamExecutionEnvironment, ready to execute.
     """
     registry_factory = decoder_registry_factory(settings)
+    rules_factory = rules_factory_for(settings)
     export_python_path()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
@@ -213,6 +249,8 @@ def create_job(settings: Settings, options: RunOptions):
     # Transactional ids must be unique per sink; the job name keeps parallel jobs apart.
     telemetry_sink = exactly_once_string_sink(bootstrap, topics.telemetry, f"{options.job_name}-telemetry")
     dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq", max_record_bytes=LARGE_RECORD_BYTES)
+    alarm_sink = exactly_once_string_sink(bootstrap, topics.alarms, f"{options.job_name}-alarms") if rules_factory else None
+    command_sink = exactly_once_string_sink(bootstrap, topics.commands, f"{options.job_name}-commands") if rules_factory else None
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -227,6 +265,9 @@ def create_job(settings: Settings, options: RunOptions):
         idleness_ms=settings.flink.idleness_ms,
         registry_factory=registry_factory,
         fault=fault,
+        rules_factory=rules_factory,
+        alarm_sink=alarm_sink,
+        command_sink=command_sink,
     )
     return env
 

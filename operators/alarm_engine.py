@@ -183,6 +183,19 @@ class AlarmEngine:
         self._fire_timers(state, device_id, now_ts, out)
         return out
 
+    def next_deadline(self, state: DeviceState) -> int | None:
+        """The earliest event time at which :meth:`advance` would do something for this device."""
+        candidates = []
+        if state.buffer and state.max_ts is not None:
+            candidates.append(state.max_ts + 1)
+        rule_set = self.rule_sets.get(state.product_id)
+        if rule_set is not None:
+            for compiled in rule_set.rules:
+                candidates.extend(d for d in self._deadlines(compiled, state.rules.get(compiled.rule.rule_id), state) if d is not None)
+        floor = (state.max_ts + 1) if state.max_ts is not None else None
+        due = [c if floor is None else max(c, floor) for c in candidates]
+        return min(due) if due else None
+
     def flush(self, state: DeviceState) -> EngineOutput:
         """End of input: evaluate every buffered record."""
         out = EngineOutput()

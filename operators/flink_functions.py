@@ -11,9 +11,10 @@ import os
 import time
 from pathlib import Path
 
+import orjson
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import MapFunction, OutputTag, ProcessFunction
+from pyflink.datastream import KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction
 
 from operators.dead_letter import dead_letter_to_json
 from operators.decode import DecoderRegistry, decode_raw_record
@@ -122,3 +123,88 @@ class FailOnceAfter(MapFunction):
             Path(self._marker).write_text(str(self._seen))
             raise RuntimeError(f"injected failure after {self._seen} records (test fault)")
         return value
+
+
+COMMANDS = OutputTag("shadow-commands", Types.STRING())
+
+
+class AlarmFunction(KeyedProcessFunction):
+    """Runs the alarm engine per device (keyed by device id) on the telemetry tuples.
+
+    The device's engine state is one pickled value with a TTL (idle devices are forgotten);
+    the engine's next deadline is registered as an event-time timer, so no-data, ``for``
+    durations and action verification fire as the watermark passes them. Alarm events go to
+    the main output, shadow commands of automatic actions to a side output. Metrics (group
+    ``iotlink``): alarms_raised, alarms_cleared, active_alarms (gauge), alarm_events,
+    rule_late, rule_errors.
+    """
+
+    def __init__(self, rules_factory, max_out_of_orderness_ms: int, idle_ttl_ms: int = 7 * 24 * 3600 * 1000):
+        self._rules_factory = rules_factory
+        self._bound = max_out_of_orderness_ms
+        self._idle_ttl_ms = idle_ttl_ms
+
+    def open(self, runtime_context):
+        from pyflink.common.time import Time
+        from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+
+        from operators.alarm_engine import AlarmEngine
+
+        self._engine = AlarmEngine(self._rules_factory(), self._bound)
+        descriptor = ValueStateDescriptor("alarm-engine-state", Types.PICKLED_BYTE_ARRAY())
+        ttl = (
+            StateTtlConfig.new_builder(Time.milliseconds(self._idle_ttl_ms))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build()
+        )
+        descriptor.enable_time_to_live(ttl)
+        self._state = runtime_context.get_state(descriptor)
+        self._timer = runtime_context.get_state(ValueStateDescriptor("alarm-next-timer", Types.LONG()))
+        group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
+        self._raised = group.counter("alarms_raised")
+        self._cleared = group.counter("alarms_cleared")
+        self._events = group.counter("alarm_events")
+        self._late = group.counter("rule_late")
+        self._errors = group.counter("rule_errors")
+        self._active = 0
+        group.gauge("active_alarms", lambda: self._active)
+
+    def _load(self):
+        from operators.alarm_engine import DeviceState
+
+        state = self._state.value()
+        return state if state is not None else DeviceState()
+
+    def _emit(self, out, state, ctx):
+        self._late.inc(out.late)
+        self._errors.inc(len(out.errors))
+        for event in out.events:
+            self._events.inc()
+            if event["event"] == "RAISED":
+                self._raised.inc()
+                self._active += 1
+            elif event["event"] in ("CLEARED", "AUTO_RESOLVED"):
+                self._cleared.inc()
+                self._active -= 1
+            yield orjson.dumps(event).decode()
+        for command in out.commands:
+            yield COMMANDS, orjson.dumps(command).decode()
+        self._state.update(state)
+        deadline = self._engine.next_deadline(state)
+        registered = self._timer.value()
+        if deadline is not None and deadline != registered:
+            ctx.timer_service().register_event_time_timer(deadline)
+            self._timer.update(deadline)
+
+    def process_element(self, value, ctx):
+        state = self._load()
+        out = self._engine.on_record(state, orjson.loads(value[2]))
+        yield from self._emit(out, state, ctx)
+
+    def on_timer(self, timestamp, ctx):
+        state = self._load()
+        if self._timer.value() == timestamp:
+            self._timer.clear()
+        out = self._engine.advance(state, ctx.get_current_key(), timestamp)
+        yield from self._emit(out, state, ctx)

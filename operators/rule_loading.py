@@ -116,6 +116,20 @@ def load_rule_sets(paths: list[str | Path], metrics_by_product: dict[str, frozen
     return loaded
 
 
+class RulesFactory:
+    """Builds the compiled rule sets inside each Flink task from the texts read at job start."""
+
+    def __init__(self, rule_sets: list[LoadedRuleSet]):
+        self.sources = [(item.source, Path(item.source).read_text(encoding="utf-8")) for item in rule_sets]
+
+    def __call__(self) -> dict[str, CompiledRuleSet]:
+        compiled = {}
+        for source, text in self.sources:
+            loaded = load_rule_text(text, source)
+            compiled[loaded.product_id] = loaded.compiled
+        return compiled
+
+
 # --- offline replay ---------------------------------------------------------------------------
 
 
