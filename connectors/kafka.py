@@ -193,6 +193,28 @@ def raw_kafka_source(
     return builder.build()
 
 
+def rules_kafka_source(bootstrap_servers: str, topic: str, group_id: str, stop_offsets: Mapping[int, int] | None = None):
+    """A KafkaSource over the rule-set topic, from its beginning (every pushed version, in order).
+
+    Only committed pushes are read. ``stop_offsets`` bounds it (bounded job runs).
+    """
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_value_only_deserializer(SimpleStringSchema())
+        .set_property("isolation.level", "read_committed")
+        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+    )
+    if stop_offsets is not None:
+        builder.set_bounded(_offsets_initializer(topic, stop_offsets))
+    return builder.build()
+
+
 def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_id_prefix: str, max_record_bytes: int = 1024 * 1024):
     """A KafkaSink writing strings to ``topic`` in Kafka transactions committed on checkpoints.
 

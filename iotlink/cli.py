@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     from iotlink.spec_commands import add_spec_commands
 
     add_spec_commands(sub)
-    add_rule_commands(sub)
+    add_rule_commands(sub, common)
     return parser
 
 

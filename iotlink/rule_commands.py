@@ -19,7 +19,7 @@ from iotlink.config import Settings
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BAD_RULES = 0, 1, 2
 
 
-def add_rule_commands(sub) -> None:
+def add_rule_commands(sub, common=None) -> None:
     """Adds ``rules`` to the ``iotlink`` sub-command parsers."""
     rules = sub.add_parser(
         "rules",
@@ -51,6 +51,16 @@ def add_rule_commands(sub) -> None:
     replay.add_argument("--until", metavar="ISO", help="advance event time to this instant at the end (fires no-data and other timers)")
     replay.add_argument("--commands", action="store_true", help="also print the shadow commands of automatic actions ({\"command\": …})")
     replay.add_argument("--specs-dir", metavar="DIR", help="decoder specs whose metric names rules may use (default yaml_specs)")
+    push = actions.add_parser(
+        "push",
+        parents=[common] if common is not None else [],
+        help="validate a rule set and publish it to the running job (iotlink.rules)",
+        description="Validate a rule-set file and publish it on iotlink.rules, keyed by product; the running job puts it "
+        "in force (or rejects it with the reason on iotlink.rules.status and keeps the previous version). With "
+        "--postgres-url the version is also stored in table rule_sets.",
+    )
+    push.add_argument("file", metavar="FILE", help="the rule-set file")
+    push.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for the job's accepted/rejected status")
 
 
 def _metrics(args: argparse.Namespace, settings: Settings):
@@ -67,6 +77,8 @@ def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         metrics = _metrics(args, settings)
+        if args.rules_command == "push":
+            return _push(args, settings, metrics)
         if args.rules_command == "check":
             paths = args.paths or [Path(__file__).resolve().parent.parent / "rules"]
             loaded = load_rule_sets(paths, metrics)
@@ -135,3 +147,55 @@ def _replay(args: argparse.Namespace, loaded) -> int:
     for error in stats.errors[:10]:
         print(f"  evaluation error: {error}", file=sys.stderr)
     return EXIT_OK
+
+
+def _push(args: argparse.Namespace, settings: Settings, metrics) -> int:
+    import time
+
+    from kafka import KafkaProducer
+
+    from connectors.kafka import read_topic
+    from operators.rule_loading import load_rule_file, rule_message
+    from operators.spec_yaml import load_yaml_file
+
+    loaded = load_rule_file(args.file, metrics)
+    # The document as written (durations stay "30s"), with the version it is known by.
+    document = dict(load_yaml_file(args.file).data)
+    document["version"] = loaded.compiled.version
+    pushed_at = int(time.time() * 1000)
+    value = rule_message(loaded, document, pushed_at)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    try:
+        producer.send(settings.topics.rules, key=loaded.product_id.encode(), value=value).get(30)
+    finally:
+        producer.close()
+    print(f"published rule set for product {loaded.product_id}, version {loaded.compiled.version}, to {settings.topics.rules}")
+    if settings.postgres_url:
+        _store_version(settings.postgres_url, loaded.product_id, loaded.compiled.version, value)
+        print("stored in PostgreSQL table rule_sets")
+    if args.wait > 0:
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            for status in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status, idle_s=1, timeout_s=args.wait)):
+                if status.get("product_id") == loaded.product_id and status.get("version") == loaded.compiled.version:
+                    print(f"job: {status['status']}")
+                    return EXIT_OK if status["status"] == "accepted" else EXIT_BAD_RULES
+            time.sleep(1)
+        print(f"no status from the job within {args.wait:.0f} s (is it running?)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _store_version(url: str, product_id: str, version: str, message: bytes) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS rule_sets (product_id text NOT NULL, version text NOT NULL, message jsonb NOT NULL, "
+            "pushed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (product_id, version))"
+        )
+        conn.execute(
+            "INSERT INTO rule_sets (product_id, version, message) VALUES (%s, %s, %s) "
+            "ON CONFLICT (product_id, version) DO UPDATE SET message = EXCLUDED.message, pushed_at = now()",
+            (product_id, version, message.decode()),
+        )

@@ -103,6 +103,8 @@ def build_telemetry_pipeline(
     rules_factory: Callable | None = None,
     alarm_sink=None,
     command_sink=None,
+    rules_source=None,
+    rule_status_sink=None,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -119,6 +121,9 @@ def build_telemetry_pipeline(
             the alarm operator (keyed by device) after the event-time assignment.
         alarm_sink: Sink for alarm-event JSON strings.
         command_sink: Sink for shadow-command JSON strings of automatic actions.
+        rules_source: Optional source of rule-set versions (``iotlink.rules``), broadcast to the
+            alarm operator so rules change while the job runs.
+        rule_status_sink: Sink for accepted/rejected statuses of pushed rule sets.
 
     Returns:
         The telemetry JSON stream (after the late check), for callers that extend the job.
@@ -158,14 +163,28 @@ def build_telemetry_pipeline(
     )
     telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry")
     if rules_factory is not None and alarm_sink is not None:
-        from operators.flink_functions import COMMANDS, AlarmFunction
+        from operators.flink_functions import COMMANDS, RULE_SETS, RULE_STATUS, AlarmBroadcastFunction, AlarmFunction
 
-        alarms = (
-            timed.key_by(lambda t: t[0], key_type=Types.STRING())
-            .process(AlarmFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
-            .uid("alarm-rules")
-            .name("Alarm rules (per device)")
-        )
+        keyed = timed.key_by(lambda t: t[0], key_type=Types.STRING())
+        if rules_source is not None:
+            # Idle after a second without pushes, so the rule stream never holds back event time.
+            rule_strategy = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
+            pushed = env.from_source(rules_source, rule_strategy, "Kafka rules source").uid("source-rules").name("Kafka: iotlink.rules")
+            alarms = (
+                keyed.connect(pushed.broadcast(RULE_SETS))
+                .process(AlarmBroadcastFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
+                .uid("alarm-rules")
+                .name("Alarm rules (per device)")
+            )
+            if rule_status_sink is not None:
+                status = alarms.get_side_output(RULE_STATUS)
+                status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
+        else:
+            alarms = (
+                keyed.process(AlarmFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
+                .uid("alarm-rules")
+                .name("Alarm rules (per device)")
+            )
         alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
         if command_sink is not None:
             alarms.get_side_output(COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
@@ -231,7 +250,7 @@ def create_job(settings: Settings, options: RunOptions):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source
+    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source, rules_kafka_source, scan_end_offsets
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
@@ -251,6 +270,12 @@ def create_job(settings: Settings, options: RunOptions):
     dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq", max_record_bytes=LARGE_RECORD_BYTES)
     alarm_sink = exactly_once_string_sink(bootstrap, topics.alarms, f"{options.job_name}-alarms") if rules_factory else None
     command_sink = exactly_once_string_sink(bootstrap, topics.commands, f"{options.job_name}-commands") if rules_factory else None
+    rules_source = status_sink = None
+    if rules_factory:
+        # A bounded run reads the rule pushes that exist now; an unbounded one keeps listening.
+        rule_stop = {0: 0, **scan_end_offsets(bootstrap, topics.rules)} if options.stop_offsets is not None else None
+        rules_source = rules_kafka_source(bootstrap, topics.rules, f"{settings.flink.group_id}-rules", stop_offsets=rule_stop)
+        status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -268,6 +293,8 @@ def create_job(settings: Settings, options: RunOptions):
         rules_factory=rules_factory,
         alarm_sink=alarm_sink,
         command_sink=command_sink,
+        rules_source=rules_source,
+        rule_status_sink=status_sink,
     )
     return env
 

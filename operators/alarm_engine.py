@@ -5,8 +5,9 @@ State lives in plain objects (:class:`DeviceState`) that the caller keeps per de
 keyed state, or a dict in the replay).
 
 Ordering. Records of one device are buffered and evaluated in device-time order once the
-device's own newest time is ``max_out_of_orderness`` past them; a record older than what was
-already evaluated is *late*: counted, never changing alarm state. Timers (``for`` durations,
+device's own newest time is ``max_out_of_orderness`` past them; a record more than that bound
+older than the device's newest record (or older than anything already evaluated, including a
+fired timer) is *late*: counted, never changing alarm state. Timers (``for`` durations,
 no-data deadlines, action verification) fire in device-time order too: when a later record is
 evaluated, or when the caller advances event time past them (:meth:`AlarmEngine.advance`).
 Values are taken to persist between records (a condition that held at the last record still
@@ -82,8 +83,8 @@ def compile_rule_set(rule_set: RuleSet, version: str, metrics: frozenset[str] | 
     for rule in rule_set.rules:
         scope = Scope(params=frozenset(rule.params), formulas=formula_names, metrics=metrics)
         where = f"rule {rule.rule_id}"
-        condition = _compile(rule.condition, scope, f"{where} condition") if rule.condition else None
-        clear = _compile(rule.clear_condition, scope, f"{where} clearCondition") if rule.clear_condition else None
+        condition = _compile(rule.condition, scope, f"{where} condition") if rule.condition is not None else None
+        clear = _compile(rule.clear_condition, scope, f"{where} clearCondition") if rule.clear_condition is not None else None
         levels = [(_compile(level.condition, scope, f"{where} levels[{i}]"), level.severity) for i, level in enumerate(rule.levels or [])]
         names: set[str] = set()
         for expression in [condition, clear, *(e for e, _ in levels)]:
@@ -168,7 +169,10 @@ class AlarmEngine:
         state.seq += 1
         heapq.heappush(state.buffer, (ts, state.seq, record))
         state.max_ts = ts if state.max_ts is None else max(state.max_ts, ts)
-        self._release(state, state.max_ts - self.bound, out)
+        horizon = state.max_ts - self.bound
+        self._release(state, horizon, out)
+        # Anything older than the bound behind the newest record is late from now on.
+        state.released_ts = horizon if state.released_ts is None else max(state.released_ts, horizon)
         return out
 
     def advance(self, state: DeviceState, device_id: str, now_ts: int) -> EngineOutput:
@@ -230,7 +234,7 @@ class AlarmEngine:
     def _release(self, state: DeviceState, until_ts: int, out: EngineOutput) -> None:
         while state.buffer and state.buffer[0][0] <= until_ts:
             ts, _, record = heapq.heappop(state.buffer)
-            state.released_ts = ts
+            state.released_ts = ts if state.released_ts is None else max(state.released_ts, ts)
             self._evaluate(state, record, out)
 
     def _fire_timers(self, state: DeviceState, device_id: str, now_ts: int, out: EngineOutput) -> None:
@@ -248,18 +252,22 @@ class AlarmEngine:
                 return
             deadline, rule_id = min(due)
             self._fire(state, device_id, self._rule(state, rule_id), deadline, rule_set.version, out)
+            # The device's time has been evaluated up to the timer: older records are late now.
+            state.released_ts = deadline if state.released_ts is None else max(state.released_ts, deadline)
 
     @staticmethod
     def _deadlines(compiled: CompiledRule, rs: RuleState | None, state: DeviceState) -> list[int | None]:
         rule = compiled.rule
         deadlines: list[int | None] = []
+        if not rule.enabled:
+            return deadlines
         if rule.type == "no_data":
             if state.last_record_ts is not None and (rs is None or rs.alarm_id is None):
                 deadlines.append(state.last_record_ts + rule.periods * rule.expected_period_ms + rule.grace_ms)
             return deadlines
         if rs is None:
             return deadlines
-        if rs.alarm_id is None and rs.pending_since is not None and rule.for_ms:
+        if rs.alarm_id is None and rs.pending_since is not None and rule.for_ms and rs.streak >= (rule.consecutive or 0):
             deadlines.append(rs.pending_since + rule.for_ms)
         if rs.alarm_id is not None and rs.clear_since is not None and rule.clear_for_ms:
             deadlines.append(rs.clear_since + rule.clear_for_ms)
@@ -312,7 +320,8 @@ class AlarmEngine:
             rs = state.rules.setdefault(rule.rule_id, RuleState())
             if rule.type == "no_data":
                 if rs.alarm_id is not None:
-                    self._clear(state, device_id, compiled, rs, ts, {"silent_ms": ts - (state.last_record_ts or ts)}, rule_set.version, out)
+                    silent = ts - state.last_record_ts if state.last_record_ts is not None else 0
+                    self._clear(state, device_id, compiled, rs, ts, {"silent_ms": silent}, rule_set.version, out)
                 continue
             params = {**rule.params, **overrides.get(rule.rule_id, {})} if rule.params else {}
             try:
@@ -325,7 +334,7 @@ class AlarmEngine:
                         clear_now = not holds
             except MissingValue:
                 continue
-            except EvaluationError as exc:
+            except (EvaluationError, TypeError, ValueError) as exc:  # status_bit/rate_of_change on a non-number
                 out.errors.append(f"rule {rule.rule_id}: {exc}")
                 continue
             self._step(state, device_id, compiled, rs, ts, holds, severity, values, clear_now, rule_set.version, out)

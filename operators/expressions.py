@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 RECORD_FIELDS = frozenset({"device_id", "product_id", "device_ts", "tenant", "hub_id"})
 _MAX_LENGTH = 2000
 _MAX_POWER = 1000
+_MAX_DEPTH = 200  # nesting levels: keeps compiling and evaluating far from the recursion limit
 
 
 class ExpressionError(ValueError):
@@ -136,6 +137,7 @@ class _Compiler:
         self.scope = scope
         self.metric_names: set[str] = set()
         self.param_names: set[str] = set()
+        self.depth = 0
 
     def error(self, node: ast.AST, message: str) -> ExpressionError:
         column = getattr(node, "col_offset", 0) + 1
@@ -145,7 +147,13 @@ class _Compiler:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise self.error(node, f"{type(node).__name__.lower()} is not allowed in an expression")
-        return method(node)
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise self.error(node, f"expression is nested more than {_MAX_DEPTH} levels deep")
+        try:
+            return method(node)
+        finally:
+            self.depth -= 1
 
     def _Expression(self, node):  # noqa: N802 - ast node names
         return self.compile(node.body)
@@ -157,6 +165,8 @@ class _Compiler:
         return lambda m, p, r: value
 
     def _metric(self, name: str, node) -> Callable:
+        if name.startswith("__"):
+            raise self.error(node, f"name {name!r} is not allowed (names starting with __ are reserved)")
         known = self.scope.metrics
         if known is not None and name not in known and name not in self.scope.formulas:
             raise self.error(node, f"unknown metric {name!r} (known: {', '.join(sorted(known | self.scope.formulas)) or 'none'})")

@@ -14,7 +14,8 @@ from pathlib import Path
 import orjson
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction
+from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction
+from pyflink.datastream.state import MapStateDescriptor
 
 from operators.dead_letter import dead_letter_to_json
 from operators.decode import DecoderRegistry, decode_raw_record
@@ -128,15 +129,28 @@ class FailOnceAfter(MapFunction):
 COMMANDS = OutputTag("shadow-commands", Types.STRING())
 
 
-class AlarmFunction(KeyedProcessFunction):
-    """Runs the alarm engine per device (keyed by device id) on the telemetry tuples.
+RULE_SETS = MapStateDescriptor("rule-sets", Types.STRING(), Types.STRING())
+RULE_STATUS = OutputTag("rule-status", Types.STRING())
+
+
+def _subtask_index(runtime_context) -> int:
+    """This subtask's index. Flink 2.0 moved it to TaskInfo, which PyFlink's thread mode does not
+    wrap yet, so ask the Java context directly when the wrapper fails."""
+    try:
+        return runtime_context.get_index_of_this_subtask()
+    except Exception:  # noqa: BLE001 - a Java-side error of the wrapper; use the TaskInfo path
+        return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
+
+
+class _AlarmOperator:
+    """The alarm engine inside a Flink keyed operator (shared by both operator flavours).
 
     The device's engine state is one pickled value with a TTL (idle devices are forgotten);
     the engine's next deadline is registered as an event-time timer, so no-data, ``for``
     durations and action verification fire as the watermark passes them. Alarm events go to
     the main output, shadow commands of automatic actions to a side output. Metrics (group
     ``iotlink``): alarms_raised, alarms_cleared, active_alarms (gauge), alarm_events,
-    rule_late, rule_errors.
+    rule_late, rule_errors, rule_sets_accepted, rule_sets_rejected.
     """
 
     def __init__(self, rules_factory, max_out_of_orderness_ms: int, idle_ttl_ms: int = 7 * 24 * 3600 * 1000):
@@ -161,12 +175,17 @@ class AlarmFunction(KeyedProcessFunction):
         descriptor.enable_time_to_live(ttl)
         self._state = runtime_context.get_state(descriptor)
         self._timer = runtime_context.get_state(ValueStateDescriptor("alarm-next-timer", Types.LONG()))
+        self._subtask = _subtask_index(runtime_context)
+        self._pushed_versions: dict[str, str] = {}
+        self._broadcast_synced = False
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
         self._raised = group.counter("alarms_raised")
         self._cleared = group.counter("alarms_cleared")
         self._events = group.counter("alarm_events")
         self._late = group.counter("rule_late")
         self._errors = group.counter("rule_errors")
+        self._accepted = group.counter("rule_sets_accepted")
+        self._rejected = group.counter("rule_sets_rejected")
         self._active = 0
         group.gauge("active_alarms", lambda: self._active)
 
@@ -192,12 +211,25 @@ class AlarmFunction(KeyedProcessFunction):
             yield COMMANDS, orjson.dumps(command).decode()
         self._state.update(state)
         deadline = self._engine.next_deadline(state)
-        registered = self._timer.value()
-        if deadline is not None and deadline != registered:
+        if deadline is not None and deadline != self._timer.value():
             ctx.timer_service().register_event_time_timer(deadline)
             self._timer.update(deadline)
 
+    def _sync_broadcast(self, ctx) -> None:
+        # After a restore the pushed rule sets are in broadcast state, not in the engine yet.
+        from operators.rule_loading import load_rule_text
+
+        for product_id, text in ctx.get_broadcast_state(RULE_SETS).items():
+            message = orjson.loads(text)
+            if self._pushed_versions.get(product_id) != message["version"]:
+                loaded = load_rule_text(orjson.dumps(message["document"]).decode(), f"iotlink.rules {product_id}")
+                self._engine.set_rule_set(product_id, loaded.compiled)
+                self._pushed_versions[product_id] = message["version"]
+        self._broadcast_synced = True
+
     def process_element(self, value, ctx):
+        if not self._broadcast_synced and hasattr(ctx, "get_broadcast_state"):
+            self._sync_broadcast(ctx)
         state = self._load()
         out = self._engine.on_record(state, orjson.loads(value[2]))
         yield from self._emit(out, state, ctx)
@@ -208,3 +240,30 @@ class AlarmFunction(KeyedProcessFunction):
             self._timer.clear()
         out = self._engine.advance(state, ctx.get_current_key(), timestamp)
         yield from self._emit(out, state, ctx)
+
+    def process_broadcast_element(self, value, ctx):
+        """A rule-set version pushed on ``iotlink.rules``: validated, then in force, or rejected."""
+        from operators.rule_loading import parse_rule_message
+        from operators.spec_loading import SpecLoadError
+
+        try:
+            product_id, version, loaded = parse_rule_message(value)
+        except SpecLoadError as exc:
+            self._rejected.inc()
+            if self._subtask == 0:
+                yield RULE_STATUS, orjson.dumps({"status": "rejected", "problems": exc.problems, "message": value[:2000]}).decode()
+            return
+        ctx.get_broadcast_state(RULE_SETS).put(product_id, value)
+        self._engine.set_rule_set(product_id, loaded.compiled)
+        self._pushed_versions[product_id] = version
+        self._accepted.inc()
+        if self._subtask == 0:
+            yield RULE_STATUS, orjson.dumps({"status": "accepted", "product_id": product_id, "version": version}).decode()
+
+
+class AlarmFunction(_AlarmOperator, KeyedProcessFunction):
+    """The alarm operator with the rule sets read at job start only."""
+
+
+class AlarmBroadcastFunction(_AlarmOperator, KeyedBroadcastProcessFunction):
+    """The alarm operator that also takes rule-set versions pushed on ``iotlink.rules``."""

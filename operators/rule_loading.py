@@ -54,7 +54,8 @@ def parse_rule_set(doc: YamlDocument, metrics_by_product: dict[str, frozenset[st
     try:
         rule_set = RuleSet.model_validate(doc.data)
     except ValidationError as exc:
-        raise SpecLoadError(_problems(doc, exc, _rule_options(), "docs/rules.md")) from None
+        problems = _problems(doc, exc, _rule_options(), "docs/rules.md")
+        raise SpecLoadError([p.replace(": (spec): ", ": (rules): ", 1) for p in problems]) from None
     version = rule_set.version or "sha256:" + hashlib.sha256(doc.text.encode("utf-8")).hexdigest()[:12]
     metrics = (metrics_by_product or {}).get(rule_set.product_id)
     try:
@@ -114,6 +115,38 @@ def load_rule_sets(paths: list[str | Path], metrics_by_product: dict[str, frozen
     if problems:
         raise SpecLoadError(problems)
     return loaded
+
+
+def rule_message(loaded: LoadedRuleSet, document: dict, pushed_at: int) -> bytes:
+    """The ``iotlink.rules`` record for a rule-set version (keyed by product id)."""
+    import orjson
+
+    return orjson.dumps(
+        {"product_id": loaded.product_id, "version": loaded.compiled.version, "pushed_at": pushed_at, "document": document}
+    )
+
+
+def parse_rule_message(value: str | bytes) -> tuple[str, str, LoadedRuleSet]:
+    """Validates an ``iotlink.rules`` record; returns (product id, version, compiled rule set).
+
+    Raises:
+        SpecLoadError: not a rule message, or an invalid rule set (with the reasons).
+    """
+    import orjson
+
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise SpecLoadError([f"iotlink.rules: not JSON: {exc}"]) from None
+    if not isinstance(message, dict) or not isinstance(message.get("document"), dict):
+        raise SpecLoadError(["iotlink.rules: expected {product_id, version, document: {rule set}}"])
+    loaded = load_rule_text(orjson.dumps(message["document"]).decode(), f"iotlink.rules {message.get('product_id')}")
+    if message.get("product_id") not in (None, loaded.product_id):
+        raise SpecLoadError([f"iotlink.rules: message for {message.get('product_id')!r} holds rules for {loaded.product_id!r}"])
+    version = str(message.get("version") or loaded.compiled.version)
+    if version != loaded.compiled.version:
+        loaded.compiled.version = version
+    return loaded.product_id, version, loaded
 
 
 class RulesFactory:

@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from operators.spec_model import SpecError
+
 SEVERITIES = ("low", "medium", "high", "critical")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 RULE_TYPES = ("threshold", "condition", "rate_of_change", "no_data", "status_bit")
@@ -86,7 +88,7 @@ class Rule(_Model):
     severity: Literal["low", "medium", "high", "critical"] = "high"
     condition: str | None = None
     clear_condition: str | None = Field(default=None, alias="clearCondition")
-    levels: list[Level] | None = None
+    levels: list[Level] | None = Field(default=None, min_length=1)
     for_ms: int | None = Field(default=None, alias="for")
     clear_for_ms: int | None = Field(default=None, alias="clearFor")
     consecutive: int | None = Field(default=None, ge=1)
@@ -167,20 +169,23 @@ class RuleSet(_Model):
         ids = [r.rule_id for r in self.rules]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
-            raise ValueError(f"rule ids used twice: {', '.join(duplicates)}")
-        for rule in self.rules:
+            # Located at the second rule using the id (SpecError paths give problems their line).
+            again = next(n for n, i in enumerate(ids) if i in ids[:n])
+            raise SpecError(f"rule ids used twice: {', '.join(duplicates)}", ("rules", again, "ruleId"))
+        for n, rule in enumerate(self.rules):
             if rule.product_id is not None and rule.product_id != self.product_id:
-                raise ValueError(f"rule {rule.rule_id} is for product {rule.product_id}, the set for {self.product_id}")
+                raise SpecError(f"rule {rule.rule_id} is for product {rule.product_id}, the set for {self.product_id}", ("rules", n, "productId"))
             if rule.auto_action is not None and not _ID.match(rule.auto_action):
-                raise ValueError(f"rule {rule.rule_id}: autoAction {rule.auto_action!r} is not an action name")
+                raise SpecError(f"rule {rule.rule_id}: autoAction {rule.auto_action!r} is not an action name", ("rules", n, "autoAction"))
         for device, by_rule in self.overrides.items():
             for rule_id, params in by_rule.items():
                 rule = next((r for r in self.rules if r.rule_id == rule_id), None)
                 if rule is None:
-                    raise ValueError(f"overrides.{device}: no rule {rule_id!r} in this set")
+                    raise SpecError(f"overrides.{device}.{rule_id}: no rule {rule_id!r} in this set", ("overrides", device, rule_id))
                 unknown = set(params) - set(rule.params)
                 if unknown:
-                    raise ValueError(f"overrides.{device}.{rule_id}: {', '.join(sorted(unknown))} not among the rule's params")
+                    names = ", ".join(sorted(unknown))
+                    raise SpecError(f"overrides.{device}.{rule_id}: {names} not among the rule's params", ("overrides", device, rule_id))
         return self
 
 

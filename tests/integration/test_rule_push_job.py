@@ -1,0 +1,83 @@
+"""Rule sets change while the job runs: a pushed version is put in force, an invalid one is
+rejected on the status topic and the previous version stays."""
+
+import time
+
+import orjson
+import pytest
+from job_runs import run_until_caught_up
+from kafka import KafkaProducer
+
+from connectors.kafka import read_topic, scan_end_offsets
+from iotlink.cli import main
+from jobs.telemetry_job import RunOptions
+from operators.envelope import RawEnvelope, build_envelope
+
+pytestmark = pytest.mark.integration
+T0 = 1_756_653_767_000 + 20 * 86_400_000
+
+
+def send_readings(settings, device_id, readings):
+    """Sends (seconds after T0, tempC) readings; returns how many."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    for seconds, temp in readings:
+        ts = T0 + seconds * 1000
+        payload = orjson.dumps({"device_timestamp": ts, "data": {"metrics": {"tempC": temp}}})
+        envelope = RawEnvelope(payload=payload, source="mqtt", received_at=ts + 50, device_id=device_id, product_id="prod-a", format="json")
+        producer.send(settings.topics.raw, key=device_id.encode(), value=build_envelope(envelope)).get(30)
+    producer.close()
+    return len(readings)
+
+
+def wait_for(predicate, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp_path, capsys):
+    settings = settings.model_copy(update={"data_dir": tmp_path})
+    device = "push-dev-1"
+    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    # A device's records are evaluated once its newer records are 5 s (the bound) past them, so
+    # each batch ends with a cool reading that moves the device's time on.
+    first = send_readings(settings, device, [(0, 70.0), (1, 70.0), (2, 70.0), (3, 70.0), (20, 20.0)])
+    rules_v2 = tmp_path / "prod-a-v2.yaml"
+    rules_v2.write_text(
+        "ruleSetId: prod-a-push\nproductId: prod-a\nversion: push-2\nrules:\n"
+        "  - {ruleId: temp-threshold-prod-a, type: threshold, condition: 'metrics.tempC > 60', severity: high}\n"
+    )
+    endpoint = ["--bootstrap-servers", settings.bootstrap_servers]
+
+    def ours():
+        return [e for e in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.alarms, idle_s=1)) if e["device_id"] == device]
+
+    def while_running(rest, job_id):
+        # Under the file's rule (tempC > 80) the first readings raise nothing.
+        assert main(["rules", "push", str(rules_v2), *endpoint, "--wait", "90"]) == 0
+        assert "job: accepted" in capsys.readouterr().out
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+        bad = {"product_id": "prod-a", "version": "bad-3", "document": {"productId": "prod-a", "rules": [{"ruleId": "x", "type": "threshold"}]}}
+        producer.send(settings.topics.rules, key=b"prod-a", value=orjson.dumps(bad)).get(30)
+        producer.close()
+        rejected = wait_for(
+            lambda: [s for s in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status, idle_s=1))
+                     if s["status"] == "rejected" and b"bad-3" in s["message"].encode()],
+            90, "the rejected status",
+        )
+        assert "needs condition or levels" in " ".join(rejected[0]["problems"])
+        send_readings(settings, device, [(60, 70.0), (61, 71.0), (62, 50.0), (70, 20.0)])
+        return wait_for(lambda: [e for e in ours() if e["event"] == "CLEARED"], 120, "the alarm under the pushed rules")
+
+    partitions = sorted(before) or [0, 1, 2, 3]
+    run_until_caught_up(settings, RunOptions(start_offsets={p: before.get(p, 0) for p in partitions}, job_name="it-rule-push"),
+                        first, while_running=while_running, timeout_s=400)
+    events = ours()
+    assert [(e["event"], e["rule_version"], e["device_ts"]) for e in events] == [
+        ("RAISED", "push-2", T0 + 60_000),
+        ("CLEARED", "push-2", T0 + 62_000),
+    ]
