@@ -193,10 +193,11 @@ def raw_kafka_source(
     return builder.build()
 
 
-def rules_kafka_source(bootstrap_servers: str, topic: str, group_id: str, stop_offsets: Mapping[int, int] | None = None):
-    """A KafkaSource over the rule-set topic, from its beginning (every pushed version, in order).
+def string_source_from_start(bootstrap_servers: str, topic: str, group_id: str, stop_offsets: Mapping[int, int] | None = None):
+    """A KafkaSource of strings from the topic's beginning: rule-set versions, control commands.
 
-    Only committed pushes are read. ``stop_offsets`` bounds it (bounded job runs).
+    A (re)started job reads every pushed version in order; a restored one continues from its
+    checkpoint. Only committed records are read. ``stop_offsets`` bounds it (bounded job runs).
     """
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource

@@ -367,11 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     from iotlink.bench import add_bench_arguments
 
     add_bench_arguments(bench)
-    from iotlink.rule_commands import add_rule_commands
+    from iotlink.rule_commands import add_alarm_commands, add_rule_commands
     from iotlink.spec_commands import add_spec_commands
 
     add_spec_commands(sub)
     add_rule_commands(sub, common)
+    add_alarm_commands(sub, common)
     return parser
 
 
@@ -379,6 +380,12 @@ def _rule_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.rule_commands import run_rule_command
 
     return run_rule_command(args, settings)
+
+
+def _alarm_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.rule_commands import run_alarm_command
+
+    return run_alarm_command(args, settings)
 
 
 def _spec_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -396,6 +403,7 @@ COMMANDS = {
     "decode": _spec_command,
     "specs": _spec_command,
     "rules": _rule_command,
+    "alarms": _alarm_command,
 }
 
 
@@ -415,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SpecLoadError as exc:
         for problem in exc.problems:
-            print(f"iotlink: invalid spec: {problem}", file=sys.stderr)
+            print(f"iotlink: {problem}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"iotlink: {exc}", file=sys.stderr)

@@ -70,6 +70,38 @@ def _metrics(args: argparse.Namespace, settings: Settings):
     return metrics_by_product(load_specs([specs_dir])) if specs_dir.is_dir() else {}
 
 
+def add_alarm_commands(sub, common=None) -> None:
+    """Adds ``alarms`` (operator actions on alarms) to the ``iotlink`` sub-command parsers."""
+    alarms = sub.add_parser("alarms", help="act on alarms (acknowledge)", description="Act on alarms raised by the job.")
+    actions = alarms.add_subparsers(dest="alarms_command", required=True, metavar="ACTION")
+    ack = actions.add_parser(
+        "ack",
+        parents=[common] if common is not None else [],
+        help="acknowledge an alarm",
+        description="Publish an acknowledge command on iotlink.control; the job records ACKNOWLEDGED on the alarm.",
+    )
+    ack.add_argument("--device", required=True, metavar="ID", help="the alarm's device id")
+    ack.add_argument("--alarm", required=True, metavar="ALARM_ID", help="the alarm id (from iotlink.alarms)")
+    ack.add_argument("--by", default=None, metavar="NAME", help="who acknowledges (default $USER)")
+
+
+def run_alarm_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``iotlink alarms ack``: publishes the acknowledge command."""
+    import getpass
+    import time
+
+    from kafka import KafkaProducer
+
+    command = {"type": "ack", "device_id": args.device, "alarm_id": args.alarm, "by": args.by or getpass.getuser(), "ts": int(time.time() * 1000)}
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    try:
+        producer.send(settings.topics.control, key=args.device.encode(), value=orjson.dumps(command)).get(30)
+    finally:
+        producer.close()
+    print(f"acknowledge for alarm {args.alarm} of {args.device} published to {settings.topics.control}")
+    return EXIT_OK
+
+
 def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
     """Dispatches ``rules check`` and ``rules replay``."""
     from operators.rule_loading import load_rule_sets
@@ -80,7 +112,7 @@ def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.rules_command == "push":
             return _push(args, settings, metrics)
         if args.rules_command == "check":
-            paths = args.paths or [Path(__file__).resolve().parent.parent / "rules"]
+            paths = args.paths or [settings.rules_dir]
             loaded = load_rule_sets(paths, metrics)
             for item in loaded:
                 rules = ", ".join(f"{c.rule.rule_id} ({c.rule.type}, {c.rule.severity})" for c in item.compiled.rules)

@@ -105,6 +105,8 @@ def build_telemetry_pipeline(
     command_sink=None,
     rules_source=None,
     rule_status_sink=None,
+    control_source=None,
+    notification_sink=None,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -124,6 +126,9 @@ def build_telemetry_pipeline(
         rules_source: Optional source of rule-set versions (``iotlink.rules``), broadcast to the
             alarm operator so rules change while the job runs.
         rule_status_sink: Sink for accepted/rejected statuses of pushed rule sets.
+        control_source: Optional source of control commands (``iotlink.control``); acknowledge
+            commands reach the alarm operator keyed by device.
+        notification_sink: Sink for notification records (high severity, escalations).
 
     Returns:
         The telemetry JSON stream (after the late check), for callers that extend the job.
@@ -163,9 +168,26 @@ def build_telemetry_pipeline(
     )
     telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry")
     if rules_factory is not None and alarm_sink is not None:
-        from operators.flink_functions import COMMANDS, RULE_SETS, RULE_STATUS, AlarmBroadcastFunction, AlarmFunction
+        from operators.flink_functions import (
+            COMMANDS,
+            RULE_SETS,
+            RULE_STATUS,
+            AckToTuple,
+            AlarmBroadcastFunction,
+            AlarmFunction,
+            NotificationFunction,
+            SplitAlarmOutput,
+        )
 
-        keyed = timed.key_by(lambda t: t[0], key_type=Types.STRING())
+        alarm_input = timed
+        if control_source is not None:
+            idle = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
+            acks = (
+                env.from_source(control_source, idle, "Kafka control source").uid("source-control").name("Kafka: iotlink.control")
+                .flat_map(AckToTuple(), output_type=TELEMETRY_TUPLE).uid("control-acks").name("Acknowledge commands")
+            )
+            alarm_input = timed.union(acks)
+        keyed = alarm_input.key_by(lambda t: t[0], key_type=Types.STRING())
         if rules_source is not None:
             # Idle after a second without pushes, so the rule stream never holds back event time.
             rule_strategy = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
@@ -176,18 +198,22 @@ def build_telemetry_pipeline(
                 .uid("alarm-rules")
                 .name("Alarm rules (per device)")
             )
-            if rule_status_sink is not None:
-                status = alarms.get_side_output(RULE_STATUS)
-                status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
         else:
             alarms = (
                 keyed.process(AlarmFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
                 .uid("alarm-rules")
                 .name("Alarm rules (per device)")
             )
+        alarms = alarms.process(SplitAlarmOutput(), output_type=Types.STRING()).uid("alarm-split").name("Events / commands / rule status")
+        if rule_status_sink is not None:
+            status = alarms.get_side_output(RULE_STATUS)
+            status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
         alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
         if command_sink is not None:
             alarms.get_side_output(COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
+        if notification_sink is not None:
+            notifications = alarms.process(NotificationFunction(), output_type=Types.STRING()).uid("route-notify").name("Severity routing: notify")
+            notifications.sink_to(notification_sink).uid("sink-notifications").name("Kafka: iotlink.notifications")
     return telemetry
 
 
@@ -250,7 +276,7 @@ def create_job(settings: Settings, options: RunOptions):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source, rules_kafka_source, scan_end_offsets
+    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source, scan_end_offsets, string_source_from_start
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
@@ -270,12 +296,15 @@ def create_job(settings: Settings, options: RunOptions):
     dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq", max_record_bytes=LARGE_RECORD_BYTES)
     alarm_sink = exactly_once_string_sink(bootstrap, topics.alarms, f"{options.job_name}-alarms") if rules_factory else None
     command_sink = exactly_once_string_sink(bootstrap, topics.commands, f"{options.job_name}-commands") if rules_factory else None
-    rules_source = status_sink = None
+    rules_source = status_sink = control_source = notification_sink = None
     if rules_factory:
         # A bounded run reads the rule pushes that exist now; an unbounded one keeps listening.
         rule_stop = {0: 0, **scan_end_offsets(bootstrap, topics.rules)} if options.stop_offsets is not None else None
-        rules_source = rules_kafka_source(bootstrap, topics.rules, f"{settings.flink.group_id}-rules", stop_offsets=rule_stop)
+        rules_source = string_source_from_start(bootstrap, topics.rules, f"{settings.flink.group_id}-rules", stop_offsets=rule_stop)
         status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
+        control_stop = {0: 0, **scan_end_offsets(bootstrap, topics.control)} if options.stop_offsets is not None else None
+        control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", stop_offsets=control_stop)
+        notification_sink = exactly_once_string_sink(bootstrap, topics.notifications, f"{options.job_name}-notifications")
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -295,6 +324,8 @@ def create_job(settings: Settings, options: RunOptions):
         command_sink=command_sink,
         rules_source=rules_source,
         rule_status_sink=status_sink,
+        control_source=control_source,
+        notification_sink=notification_sink,
     )
     return env
 

@@ -366,6 +366,9 @@ class AlarmEngine:
                 value = metrics.get(rule.flag)
                 if value is None:
                     raise MissingValue(rule.flag)
+                if isinstance(value, str):
+                    # A flag sent as text: "true"/"1"/"on" are set, anything else is not.
+                    return value.strip().lower() in ("true", "1", "on", "yes"), rule.severity, values
                 return bool(value), rule.severity, values
             value = metrics.get(rule.metric)
             if value is None:

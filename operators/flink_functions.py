@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction
+from pyflink.datastream import FlatMapFunction, KeyedBroadcastProcessFunction, KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction
 from pyflink.datastream.state import MapStateDescriptor
 
 from operators.dead_letter import dead_letter_to_json
@@ -208,7 +208,9 @@ class _AlarmOperator:
                 self._active -= 1
             yield orjson.dumps(event).decode()
         for command in out.commands:
-            yield COMMANDS, orjson.dumps(command).decode()
+            # Side outputs from on_timer of a keyed two-input operator crash PyFlink 2.0's embedded
+            # mode, so everything leaves on the main output, tagged, and SplitAlarmOutput routes it.
+            yield orjson.dumps({"command": command}).decode()
         self._state.update(state)
         deadline = self._engine.next_deadline(state)
         if deadline is not None and deadline != self._timer.value():
@@ -231,7 +233,12 @@ class _AlarmOperator:
         if not self._broadcast_synced and hasattr(ctx, "get_broadcast_state"):
             self._sync_broadcast(ctx)
         state = self._load()
-        out = self._engine.on_record(state, orjson.loads(value[2]))
+        item = orjson.loads(value[2])
+        if "ack" in item:
+            ack = item["ack"]
+            out = self._engine.acknowledge(state, ack["device_id"], ack["alarm_id"], ack["ts"], ack.get("by"))
+        else:
+            out = self._engine.on_record(state, item)
         yield from self._emit(out, state, ctx)
 
     def on_timer(self, timestamp, ctx):
@@ -251,14 +258,39 @@ class _AlarmOperator:
         except SpecLoadError as exc:
             self._rejected.inc()
             if self._subtask == 0:
-                yield RULE_STATUS, orjson.dumps({"status": "rejected", "problems": exc.problems, "message": value[:2000]}).decode()
+                status = {"status": "rejected", **_pushed_identity(value), "problems": exc.problems, "message": value[:2000]}
+                yield orjson.dumps({"rule_status": status}).decode()
             return
         ctx.get_broadcast_state(RULE_SETS).put(product_id, value)
         self._engine.set_rule_set(product_id, loaded.compiled)
         self._pushed_versions[product_id] = version
         self._accepted.inc()
         if self._subtask == 0:
-            yield RULE_STATUS, orjson.dumps({"status": "accepted", "product_id": product_id, "version": version}).decode()
+            yield orjson.dumps({"rule_status": {"status": "accepted", "product_id": product_id, "version": version}}).decode()
+
+
+def _pushed_identity(value) -> dict:
+    """product_id and version of a pushed rule message, as far as they can be read."""
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(message, dict):
+        return {}
+    return {k: message[k] for k in ("product_id", "version") if isinstance(message.get(k), str)}
+
+
+class SplitAlarmOutput(ProcessFunction):
+    """Routes the alarm operator's tagged output: events stay, commands and rule statuses go to
+    their side outputs (untagged)."""
+
+    def process_element(self, value, ctx):
+        if value.startswith('{"command":'):
+            yield COMMANDS, orjson.dumps(orjson.loads(value)["command"]).decode()
+        elif value.startswith('{"rule_status":'):
+            yield RULE_STATUS, orjson.dumps(orjson.loads(value)["rule_status"]).decode()
+        else:
+            yield value
 
 
 class AlarmFunction(_AlarmOperator, KeyedProcessFunction):
@@ -267,3 +299,26 @@ class AlarmFunction(_AlarmOperator, KeyedProcessFunction):
 
 class AlarmBroadcastFunction(_AlarmOperator, KeyedBroadcastProcessFunction):
     """The alarm operator that also takes rule-set versions pushed on ``iotlink.rules``."""
+
+
+class AckToTuple(FlatMapFunction):
+    """Turns acknowledge commands from ``iotlink.control`` into the alarm operator's input tuples
+    (keyed by device like telemetry); other control messages are skipped."""
+
+    def flat_map(self, value):
+        from operators.notifications import ack_command
+
+        ack = ack_command(value)
+        if ack is not None:
+            yield ack["device_id"], ack["ts"], orjson.dumps({"ack": ack}).decode()
+
+
+class NotificationFunction(ProcessFunction):
+    """Alarm events -> notification records (severity routing, see operators/notifications.py)."""
+
+    def process_element(self, value, ctx):
+        from operators.notifications import notification_for
+
+        notification = notification_for(orjson.loads(value))
+        if notification is not None:
+            yield orjson.dumps(notification).decode()

@@ -70,14 +70,24 @@ def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp
             90, "the rejected status",
         )
         assert "needs condition or levels" in " ".join(rejected[0]["problems"])
-        send_readings(settings, device, [(60, 70.0), (61, 71.0), (62, 50.0), (70, 20.0)])
-        return wait_for(lambda: [e for e in ours() if e["event"] == "CLEARED"], 120, "the alarm under the pushed rules")
+        send_readings(settings, device, [(60, 70.0), (61, 71.0), (70, 20.0)])
+        raised = wait_for(lambda: [e for e in ours() if e["event"] == "RAISED"], 120, "the alarm under the pushed rules")
+        # An operator acknowledges it through the control topic, then the device cools down.
+        assert main(["alarms", "ack", "--device", device, "--alarm", raised[0]["alarm_id"], "--by", "it-operator", *endpoint]) == 0
+        wait_for(lambda: [e for e in ours() if e["event"] == "ACKNOWLEDGED"], 120, "the acknowledgement")
+        send_readings(settings, device, [(80, 50.0), (90, 20.0)])
+        return wait_for(lambda: [e for e in ours() if e["event"] == "CLEARED"], 120, "the clear")
 
     partitions = sorted(before) or [0, 1, 2, 3]
     run_until_caught_up(settings, RunOptions(start_offsets={p: before.get(p, 0) for p in partitions}, job_name="it-rule-push"),
                         first, while_running=while_running, timeout_s=400)
     events = ours()
-    assert [(e["event"], e["rule_version"], e["device_ts"]) for e in events] == [
+    acknowledged = [e for e in events if e["event"] == "ACKNOWLEDGED"]
+    assert [(e["event"], e["rule_version"], e["device_ts"]) for e in events if e["event"] != "ACKNOWLEDGED"] == [
         ("RAISED", "push-2", T0 + 60_000),
-        ("CLEARED", "push-2", T0 + 62_000),
+        ("CLEARED", "push-2", T0 + 70_000),
     ]
+    assert len(acknowledged) == 1 and acknowledged[0]["values"] == {"by": "it-operator"}
+    assert acknowledged[0]["alarm_id"] == events[0]["alarm_id"]
+    notified = [n for n in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.notifications)) if n["device_id"] == device]
+    assert [(n["event"], n["alarm_id"]) for n in notified] == [("RAISED", events[0]["alarm_id"])]
