@@ -370,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     from iotlink.rule_commands import add_alarm_commands, add_rule_commands
     from iotlink.spec_commands import add_spec_commands
 
+    sub.add_parser(
+        "shadow-service",
+        parents=[common],
+        help="serve AWS-style device shadows ($aws/things/+/shadow/...) on an MQTT broker",
+        description="Serve device shadows with AWS IoT Device Shadow topics and semantics (desired, reported, delta, "
+        "version, clientToken) on any MQTT broker, for the embedded stack and tests; AWS IoT Core provides this itself.",
+    )
     add_spec_commands(sub)
     add_rule_commands(sub, common)
     add_alarm_commands(sub, common)
@@ -380,6 +387,33 @@ def _rule_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.rule_commands import run_rule_command
 
     return run_rule_command(args, settings)
+
+
+def cmd_shadow_service(args: argparse.Namespace, settings: Settings) -> int:
+    """Serves device shadows on the MQTT broker until Ctrl-C."""
+    from iotlink.shadow_service import ShadowService
+
+    stack, settings = _with_stack(args, settings, ("mqtt",))
+    if not settings.mqtt_url:
+        print("iotlink shadow-service: no MQTT broker: give --mqtt-url (or --embedded)", file=sys.stderr)
+        return 2
+    store = settings.data_dir / "shadows.json"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    service = ShadowService(settings.mqtt_url, store)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        service.start()
+        print(f"shadow service on {settings.mqtt_url}: $aws/things/+/shadow/update|get; shadows kept in {store}; Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(5)
+            print(f"  {len(service.shadows)} shadows, {service.updates} updates applied", flush=True)
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nshadow service stopped")
+    finally:
+        service.stop()
+        if stack is not None:
+            stack.stop()
+    return 0
 
 
 def _alarm_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -404,6 +438,7 @@ COMMANDS = {
     "specs": _spec_command,
     "rules": _rule_command,
     "alarms": _alarm_command,
+    "shadow-service": cmd_shadow_service,
 }
 
 

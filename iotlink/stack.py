@@ -195,6 +195,7 @@ class EmbeddedStack:
         self.quiet = quiet
         self.data_dir = settings.data_dir.resolve()
         self._procs: dict[str, subprocess.Popen] = {}
+        self.mqtt_broker: str | None = None  # "mosquitto" or "amqtt" once started
         self._postgres: EmbeddedPostgres | None = None
         self.endpoints: dict[str, str] = {}
 
@@ -259,7 +260,9 @@ class EmbeddedStack:
             self.endpoints["iceberg_catalog"] = catalog_uri
             self.endpoints["iceberg_warehouse"] = warehouse
         if "mqtt" in self.components:
-            self._spawn("mqtt", _mqtt_command(ports.mqtt, self.data_dir / "mqtt"), ports.mqtt)
+            command = _mqtt_command(ports.mqtt, self.data_dir / "mqtt")
+            self.mqtt_broker = "mosquitto" if Path(command[0]).name == "mosquitto" else "amqtt"
+            self._spawn("mqtt", command, ports.mqtt)
             self.endpoints["mqtt"] = f"mqtt://127.0.0.1:{ports.mqtt}"
 
     def settings_with_endpoints(self) -> Settings:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepares a machine for iotlink: Java 17, a Python 3.11 virtualenv with the pinned dependencies.
+# Prepares a machine for iotlink: Java 17, the mosquitto MQTT broker, a Python 3.11 virtualenv with
+# the pinned dependencies.
 # Idempotent: does nothing when the venv is already in sync with setup.py and requirements.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,18 @@ if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 11 ]; then
   else
     echo "bootstrap: Java 17 is required: run 'sudo apt-get install openjdk-17-jre-headless' (or install any JDK 17 and put java on PATH)" >&2
     exit 1
+  fi
+fi
+
+# Mosquitto is the embedded stack's MQTT broker; without it the stack falls back to amqtt,
+# which does not route AWS shadow topics ($aws/things/...), so the shadow tests are skipped.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing the mosquitto MQTT broker…"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null) \
+      || echo "bootstrap: could not install mosquitto; the embedded stack will use amqtt" >&2
+  else
+    echo "bootstrap: note: 'sudo apt-get install mosquitto' gives the embedded stack a full MQTT broker (else amqtt is used)" >&2
   fi
 fi
 
