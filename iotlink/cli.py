@@ -377,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve device shadows with AWS IoT Device Shadow topics and semantics (desired, reported, delta, "
         "version, clientToken) on any MQTT broker, for the embedded stack and tests; AWS IoT Core provides this itself.",
     )
+    sub.add_parser(
+        "control-sink",
+        parents=[common],
+        help="send shadow commands (iotlink.commands) to device shadows over MQTT, record outcomes in PostgreSQL",
+        description="Consume iotlink.commands, publish each as a desired-state update on $aws/things/<device>/shadow/update "
+        "with clientToken = command id, wait for accepted/rejected, and upsert the outcome into PostgreSQL control_cmd.",
+    )
     add_spec_commands(sub)
     add_rule_commands(sub, common)
     add_alarm_commands(sub, common)
@@ -416,6 +423,34 @@ def cmd_shadow_service(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_control_sink(args: argparse.Namespace, settings: Settings) -> int:
+    """Sends shadow commands from iotlink.commands to the device shadows until Ctrl-C."""
+    from iotlink.control_sink import ControlStats, run_control_sink
+
+    stack, settings = _with_stack(args, settings, ("kafka", "postgres", "mqtt"))
+    if not settings.mqtt_url:
+        print("iotlink control-sink: no MQTT broker: give --mqtt-url (or --embedded)", file=sys.stderr)
+        return 2
+    stop, stats = threading.Event(), ControlStats()
+    worker = threading.Thread(target=run_control_sink, args=(settings, stop, 10.0, stats), daemon=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        worker.start()
+        print(f"control sink: {settings.topics.commands} -> $aws/things/<device>/shadow/update on {settings.mqtt_url}"
+              + (" ; outcomes -> PostgreSQL control_cmd" if settings.postgres_url else ""), flush=True)
+        while worker.is_alive():
+            time.sleep(5)
+            print(f"  sent {stats.sent}  accepted {stats.accepted}  rejected {stats.rejected}  timed out {stats.timed_out}", flush=True)
+    except (KeyboardInterrupt, _Interrupted):
+        print("\ncontrol sink stopped")
+    finally:
+        stop.set()
+        worker.join(15)
+        if stack is not None:
+            stack.stop()
+    return 0
+
+
 def _alarm_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.rule_commands import run_alarm_command
 
@@ -439,6 +474,7 @@ COMMANDS = {
     "rules": _rule_command,
     "alarms": _alarm_command,
     "shadow-service": cmd_shadow_service,
+    "control-sink": cmd_control_sink,
 }
 
 
