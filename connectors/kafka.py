@@ -100,6 +100,7 @@ def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,  # records up to the 8 MiB topic limit (big dead letters)
         max_poll_records=50000,
     )
     try:
@@ -274,6 +275,7 @@ def read_topic(
         auto_offset_reset="earliest",
         isolation_level="read_committed" if read_committed else "read_uncommitted",
         fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,  # records up to the 8 MiB topic limit (big dead letters)
         max_poll_records=50000,
     )
     try:
