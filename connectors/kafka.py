@@ -87,18 +87,15 @@ def partition_counts(bootstrap_servers: str, topic: str) -> int:
         consumer.close()
 
 
-def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> dict[int, int]:
-    """Finds each partition's end offset (last offset + 1) by reading the topic to its end.
-
-    The embedded broker reports a wrong end offset from ListOffsets(latest), so this reads
-    instead: it stops when a partition returns nothing for a while.
-    """
+def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: bool):
+    """A consumer assigned every partition of ``topic`` and positioned at its beginning."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,  # records up to the 8 MiB topic limit (big dead letters)
         max_poll_records=50000,
@@ -107,6 +104,20 @@ def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer, parts
+
+
+def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> dict[int, int]:
+    """Finds each partition's end offset (last offset + 1) by reading the topic to its end.
+
+    The embedded broker reports a wrong end offset from ListOffsets(latest), so this reads
+    instead: it stops when a partition returns nothing for a while.
+    """
+    consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed=False)
+    try:
         ends = {tp.partition: 0 for tp in parts}
         deadline = time.monotonic() + timeout_s
         idle_polls = 0
@@ -267,21 +278,8 @@ def read_topic(
     Returns:
         The record values in partition order.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed" if read_committed else "read_uncommitted",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,  # records up to the 8 MiB topic limit (big dead letters)
-        max_poll_records=50000,
-    )
+    consumer, _ = _consumer_at_beginning(bootstrap_servers, topic, read_committed)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
         values: list[bytes] = []
         deadline = time.monotonic() + timeout_s
         last_data = time.monotonic()
