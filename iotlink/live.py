@@ -50,19 +50,8 @@ class FlinkRest:
 
     def job_counters(self, job_id: str) -> dict[str, int]:
         """Sums the job's iotlink counters over all vertices and subtasks."""
-        totals = dict.fromkeys(COUNTERS, 0)
-        job = self.get(f"/jobs/{job_id}")
-        for vertex in job.get("vertices", []):
-            base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
-            names = [m["id"] for m in self.get(base)]
-            wanted = [n for n in names if any(n.endswith(suffix) for suffix in COUNTERS.values())]
-            if not wanted:
-                continue
-            for metric in self.get(base + "?get=" + ",".join(wanted) + "&agg=sum"):
-                for key, suffix in COUNTERS.items():
-                    if metric["id"].endswith(suffix):
-                        totals[key] += int(float(metric.get("sum", 0)))
-        return totals
+        totals = self.metric_totals(job_id, "iotlink.")
+        return {key: totals.get(name, 0) for key, name in COUNTERS.items()}
 
     def metric_totals(self, job_id: str, contains: str) -> dict[str, int]:
         """Sums every counter whose name contains ``contains`` over vertices and subtasks.
@@ -77,7 +66,8 @@ class FlinkRest:
             for start in range(0, len(wanted), 40):
                 for metric in self.get(base + "?get=" + ",".join(wanted[start : start + 40]) + "&agg=sum"):
                     name = metric["id"]
-                    key = name[name.index("iotlink.") :] if "iotlink." in name else name
+                    # The group is the last "iotlink." in the id (operator names may hold topic names).
+                    key = name[name.rindex("iotlink.") :] if "iotlink." in name else name
                     totals[key] = totals.get(key, 0) + int(float(metric.get("sum", 0)))
         return totals
 
