@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from operators.alarm_engine import AlarmEngine, CompiledRuleSet, DeviceState, EngineOutput, RuleSetError, compile_rule_set
 from operators.rule_model import Action, Level, Rule, RuleSet
-from operators.spec_loading import SpecLoadError, _problems, spec_files
+from operators.spec_loading import SpecLoadError, spec_files, validation_problems
 from operators.spec_yaml import YamlDocument, YamlDocumentError, load_yaml_file, load_yaml_text
 
 
@@ -27,6 +27,7 @@ class LoadedRuleSet:
     rule_set: RuleSet
     compiled: CompiledRuleSet
     source: str
+    text: str
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -54,7 +55,7 @@ def parse_rule_set(doc: YamlDocument, metrics_by_product: dict[str, frozenset[st
     try:
         rule_set = RuleSet.model_validate(doc.data)
     except ValidationError as exc:
-        problems = _problems(doc, exc, _rule_options(), "docs/rules.md")
+        problems = validation_problems(doc, exc, _rule_options(), "docs/rules.md")
         raise SpecLoadError([p.replace(": (spec): ", ": (rules): ", 1) for p in problems]) from None
     version = rule_set.version or "sha256:" + hashlib.sha256(doc.text.encode("utf-8")).hexdigest()[:12]
     metrics = (metrics_by_product or {}).get(rule_set.product_id)
@@ -62,7 +63,7 @@ def parse_rule_set(doc: YamlDocument, metrics_by_product: dict[str, frozenset[st
         compiled = compile_rule_set(rule_set, version, metrics)
     except RuleSetError as exc:
         raise SpecLoadError([f"{doc.source}:{_line_of_rule(doc, str(exc))}: {exc}"]) from None
-    return LoadedRuleSet(rule_set, compiled, doc.source, list(doc.notices))
+    return LoadedRuleSet(rule_set, compiled, doc.source, doc.text, list(doc.notices))
 
 
 def _line_of_rule(doc: YamlDocument, message: str) -> int | None:
@@ -153,7 +154,7 @@ class RulesFactory:
     """Builds the compiled rule sets inside each Flink task from the texts read at job start."""
 
     def __init__(self, rule_sets: list[LoadedRuleSet]):
-        self.sources = [(item.source, Path(item.source).read_text(encoding="utf-8")) for item in rule_sets]
+        self.sources = [(item.source, item.text) for item in rule_sets]
 
     def __call__(self) -> dict[str, CompiledRuleSet]:
         compiled = {}

@@ -44,12 +44,15 @@ class LoadedSpec:
         spec: The validated spec model.
         decoder: Its compiled decoder.
         source: File it was read from.
+        text: The YAML text that was validated (after repairs): what the job ships to its tasks,
+            so a file edited after start-up cannot reach the tasks unvalidated.
         notices: Repairs made while reading the YAML (see :mod:`operators.spec_yaml`).
     """
 
     spec: object
     decoder: SpecDecoder
     source: str
+    text: str
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -90,7 +93,7 @@ def _known_options() -> list[str]:
     return sorted(n.rstrip("_") for n in names)
 
 
-def _problems(doc: YamlDocument, exc: ValidationError, options: list[str] | None = None, docs_ref: str = "docs/specs.md") -> list[str]:
+def validation_problems(doc: YamlDocument, exc: ValidationError, options: list[str] | None = None, docs_ref: str = "docs/specs.md") -> list[str]:
     """``file:line: field: reason`` lines for a validation error (also used for rule sets)."""
     problems = []
     for error in exc.errors(include_url=False):
@@ -134,14 +137,14 @@ def parse_spec(doc: YamlDocument, spec_id: str | None = None) -> LoadedSpec:
     try:
         spec = _SPEC_ADAPTER.validate_python(doc.data)
     except ValidationError as exc:
-        raise SpecLoadError(_problems(doc, exc)) from None
+        raise SpecLoadError(validation_problems(doc, exc)) from None
     sid = spec.spec_id or spec_id or Path(doc.source).stem
     version = spec.version or "sha256:" + hashlib.sha256(doc.text.encode("utf-8")).hexdigest()[:12]
     try:
         decoder = compile_spec(spec, sid, version, doc.source)
     except (ValueError, KeyError) as exc:
         raise SpecLoadError([f"{doc.source}:1: (spec): {exc}"]) from None
-    return LoadedSpec(spec, decoder, doc.source, list(doc.notices))
+    return LoadedSpec(spec, decoder, doc.source, doc.text, list(doc.notices))
 
 
 def load_spec_file(path: str | Path) -> LoadedSpec:
@@ -300,7 +303,7 @@ class RegistryFactory:
     """
 
     def __init__(self, specs: list[LoadedSpec], devices: dict[str, DeviceInfo] | None = None, max_payload_bytes: int | None = None):
-        self.sources = [(item.source, Path(item.source).read_text(encoding="utf-8")) for item in specs]
+        self.sources = [(item.source, item.text) for item in specs]
         self.spec_ids = [(item.decoder.product_id, item.spec_id) for item in specs]
         self.devices = dict(devices or {})
         self.max_payload_bytes = max_payload_bytes
