@@ -205,11 +205,12 @@ def raw_kafka_source(
     return builder.build()
 
 
-def string_source_from_start(bootstrap_servers: str, topic: str, group_id: str, stop_offsets: Mapping[int, int] | None = None):
+def string_source_from_start(bootstrap_servers: str, topic: str, group_id: str, bounded: bool = False):
     """A KafkaSource of strings from the topic's beginning: rule-set versions, control commands.
 
     A (re)started job reads every pushed version in order; a restored one continues from its
-    checkpoint. Only committed records are read. ``stop_offsets`` bounds it (bounded job runs).
+    checkpoint. Only committed records are read. ``bounded`` stops at the topic's current end
+    (bounded job runs read what exists when they start).
     """
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
@@ -223,8 +224,9 @@ def string_source_from_start(bootstrap_servers: str, topic: str, group_id: str, 
         .set_property("isolation.level", "read_committed")
         .set_starting_offsets(KafkaOffsetsInitializer.earliest())
     )
-    if stop_offsets is not None:
-        builder.set_bounded(_offsets_initializer(topic, stop_offsets))
+    if bounded:
+        # Partition 0 at offset 0 when the topic is still empty, so the bound is never open.
+        builder.set_bounded(_offsets_initializer(topic, {0: 0, **scan_end_offsets(bootstrap_servers, topic)}))
     return builder.build()
 
 

@@ -136,22 +136,23 @@ def _with_stack(args, settings, components):
     return stack, stack.settings_with_endpoints()
 
 
-def _announce_specs(factory, settings: Settings) -> None:
-    from jobs.telemetry_job import rules_factory_for
+def _announce_specs(settings: Settings) -> None:
+    """Validates specs, device registry and rule sets (a bad one stops here) and says what was found."""
+    from jobs.telemetry_job import startup_factories
 
+    factory, rules = startup_factories(settings)
     spec_ids = sorted(spec_id for _, spec_id in factory.spec_ids)
     print(f"decoder specs: {len(spec_ids)} from {settings.specs_dir} ({', '.join(spec_ids)}); devices in registry: {len(factory.devices)}")
-    rules = rules_factory_for(settings)
     count = len(rules.sources) if rules else 0
     print(f"alarm rule sets: {count} from {settings.rules_dir}" + ("" if count else " (alarm operator off)"))
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the telemetry job on the local MiniCluster."""
-    from jobs.telemetry_job import decoder_registry_factory, options_from_args, run_telemetry_job
+    from jobs.telemetry_job import options_from_args, run_telemetry_job
 
     options = options_from_args(args)
-    _announce_specs(decoder_registry_factory(settings), settings)  # a bad spec stops here, before anything starts
+    _announce_specs(settings)  # a bad spec or rule stops here, before anything starts
     stack, settings = _with_stack(args, settings, ("kafka",))
     try:
         print(f"telemetry job '{options.job_name}': {settings.topics.raw} -> {settings.topics.telemetry} (+ {settings.topics.dlq})")
@@ -232,9 +233,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.live import CounterLine, FlinkRest
     from iotlink.simulator import run_simulation
     from iotlink.stack import EmbeddedStack
-    from jobs.telemetry_job import decoder_registry_factory
-
-    _announce_specs(decoder_registry_factory(settings), settings)  # fail on a bad spec before starting anything
+    _announce_specs(settings)  # fail on a bad spec or rule before starting anything
     stack = EmbeddedStack(settings)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     proc = None

@@ -232,8 +232,22 @@ def export_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + current))
 
 
-def decoder_registry_factory(settings: Settings):
-    """Reads and validates every spec and the device registry now, so a bad one stops the start.
+def load_decoder_specs(settings: Settings):
+    """Reads and validates every spec in the specs directory.
+
+    Raises:
+        operators.spec_loading.SpecLoadError: file, line, field and reason for each problem.
+    """
+    from operators.spec_loading import SpecLoadError, load_specs
+
+    if not settings.specs_dir.is_dir():
+        raise SpecLoadError([f"{settings.specs_dir}: specs_dir is not a directory"])
+    return load_specs([settings.specs_dir])
+
+
+def decoder_registry_factory(settings: Settings, specs=None):
+    """Reads and validates every spec (unless given) and the device registry now, so a bad one
+    stops the start.
 
     Returns:
         A picklable factory that builds the DecoderRegistry inside each task.
@@ -241,11 +255,10 @@ def decoder_registry_factory(settings: Settings):
     Raises:
         operators.spec_loading.SpecLoadError: file, line, field and reason for each problem.
     """
-    from operators.spec_loading import RegistryFactory, SpecLoadError, load_device_registry, load_specs
+    from operators.spec_loading import RegistryFactory, load_device_registry
 
-    if not settings.specs_dir.is_dir():
-        raise SpecLoadError([f"{settings.specs_dir}: specs_dir is not a directory"])
-    return RegistryFactory(load_specs([settings.specs_dir]), load_device_registry(settings.device_registry))
+    specs = specs if specs is not None else load_decoder_specs(settings)
+    return RegistryFactory(specs, load_device_registry(settings.device_registry))
 
 
 def rules_factory_for(settings: Settings, specs=None):
@@ -255,13 +268,23 @@ def rules_factory_for(settings: Settings, specs=None):
         operators.spec_loading.SpecLoadError: file, line, field and reason for each problem.
     """
     from operators.rule_loading import RulesFactory, load_rule_sets
-    from operators.spec_loading import load_specs, metrics_by_product
+    from operators.spec_loading import metrics_by_product
 
     if not settings.rules_dir.is_dir():
         return None
-    specs = specs if specs is not None else (load_specs([settings.specs_dir]) if settings.specs_dir.is_dir() else [])
+    specs = specs if specs is not None else (load_decoder_specs(settings) if settings.specs_dir.is_dir() else [])
     loaded = load_rule_sets([settings.rules_dir], metrics_by_product(specs))
     return RulesFactory(loaded) if loaded else None
+
+
+def startup_factories(settings: Settings):
+    """The decoder-registry and rule-set factories, reading the specs once for both.
+
+    Returns:
+        (registry factory, rules factory or None when there are no rule sets).
+    """
+    specs = load_decoder_specs(settings)
+    return decoder_registry_factory(settings, specs), rules_factory_for(settings, specs)
 
 
 def create_job(settings: Settings, options: RunOptions):
@@ -270,13 +293,12 @@ def create_job(settings: Settings, options: RunOptions):
     Returns:
         The StreamExecutionEnvironment, ready to execute.
     """
-    registry_factory = decoder_registry_factory(settings)
-    rules_factory = rules_factory_for(settings)
+    registry_factory, rules_factory = startup_factories(settings)
     export_python_path()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source, scan_end_offsets, string_source_from_start
+    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source, string_source_from_start
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
@@ -299,11 +321,10 @@ def create_job(settings: Settings, options: RunOptions):
     rules_source = status_sink = control_source = notification_sink = None
     if rules_factory:
         # A bounded run reads the rule pushes that exist now; an unbounded one keeps listening.
-        rule_stop = {0: 0, **scan_end_offsets(bootstrap, topics.rules)} if options.stop_offsets is not None else None
-        rules_source = string_source_from_start(bootstrap, topics.rules, f"{settings.flink.group_id}-rules", stop_offsets=rule_stop)
+        bounded = options.stop_offsets is not None
+        rules_source = string_source_from_start(bootstrap, topics.rules, f"{settings.flink.group_id}-rules", bounded=bounded)
         status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
-        control_stop = {0: 0, **scan_end_offsets(bootstrap, topics.control)} if options.stop_offsets is not None else None
-        control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", stop_offsets=control_stop)
+        control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", bounded=bounded)
         notification_sink = exactly_once_string_sink(bootstrap, topics.notifications, f"{options.job_name}-notifications")
     fault = None
     if options.fail_after is not None:
