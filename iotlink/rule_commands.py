@@ -221,11 +221,10 @@ def _push(args: argparse.Namespace, settings: Settings, metrics) -> int:
 def _store_version(url: str, product_id: str, version: str, message: bytes) -> None:
     import psycopg
 
+    from connectors.postgres import apply_migrations
+
+    apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS rule_sets (product_id text NOT NULL, version text NOT NULL, message jsonb NOT NULL, "
-            "pushed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (product_id, version))"
-        )
         conn.execute(
             "INSERT INTO rule_sets (product_id, version, message) VALUES (%s, %s, %s) "
             "ON CONFLICT (product_id, version) DO UPDATE SET message = EXCLUDED.message, pushed_at = now()",

@@ -1,0 +1,215 @@
+"""PostgreSQL: schema migrations and the batch-upsert sink contract.
+
+The sink contract is the one every iotlink sink follows: ``write_batch`` (idempotent, so a
+batch replayed after a restore changes nothing), ``flush`` and ``close``. Statements are
+grouped per SQL text and sent with ``executemany`` in one transaction per batch: one round
+trip per statement kind, not per row. A lost connection is re-opened with exponential
+backoff and the whole batch is retried; nothing is dropped meanwhile (the caller blocks,
+which Flink turns into backpressure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgres"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+# One lock id for every iotlink process, so concurrent starts apply migrations once.
+_MIGRATION_LOCK = 0x10711C
+
+log = logging.getLogger(__name__)
+
+
+class MigrationError(RuntimeError):
+    """A migration file is malformed, or an applied one was changed afterwards."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file of ``sql/postgres``."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the file text: an applied migration must never change."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def read_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations in ``directory`` in version order.
+
+    Raises:
+        MigrationError: a file name outside ``NNN_name.sql`` or a version used twice.
+    """
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: migration files are named NNN_lower_case_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"{path}: version {version:03d} is also {found[version].name}")
+        found[version] = Migration(version, path.name, path.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+def apply_migrations(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Applies the migrations not yet recorded in ``schema_migrations``; idempotent.
+
+    Args:
+        url: ``postgresql://`` connection string.
+        directory: Where the ``NNN_name.sql`` files are.
+
+    Returns:
+        The names of the migrations applied now (empty when the schema was current).
+
+    Raises:
+        MigrationError: an applied migration's file changed since, or a bad file name.
+    """
+    import psycopg
+
+    migrations = read_migrations(directory)
+    applied_now = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, "
+                "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {v: (n, c) for v, n, c in conn.execute("SELECT version, name, checksum FROM schema_migrations")}
+            for migration in migrations:
+                if migration.version in done:
+                    name, checksum = done[migration.version]
+                    if checksum != migration.checksum:
+                        raise MigrationError(
+                            f"{directory / migration.name}: already applied as {name} with different contents; "
+                            "never edit an applied migration, add a new one"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
+
+
+@dataclass
+class SinkStats:
+    """What a sink did, for metrics and progress lines."""
+
+    batches: int = 0
+    statements: int = 0
+    retries: int = 0
+    write_ms: list[float] = field(default_factory=list)
+
+
+class PostgresBatchWriter:
+    """Writes batches of ``(sql, params)`` statements in one transaction each.
+
+    Every statement must be idempotent (an upsert keyed by deterministic ids, or a guarded
+    update): a batch is retried whole after a connection failure, and a restored job replays
+    what it wrote after its last checkpoint.
+
+    Args:
+        url: ``postgresql://`` connection string.
+        max_backoff_s: Upper bound of the doubling reconnect delay (starts at 0.5 s).
+        give_up_after_s: Raise after failing this long (None: keep trying; Flink then shows
+            backpressure, and the job fails over only if it is cancelled or times out).
+        sleep: Injected for tests.
+    """
+
+    def __init__(self, url: str, max_backoff_s: float = 30.0, give_up_after_s: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.url = url
+        self.max_backoff_s = max_backoff_s
+        self.give_up_after_s = give_up_after_s
+        self.sleep = sleep
+        self.stats = SinkStats()
+        self._conn = None
+
+    def _connection(self):
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, autocommit=False, connect_timeout=10)
+        return self._conn
+
+    def write_batch(self, statements: Iterable[tuple[str, tuple]]) -> None:
+        """Executes the statements in order, in one transaction, retrying on connection loss."""
+        import psycopg
+
+        groups = group_statements(statements)
+        if not groups:
+            return
+        delay, started = 0.5, time.monotonic()
+        while True:
+            try:
+                t0 = time.perf_counter()
+                conn = self._connection()
+                with conn.cursor() as cur:
+                    for sql, rows in groups:
+                        cur.executemany(sql, rows)
+                conn.commit()
+                self.stats.batches += 1
+                self.stats.statements += sum(len(rows) for _, rows in groups)
+                self.stats.write_ms.append((time.perf_counter() - t0) * 1000)
+                del self.stats.write_ms[:-1000]
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._drop()
+                if self.give_up_after_s is not None and time.monotonic() - started > self.give_up_after_s:
+                    raise
+                self.stats.retries += 1
+                log.warning("postgres write failed (%s); retrying in %.1f s", str(exc).strip().splitlines()[0], delay)
+                self.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+            except Exception:
+                # Not a connection problem (a constraint, bad data): leave the connection usable.
+                if self._conn is not None and not self._conn.closed:
+                    with contextlib.suppress(Exception):
+                        self._conn.rollback()
+                raise
+
+    def flush(self) -> None:
+        """Nothing is buffered here: every ``write_batch`` commits before it returns."""
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # the connection is being discarded anyway
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self._drop()
+
+
+def group_statements(statements: Iterable[tuple[str, tuple]]) -> list[tuple[str, list[tuple]]]:
+    """Groups consecutive statements with the same SQL, keeping their order.
+
+    Only consecutive runs are merged: an update that depends on an earlier insert of the
+    same batch (a ticket closed right after it opened) must run after it.
+    """
+    groups: list[tuple[str, list[tuple]]] = []
+    for sql, params in statements:
+        if groups and groups[-1][0] == sql:
+            groups[-1][1].append(params)
+        else:
+            groups.append((sql, [params]))
+    return groups
