@@ -107,6 +107,7 @@ def build_telemetry_pipeline(
     rule_status_sink=None,
     control_source=None,
     notification_sink=None,
+    alarm_store_factory: Callable | None = None,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -129,6 +130,8 @@ def build_telemetry_pipeline(
         control_source: Optional source of control commands (``iotlink.control``); acknowledge
             commands reach the alarm operator keyed by device.
         notification_sink: Sink for notification records (high severity, escalations).
+        alarm_store_factory: Picklable factory of an idempotent batch sink (``write_batch``,
+            ``flush``, ``close``) for alarm events and the ticket queue (PostgreSQL).
 
     Returns:
         The telemetry JSON stream (after the late check), for callers that extend the job.
@@ -214,6 +217,15 @@ def build_telemetry_pipeline(
         if notification_sink is not None:
             notifications = alarms.process(NotificationFunction(), output_type=Types.STRING()).uid("route-notify").name("Severity routing: notify")
             notifications.sink_to(notification_sink).uid("sink-notifications").name("Kafka: iotlink.notifications")
+        if alarm_store_factory is not None:
+            from operators.flink_functions import BatchedSinkFunction, alarm_store_statements, sink_bucket
+
+            (
+                alarms.key_by(sink_bucket(16), key_type=Types.INT())
+                .process(BatchedSinkFunction(alarm_store_factory, alarm_store_statements, "alarm_events"))
+                .uid("sink-alarm-store")
+                .name("PostgreSQL: alarm_events + alarm_tickets")
+            )
     return telemetry
 
 
@@ -326,6 +338,13 @@ def create_job(settings: Settings, options: RunOptions):
         status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
         control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", bounded=bounded)
         notification_sink = exactly_once_string_sink(bootstrap, topics.notifications, f"{options.job_name}-notifications")
+    alarm_store_factory = None
+    if rules_factory and settings.postgres_url:
+        from connectors.postgres import apply_migrations
+        from operators.flink_functions import PostgresWriterFactory
+
+        apply_migrations(settings.postgres_url)  # a bad URL or schema stops the start, not a task
+        alarm_store_factory = PostgresWriterFactory(settings.postgres_url)
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -347,6 +366,7 @@ def create_job(settings: Settings, options: RunOptions):
         rule_status_sink=status_sink,
         control_source=control_source,
         notification_sink=notification_sink,
+        alarm_store_factory=alarm_store_factory,
     )
     return env
 

@@ -3,6 +3,7 @@
 from collections import Counter
 
 import orjson
+import psycopg
 import pytest
 from kafka import KafkaProducer
 
@@ -52,3 +53,13 @@ def test_overheating_devices_raise_the_same_alarms_in_flink_and_in_replay(settin
     assert overheating and set(raised) == overheating
     assert all(count == 1 for count in raised.values())
     assert Counter(map(key, flink_events)) == Counter(map(key, replayed))
+    # PostgreSQL alarm_events holds exactly these events, each once.
+    with psycopg.connect(settings.postgres_url) as conn:
+        rows = conn.execute(
+            'SELECT alarm_id, event, device_ts, severity, "values" FROM alarm_events '
+            "WHERE device_id = ANY(%s) AND device_ts >= %s AND device_ts < %s",
+            (sorted(devices), START, START + 3_600_000),
+        ).fetchall()
+    assert Counter((*row[:4], key(row[4])) for row in rows) == Counter(
+        (e["alarm_id"], e["event"], e["device_ts"], e["severity"], key(e["values"])) for e in flink_events
+    )
