@@ -323,6 +323,11 @@ def _add_simulation_options(parser: argparse.ArgumentParser, default_duration: f
     sim.add_argument("--seed", type=int, default=7, help="random seed; same seed, same messages (default 7)")
     sim.add_argument("--target", choices=("kafka", "mqtt"), default="kafka", help="publish envelopes to Kafka or raw payloads to MQTT")
     sim.add_argument("--mqtt-env", default="dev", choices=("dev", "stg", "prd"), help="env level of the MQTT topics (default dev)")
+    sim.add_argument(
+        "--obey-shadow", action="store_true",
+        help="devices follow their shadows on the MQTT broker: apply each desired-state delta "
+        "($aws/things/<id>/shadow/update/delta) and report it back; a command cools an overheating device",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consume iotlink.commands, publish each as a desired-state update on $aws/things/<device>/shadow/update "
         "with clientToken = command id, wait for accepted/rejected, and upsert the outcome into PostgreSQL control_cmd.",
     )
+    db = sub.add_parser(
+        "db", help="PostgreSQL schema: apply the migrations in sql/postgres",
+        description="Manage the PostgreSQL schema (alarm events, tickets, control commands, rule sets, ...).",
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser(
+        "init", parents=[common], help="apply every migration not applied yet (idempotent)",
+        description="Apply the numbered migrations of sql/postgres not yet recorded in schema_migrations, in order. "
+        "Safe to run any number of times; an applied file that was edited since is reported as an error.",
+    )
     add_spec_commands(sub)
     add_rule_commands(sub, common)
     add_alarm_commands(sub, common)
@@ -393,6 +408,31 @@ def _rule_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.rule_commands import run_rule_command
 
     return run_rule_command(args, settings)
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    """Applies the PostgreSQL migrations."""
+    from connectors.postgres import MigrationError, apply_migrations, read_migrations
+
+    stack, settings = _with_stack(args, settings, ("postgres",))
+    try:
+        if not settings.postgres_url:
+            print("iotlink db init: no database: give --postgres-url (or --embedded)", file=sys.stderr)
+            return 2
+        try:
+            applied = apply_migrations(settings.postgres_url)
+        except MigrationError as exc:
+            print(f"iotlink db init: {exc}", file=sys.stderr)
+            return 2
+        total = len(read_migrations())
+        if applied:
+            print(f"applied {len(applied)} of {total} migrations: {', '.join(applied)}")
+        else:
+            print(f"schema is current ({total} migrations applied before)")
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
 
 
 def cmd_shadow_service(args: argparse.Namespace, settings: Settings) -> int:
@@ -427,19 +467,31 @@ def cmd_control_sink(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.control_sink import ControlStats, run_control_sink
 
     stack, settings = _with_stack(args, settings, ("kafka", "postgres", "mqtt"))
-    if not settings.mqtt_url:
-        print("iotlink control-sink: no MQTT broker: give --mqtt-url (or --embedded)", file=sys.stderr)
+    if settings.shadow.backend == "mqtt" and not settings.mqtt_url:
+        print("iotlink control-sink: no MQTT broker: give --mqtt-url (or --embedded), or set shadow.backend: aws-iot", file=sys.stderr)
         return 2
-    stop, stats = threading.Event(), ControlStats()
-    worker = threading.Thread(target=run_control_sink, args=(settings, stop, 10.0, stats), daemon=True)
+    stop, stats, failure = threading.Event(), ControlStats(), []
+
+    def work() -> None:
+        try:
+            run_control_sink(settings, stop, stats)
+        except Exception as exc:  # noqa: BLE001 - reported as one line by the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    target = settings.shadow.endpoint if settings.shadow.backend == "aws-iot" else settings.mqtt_url
     try:
         worker.start()
-        print(f"control sink: {settings.topics.commands} -> $aws/things/<device>/shadow/update on {settings.mqtt_url}"
+        print(f"control sink: {settings.topics.commands} -> $aws/things/<device>/shadow/update on {target} ({settings.shadow.backend})"
               + (" ; outcomes -> PostgreSQL control_cmd" if settings.postgres_url else ""), flush=True)
+        last = time.monotonic()
         while worker.is_alive():
-            time.sleep(5)
-            print(f"  sent {stats.sent}  accepted {stats.accepted}  rejected {stats.rejected}  timed out {stats.timed_out}", flush=True)
+            worker.join(0.2)
+            if time.monotonic() - last >= 5:
+                last = time.monotonic()
+                print(f"  sent {stats.sent}  accepted {stats.accepted}  rejected {stats.rejected}  timed out {stats.timed_out}  "
+                      f"applied {stats.applied}  not applied {stats.not_applied}", flush=True)
     except (KeyboardInterrupt, _Interrupted):
         print("\ncontrol sink stopped")
     finally:
@@ -447,6 +499,9 @@ def cmd_control_sink(args: argparse.Namespace, settings: Settings) -> int:
         worker.join(15)
         if stack is not None:
             stack.stop()
+    if failure:
+        print(f"iotlink control-sink: error: {type(failure[0]).__name__}: {failure[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -474,6 +529,7 @@ COMMANDS = {
     "alarms": _alarm_command,
     "shadow-service": cmd_shadow_service,
     "control-sink": cmd_control_sink,
+    "db": cmd_db,
 }
 
 

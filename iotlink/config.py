@@ -6,6 +6,12 @@ The config file is YAML (``--config FILE`` or ``IOTLINK_CONFIG``), loaded with `
     postgres_url: postgresql://iotlink:secret@db:5432/iotlink
     iceberg_catalog: http://rest-catalog:8181
     mqtt_url: mqtt://mosquitto:1883
+    shadow:                      # how the control sink reaches device shadows
+      backend: aws-iot           # or mqtt (any broker + iotlink shadow-service)
+      endpoint: abc123-ats.iot.eu-west-1.amazonaws.com
+      cert: /etc/iotlink/control.cert.pem
+      key: /etc/iotlink/control.private.key
+      ca: /etc/iotlink/AmazonRootCA1.pem
     flink:
       checkpoint_interval_ms: 5000
 
@@ -19,10 +25,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_VARS = {
     "bootstrap_servers": "IOTLINK_BOOTSTRAP_SERVERS",
@@ -86,6 +92,36 @@ class FlinkSettings(_Strict):
     group_id: str = "iotlink-telemetry"
 
 
+class ShadowSettings(_Strict):
+    """How the control sink reaches device shadows.
+
+    ``mqtt`` talks to any MQTT broker (``mqtt_url``; with ``iotlink shadow-service`` serving the
+    shadows); ``aws-iot`` talks to AWS IoT Core through ``awsiotsdk`` with mutual TLS.
+    """
+
+    backend: Literal["mqtt", "aws-iot"] = "mqtt"
+    endpoint: str | None = Field(None, description="AWS IoT data endpoint, e.g. abc123-ats.iot.eu-west-1.amazonaws.com")
+    port: int = Field(8883, ge=1, le=65535)
+    cert: Path | None = Field(None, description="device/client certificate (PEM) registered with AWS IoT")
+    key: Path | None = Field(None, description="its private key (PEM)")
+    ca: Path | None = Field(None, description="CA bundle, e.g. AmazonRootCA1.pem (system trust store if omitted)")
+    client_id: str = "iotlink-control-sink"
+    answer_timeout_s: float = Field(10.0, gt=0)
+    apply_timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_aws(self) -> ShadowSettings:
+        if self.backend == "aws-iot":
+            for name in ("endpoint", "cert", "key"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required with backend aws-iot")
+            for name in ("cert", "key", "ca"):
+                path = getattr(self, name)
+                if path is not None and not Path(path).is_file():
+                    raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+
 class Settings(_Strict):
     """Everything a command needs to reach the platform's services."""
 
@@ -101,6 +137,7 @@ class Settings(_Strict):
     topics: Topics = Topics()
     ports: StackPorts = StackPorts()
     flink: FlinkSettings = FlinkSettings()
+    shadow: ShadowSettings = ShadowSettings()
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -166,3 +166,74 @@ class Shadow:
 def desired_update(command: dict) -> tuple[str, dict]:
     """The shadow update (topic, request) for a platform command from ``iotlink.commands``."""
     return update_topic(command["device_id"]), {"state": {"desired": command["desired"]}, "clientToken": command["command_id"]}
+
+
+def reported_covers(desired: dict, reported: dict) -> bool:
+    """Whether ``reported`` holds every desired value (nested objects compared key by key)."""
+    return not delta(desired, reported)
+
+
+@dataclass
+class PendingApply:
+    """A command the shadow accepted, waiting for the device to report the desired state."""
+
+    command: dict
+    deadline: float
+
+
+class ApplyTracker:
+    """Follows accepted commands until the device reports their desired state or time runs out.
+
+    AWS's shadow closes the loop when the device reports what was desired (the delta empties);
+    the control sink records that as ``applied``, or ``timed_out`` when no such report arrives
+    within the apply timeout. Pure bookkeeping: the caller feeds reports and the clock.
+    """
+
+    def __init__(self, apply_timeout_s: float):
+        self.apply_timeout_s = apply_timeout_s
+        self._pending: dict[str, list[PendingApply]] = {}
+        self._reported: dict[str, dict] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+    def expect(self, command: dict, now: float) -> None:
+        """Starts following ``command`` at ``now``, before its update is published, so a device
+        report that overtakes the shadow's answer is not missed."""
+        waiting = self._pending.setdefault(command["device_id"], [])
+        if all(p.command["command_id"] != command["command_id"] for p in waiting):
+            waiting.append(PendingApply(command, now + self.apply_timeout_s))
+
+    def forget(self, command: dict) -> None:
+        """Stops following ``command`` (its update was rejected or never answered)."""
+        thing = command["device_id"]
+        self._keep(thing, [p for p in self._pending.get(thing, []) if p.command["command_id"] != command["command_id"]])
+
+    def reported(self, thing: str, patch: dict) -> list[dict]:
+        """The commands of ``thing`` fulfilled once the reported ``patch`` (what one accepted
+        report set; devices may report desired keys in separate updates) is merged in."""
+        waiting = self._pending.get(thing)
+        if not waiting:
+            return []
+        seen = self._reported.setdefault(thing, {})
+        _merge(seen, patch, {}, 0)
+        done = [p.command for p in waiting if reported_covers(p.command["desired"], seen)]
+        if done:
+            self._keep(thing, [p for p in waiting if p.command not in done])
+        return done
+
+    def _keep(self, thing: str, left: list[PendingApply]) -> None:
+        if left:
+            self._pending[thing] = left
+        else:
+            self._pending.pop(thing, None)
+            self._reported.pop(thing, None)
+
+    def expired(self, now: float) -> list[dict]:
+        """The commands whose apply deadline passed; they are no longer followed."""
+        out = []
+        for thing in list(self._pending):
+            waiting = self._pending[thing]
+            out.extend(p.command for p in waiting if p.deadline <= now)
+            self._keep(thing, [p for p in waiting if p.deadline > now])
+        return out
