@@ -10,6 +10,12 @@ Profiles change a device's behaviour: ``normal``; ``overheat`` (temperature clim
 ``nodata`` (goes silent after its first third of messages); ``garbage`` (malformed payloads);
 ``late`` (device timestamps shuffled back by up to 2 minutes). The same seed and start time give
 the same messages.
+
+Devices obey their shadows (``--obey-shadow``): a :class:`ShadowFollower` listens on
+``$aws/things/+/shadow/update/delta``; the device applies the desired state and reports it back
+(``state.reported``), as AWS IoT devices do. Any applied command cools an overheating device
+down to its normal temperature within :data:`COOL_DOWN_TICKS` ticks — the fan restarted, the
+relay opened.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from operators.envelope import RawEnvelope, build_envelope
 from operators.topic import DeviceTopic
 
 PROFILES = ("normal", "overheat", "nodata", "garbage", "late")
+COOL_DOWN_TICKS = 5
 FORMS = ("json", "hex", "csv")
 PRODUCT_BY_FORM = {"json": "prod-a", "hex": "product_a", "csv": "product_d"}
 TOPIC_FORMAT = {"json": "json", "hex": "bin", "csv": "csv"}
@@ -135,6 +142,37 @@ class FleetSimulator:
         self.interval_ms = interval_ms
         self._rng = random.Random(seed)
         self._temps = {d.device_id: 20.0 + (i % 15) for i, d in enumerate(devices)}
+        self._step = 0
+        # device id -> (tick the command was applied, overheat offset then)
+        self._cooling: dict[str, tuple[int, float]] = {}
+        self.applied: dict[str, dict] = {}
+
+    def apply_desired(self, device_id: str, desired: dict, total_steps: int) -> bool:
+        """The device applies a desired state from its shadow; returns False for unknown devices.
+
+        Any command stops an overheating device's ramp: its temperature falls back to normal
+        over :data:`COOL_DOWN_TICKS` ticks and stays there.
+        """
+        device = next((d for d in self.devices if d.device_id == device_id), None)
+        if device is None:
+            return False
+        self.applied[device_id] = {**self.applied.get(device_id, {}), **desired}
+        if device.profile == "overheat" and device_id not in self._cooling:
+            self._cooling[device_id] = (self._step, self._ramp(self._step, total_steps))
+        return True
+
+    def _ramp(self, step: int, total_steps: int) -> float:
+        return 70.0 * step / max(total_steps - 1, 1)
+
+    def _overheat(self, device: SimDevice, step: int, total_steps: int) -> float:
+        if device.profile != "overheat":
+            return 0.0
+        cooling = self._cooling.get(device.device_id)
+        if cooling is None:
+            return self._ramp(step, total_steps)
+        since, offset = cooling
+        elapsed = step - since if step >= since else COOL_DOWN_TICKS  # the tick counter wrapped: long cooled
+        return offset * max(0.0, 1.0 - elapsed / COOL_DOWN_TICKS)
 
     def _garbage(self, device: SimDevice, n: int) -> bytes:
         kind = n % 4
@@ -148,7 +186,7 @@ class FleetSimulator:
         # A bounded random walk; overheating devices add a ramp that ends 70 C higher.
         base = min(max(self._temps[device.device_id] + self._rng.uniform(-0.5, 0.5), 0.0), 60.0)
         self._temps[device.device_id] = base
-        temp = base + (70.0 * step / max(total_steps - 1, 1) if device.profile == "overheat" else 0.0)
+        temp = base + self._overheat(device, step, total_steps)
         return round(temp, 1), self._rng.randint(30, 70)
 
     def _payload(self, device: SimDevice, ts: int, temp: float, hum: int) -> bytes:
@@ -184,6 +222,7 @@ class FleetSimulator:
 
     def tick(self, start_ts: int, step: int, total_steps: int) -> Iterator[SimMessage]:
         """Yields the messages of one tick (silent devices yield nothing)."""
+        self._step = step
         base_ts = start_ts + step * self.interval_ms
         for device in self.devices:
             if device.profile == "nodata" and step >= max(total_steps // 3, 1):
@@ -198,6 +237,59 @@ class FleetSimulator:
                 yield SimMessage(device, ts, self._payload(device, ts, temp, hum), True)
 
 
+class ShadowFollower:
+    """The fleet's side of the device shadow: applies deltas and reports the new state.
+
+    Subscribes to ``$aws/things/+/shadow/update/delta``; for a device of the fleet it calls
+    ``apply(device_id, desired)`` and, when that accepts, publishes ``{"state": {"reported":
+    desired}}`` on the device's ``/shadow/update`` — which empties the delta and tells the
+    control sink the command was applied.
+    """
+
+    def __init__(self, mqtt_url: str, apply, client_id: str | None = None, timeout_s: float = 10.0):
+        import threading
+        from urllib.parse import urlparse
+
+        import paho.mqtt.client as mqtt
+
+        url = urlparse(mqtt_url)
+        self.apply = apply
+        self.applied = 0
+        self.ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"iotlink-sim-shadow-{random.randrange(1 << 30)}")
+        if url.scheme == "mqtts":
+            self.client.tls_set()
+        # Subscribing before CONNACK is silently refused by some brokers: subscribe on connect.
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("$aws/things/+/shadow/update/delta", qos=1)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.ready.set()
+        self.client.on_message = self._on_delta
+        self.client.connect(url.hostname or "127.0.0.1", url.port or (8883 if url.scheme == "mqtts" else 1883))
+        self.client.loop_start()
+        if not self.ready.wait(timeout_s):
+            self.close()
+            raise ConnectionError(f"simulator: cannot subscribe to shadow deltas on {mqtt_url}")
+
+    def _on_delta(self, client, userdata, message):
+        from operators.shadow import parse_shadow_topic, update_topic
+
+        parsed = parse_shadow_topic(message.topic)
+        try:
+            delta = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            return
+        desired = delta.get("state") if isinstance(delta, dict) else None
+        if parsed is None or not isinstance(desired, dict) or not self.apply(parsed[0], desired):
+            return
+        self.applied += 1
+        report = {"state": {"reported": desired}, "clientToken": f"{parsed[0]}-reported-{delta.get('version')}"}
+        client.publish(update_topic(parsed[0]), orjson.dumps(report), qos=1)
+
+    def close(self) -> None:
+        """Disconnects."""
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def encode_for_kafka(message: SimMessage, received_at: int) -> tuple[bytes, bytes]:
     """(key, value) for ``iotlink.raw``: keyed by device id, value the raw envelope."""
     return message.device.device_id.encode(), build_envelope(message.envelope(received_at))
@@ -210,6 +302,7 @@ class PublishStats:
     sent: int = 0
     invalid: int = 0
     errors: int = 0
+    applied: int = 0  # shadow commands the devices applied
 
 
 def kafka_publisher(bootstrap_servers: str, topic: str):
@@ -263,7 +356,7 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
     Args:
         settings: Platform settings (bootstrap servers, MQTT URL, raw topic).
         args: Parsed simulator options (devices, rate, duration, count, profile, forms, seed,
-            target, mqtt_env).
+            target, mqtt_env, obey_shadow).
         progress: Print a line every 5 seconds.
         stop: A threading.Event that ends the run early.
         stats: Counters to update in place (so a caller can watch them live).
@@ -291,6 +384,12 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
         send, close = mqtt_publisher(settings.mqtt_url, args.mqtt_env)
     else:
         send, close = kafka_publisher(settings.bootstrap_servers, settings.topics.raw)
+    follower = None
+    if getattr(args, "obey_shadow", False):
+        if not settings.mqtt_url:
+            close()
+            raise ValueError("--obey-shadow needs an MQTT broker: --mqtt-url (or --embedded)")
+        follower = ShadowFollower(settings.mqtt_url, lambda device_id, desired: sim.apply_desired(device_id, desired, horizon))
     started = time.monotonic()
     last_report = started
     step = 0
@@ -319,4 +418,7 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
                 time.sleep(next_tick - now)
     finally:
         close()
+        if follower is not None:
+            follower.close()
+            stats.applied = follower.applied
     return stats
