@@ -16,13 +16,28 @@ LARGE_RECORD_TOPICS = frozenset({"iotlink.raw", "iotlink.dlq"})
 LARGE_RECORD_BYTES = 8 * 1024 * 1024
 
 
-def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: Mapping[str, int] | None = None) -> list[str]:
+def ensure_platform_topics(bootstrap_servers: str, topics, raw_partitions: int = 4) -> list[str]:
+    """Creates the platform's topics (an :class:`iotlink.config.Topics`, whatever their names):
+    the raw topic with ``raw_partitions`` partitions, raw and DLQ accepting large records.
+
+    Returns:
+        The topics that were created.
+    """
+    return ensure_topics(
+        bootstrap_servers, topics.all(), partitions={topics.raw: raw_partitions}, large=(topics.raw, topics.dlq)
+    )
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[str], partitions: Mapping[str, int] | None = None, large: Iterable[str] = LARGE_RECORD_TOPICS
+) -> list[str]:
     """Creates the topics that do not exist yet.
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         topics: Topic names.
         partitions: Partition count per topic (default 1, ``iotlink.raw`` 4).
+        large: Topics that accept records of up to :data:`LARGE_RECORD_BYTES`.
 
     Returns:
         The topics that were created.
@@ -31,6 +46,7 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: Map
     from kafka.errors import TopicAlreadyExistsError
 
     counts = {**DEFAULT_PARTITIONS, **(partitions or {})}
+    large_topics = set(large)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="iotlink-admin", request_timeout_ms=15000)
     try:
         existing = set(admin.list_topics())
@@ -38,7 +54,7 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: Map
         created = []
         for name in wanted:
             try:
-                configs = {"max.message.bytes": str(LARGE_RECORD_BYTES)} if name in LARGE_RECORD_TOPICS else None
+                configs = {"max.message.bytes": str(LARGE_RECORD_BYTES)} if name in large_topics else None
                 admin.create_topics([NewTopic(name, num_partitions=counts.get(name, 1), replication_factor=1, topic_configs=configs)])
                 created.append(name)
             except TopicAlreadyExistsError:
@@ -165,6 +181,18 @@ def raw_bytes_schema():
 
     jvm = get_gateway().jvm
     return DeserializationSchema(j_deserialization_schema=jvm.org.apache.flink.api.common.serialization.ByteArraySchema())
+
+
+def partition_count(bootstrap_servers: str, topic: str) -> int | None:
+    """Number of partitions of ``topic`` (None when the topic does not exist)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000)
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        return len(partitions) if partitions else None
+    finally:
+        consumer.close()
 
 
 def raw_kafka_source(

@@ -236,11 +236,11 @@ class EmbeddedStack:
                  "--storage-engine", "memory://tansu/", "--silent"],
                 ports.kafka,
             )
-            from connectors.kafka import ensure_topics, wait_for_kafka
+            from connectors.kafka import ensure_platform_topics, wait_for_kafka
 
             bootstrap = f"127.0.0.1:{ports.kafka}"
             wait_for_kafka(bootstrap)
-            ensure_topics(bootstrap, self.settings.topics.all())
+            ensure_platform_topics(bootstrap, self.settings.topics)
             self.endpoints["kafka"] = bootstrap
         if "postgres" in self.components:
             if not port_is_free(ports.postgres):

@@ -6,7 +6,7 @@ from iotlink.live import FlinkRest
 from jobs.telemetry_job import create_job
 
 
-def run_until_caught_up(settings, options, expected_in, while_running=None, timeout_s=150):
+def run_until_caught_up(settings, options, expected_in, while_running=None, timeout_s=150, until=None):
     """Runs the job until it has read ``expected_in`` records and two more checkpoints have
     completed (so their Kafka transactions are committed), then cancels it.
 
@@ -16,6 +16,9 @@ def run_until_caught_up(settings, options, expected_in, while_running=None, time
         expected_in: Raw records the job must have read.
         while_running: Optional ``f(rest, job_id)`` called after catching up, before cancelling;
             its return value is returned.
+        until: Optional ``f() -> bool`` polled after the checkpoints until it holds (e.g. the
+            expected output is visible to read_committed readers); it is not asserted, the
+            caller's own checks say what was missing.
         timeout_s: Overall limit.
     """
     env = create_job(settings, options)
@@ -36,6 +39,23 @@ def run_until_caught_up(settings, options, expected_in, while_running=None, time
         while rest.checkpoints(job_id)["counts"]["completed"] < completed + 2:
             assert time.monotonic() < deadline, "no checkpoint completed after catching up"
             time.sleep(0.3)
+        while until is not None and not until() and time.monotonic() < deadline:
+            time.sleep(0.5)
         return while_running(rest, job_id) if while_running is not None else None
     finally:
         client.cancel().result()
+
+
+def with_own_topics(settings, name: str, raw_partitions: int = 4):
+    """Settings whose topics are this test's own (``<name>.iotlink.raw`` …), created now.
+
+    The embedded broker never times out a transaction a cancelled job left open, and an open
+    transaction hides every later record of its partition from read_committed readers; tests
+    that share topics could hide each other's output. Own topics keep each test's result its own.
+    """
+    from connectors.kafka import ensure_platform_topics
+    from iotlink.config import Topics
+
+    topics = Topics(**{key: f"{name}.{topic}" for key, topic in settings.topics.model_dump().items()})
+    ensure_platform_topics(settings.bootstrap_servers, topics, raw_partitions)
+    return settings.model_copy(update={"topics": topics})

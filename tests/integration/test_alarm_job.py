@@ -5,6 +5,7 @@ from collections import Counter
 import orjson
 import psycopg
 import pytest
+from job_runs import with_own_topics
 from kafka import KafkaProducer
 
 from connectors.kafka import read_topic, scan_end_offsets
@@ -18,7 +19,7 @@ RECEIVED = START + 200_000
 
 
 def test_overheating_devices_raise_the_same_alarms_in_flink_and_in_replay(settings, tmp_path):
-    settings = settings.model_copy(update={"data_dir": tmp_path})
+    settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path}), "it-alarms")
     assert rules_factory_for(settings) is not None
     before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
     fleet = build_fleet(24, profiles=parse_profile_mix("normal=50,overheat=25,late=25"), forms=("json",), seed=3)

@@ -5,7 +5,7 @@ import time
 
 import orjson
 import pytest
-from job_runs import run_until_caught_up
+from job_runs import run_until_caught_up, with_own_topics
 from kafka import KafkaProducer
 
 from connectors.kafka import read_topic, scan_end_offsets
@@ -40,7 +40,10 @@ def wait_for(predicate, timeout_s, what):
 
 
 def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp_path, capsys):
-    settings = settings.model_copy(update={"data_dir": tmp_path})
+    settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path}), "it-push")
+    # The commands under test take the topic names from a config file, as an operator's would.
+    config = tmp_path / "iotlink.yaml"
+    config.write_text(orjson.dumps({"topics": settings.topics.model_dump()}).decode())
     device = "push-dev-1"
     before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
     # A device's records are evaluated once its newer records are 5 s (the bound) past them, so
@@ -51,7 +54,7 @@ def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp
         "ruleSetId: prod-a-push\nproductId: prod-a\nversion: push-2\nrules:\n"
         "  - {ruleId: temp-threshold-prod-a, type: threshold, condition: 'metrics.tempC > 60', severity: high}\n"
     )
-    endpoint = ["--bootstrap-servers", settings.bootstrap_servers]
+    endpoint = ["--bootstrap-servers", settings.bootstrap_servers, "--config", str(config)]
 
     def ours():
         return [e for e in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.alarms, idle_s=1)) if e["device_id"] == device]

@@ -13,7 +13,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from job_runs import run_until_caught_up
+from job_runs import run_until_caught_up, with_own_topics
 from kafka import KafkaProducer
 
 from connectors.kafka import read_topic, scan_end_offsets
@@ -84,7 +84,7 @@ def spec_settings(settings, tmp_path):
     lines += [f"  fire-json-{i}: {{product: fire_sensor, tenant: acme}}" for i in range(10)]
     lines += [f"  d-{i}: {{product: product_d, tenant: globex}}" for i in range(6)]
     registry.write_text("\n".join(lines) + "\n")
-    return settings.model_copy(update={"data_dir": tmp_path, "device_registry": str(registry)})
+    return with_own_topics(settings.model_copy(update={"data_dir": tmp_path, "device_registry": str(registry)}), "it-specs")
 
 
 def _telemetry_key(record):
