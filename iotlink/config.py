@@ -65,6 +65,7 @@ class Topics(_Strict):
     notifications: str = "iotlink.notifications"
     control: str = "iotlink.control"
     commands: str = "iotlink.commands"
+    late: str = "iotlink.late"
 
     def all(self) -> list[str]:
         """Every topic the platform uses."""
@@ -89,6 +90,9 @@ class FlinkSettings(_Strict):
     execution_mode: str = Field("thread", pattern="^(thread|process)$")
     out_of_orderness_ms: int = Field(5000, ge=0)
     idleness_ms: int = Field(10000, ge=0)
+    allowed_lateness_ms: int = Field(300_000, ge=0)
+    source_parallelism: int | None = Field(None, ge=1)  # None: one source subtask per raw partition
+    dedup_ttl_ms: int = Field(3_600_000, ge=0)
     group_id: str = "iotlink-telemetry"
 
 

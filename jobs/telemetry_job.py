@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 if __package__ in (None, ""):
     # Submitted as a file (`flink run -py jobs/telemetry_job.py`): make the project importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,12 +53,13 @@ class RunOptions:
     job_name: str = JOB_NAME
 
 
-def flink_configuration(settings: Settings, options: RunOptions) -> dict[str, str]:
+def flink_configuration(settings: Settings, options: RunOptions, source_parallelism: int | None = None) -> dict[str, str]:
     """The Flink configuration for the job (checkpointing, state backend, web UI, restore).
 
     Args:
         settings: Platform settings.
         options: Per-run options.
+        source_parallelism: Subtasks of the source chain (one per raw partition), if known.
 
     Returns:
         Flink configuration keys and values.
@@ -82,7 +85,8 @@ def flink_configuration(settings: Settings, options: RunOptions) -> dict[str, st
         "rest.port": str(settings.flink.rest_port),
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
-        "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, 1)),
+        # A slot per subtask of the widest operator (the source runs one subtask per partition).
+        "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, source_parallelism or 1)),
     }
     if options.restore_from:
         path = Path(options.restore_from)
@@ -108,6 +112,11 @@ def build_telemetry_pipeline(
     control_source=None,
     notification_sink=None,
     alarm_store_factory: Callable | None = None,
+    dedup_ttl_ms: int = 0,
+    allowed_lateness_ms: int = 300_000,
+    aggregate_sink_factory: Callable | None = None,
+    late_sink=None,
+    source_parallelism: int | None = None,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -132,6 +141,14 @@ def build_telemetry_pipeline(
         notification_sink: Sink for notification records (high severity, escalations).
         alarm_store_factory: Picklable factory of an idempotent batch sink (``write_batch``,
             ``flush``, ``close``) for alarm events and the ticket queue (PostgreSQL).
+        dedup_ttl_ms: Drop readings whose (device, device time, payload) was seen within this
+            long, before windows and rules (0: no duplicate suppression).
+        allowed_lateness_ms: How long after a window's end a record still corrects it.
+        aggregate_sink_factory: Picklable factory of an idempotent batch sink for the 1m/5m/1h
+            window rows of devices and products (PostgreSQL ``agg_*``).
+        late_sink: Sink for records later than the allowed lateness (archived as JSON).
+        source_parallelism: Parallelism of source, decode and watermarking: the raw topic's
+            partition count, so each watermark follows one partition (None: the default).
 
     Returns:
         The telemetry JSON stream (after the late check), for callers that extend the job.
@@ -142,34 +159,50 @@ def build_telemetry_pipeline(
     from operators.flink_functions import (
         DEAD_LETTERS,
         TELEMETRY_TUPLE,
+        TIMESTAMPED_TELEMETRY,
         DecodeRawFunction,
-        DeviceTimeAssigner,
         EmitTelemetryFunction,
     )
 
-    raw = env.from_source(raw_source, WatermarkStrategy.no_watermarks(), "Kafka raw source").uid("source-raw")
+    def per_partition(stream):
+        # Device-time watermarks are generated after decoding, per source subtask. A subtask
+        # reading several partitions takes the newest time of any of them, so a partition
+        # read behind the others (catching up) would turn into late data. One subtask per
+        # raw partition keeps each watermark to its own partition; downstream takes the min.
+        return stream.set_parallelism(source_parallelism) if source_parallelism else stream
+
+    raw = per_partition(env.from_source(raw_source, WatermarkStrategy.no_watermarks(), "Kafka raw source").uid("source-raw"))
     raw = raw.name("Kafka: iotlink.raw")
     if fault is not None:
-        raw = raw.map(fault, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())).uid("test-fault").name("Test fault")
-    decoded = (
-        raw.process(DecodeRawFunction(registry_factory or DecoderRegistry), output_type=TELEMETRY_TUPLE)
+        raw = per_partition(raw.map(fault, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())).uid("test-fault").name("Test fault"))
+    decoded = per_partition(
+        raw.process(DecodeRawFunction(registry_factory or DecoderRegistry), output_type=TIMESTAMPED_TELEMETRY)
         .uid("decode-raw")
         .name("Decode payloads")
     )
     dead_letters = decoded.get_side_output(DEAD_LETTERS)
     dead_letters.sink_to(dlq_sink).uid("sink-dlq").name("Kafka: iotlink.dlq")
 
-    strategy = (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
-        .with_timestamp_assigner(DeviceTimeAssigner())
-    )
+    strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
     if idleness_ms > 0:
         strategy = strategy.with_idleness(Duration.of_millis(idleness_ms))
-    timed = decoded.assign_timestamps_and_watermarks(strategy).uid("event-time").name("Device time + watermarks")
+    timed = _assign_device_time(decoded, strategy, source_parallelism)
     telemetry = (
         timed.process(EmitTelemetryFunction(), output_type=Types.STRING()).uid("late-check").name("Late check")
     )
     telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry")
+    readings = timed
+    if dedup_ttl_ms:
+        from operators.flink_functions import DeduplicateFunction
+
+        readings = (
+            timed.key_by(lambda t: t[0], key_type=Types.STRING())
+            .process(DeduplicateFunction(dedup_ttl_ms), output_type=TELEMETRY_TUPLE)
+            .uid("dedup")
+            .name("Drop duplicate readings")
+        )
+    if aggregate_sink_factory is not None or late_sink is not None:
+        _add_windows(readings, allowed_lateness_ms, aggregate_sink_factory, late_sink)
     if rules_factory is not None and alarm_sink is not None:
         from operators.flink_functions import (
             COMMANDS,
@@ -182,14 +215,14 @@ def build_telemetry_pipeline(
             SplitAlarmOutput,
         )
 
-        alarm_input = timed
+        alarm_input = readings
         if control_source is not None:
             idle = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
             acks = (
                 env.from_source(control_source, idle, "Kafka control source").uid("source-control").name("Kafka: iotlink.control")
                 .flat_map(AckToTuple(), output_type=TELEMETRY_TUPLE).uid("control-acks").name("Acknowledge commands")
             )
-            alarm_input = timed.union(acks)
+            alarm_input = readings.union(acks)
         keyed = alarm_input.key_by(lambda t: t[0], key_type=Types.STRING())
         if rules_source is not None:
             # Idle after a second without pushes, so the rule stream never holds back event time.
@@ -227,6 +260,70 @@ def build_telemetry_pipeline(
                 .name("PostgreSQL: alarm_events + alarm_tickets")
             )
     return telemetry
+
+
+def _assign_device_time(decoded, strategy, parallelism: int | None):
+    """Event time = device time, watermarks per source subtask, without a Python hop.
+
+    The decode output already carries its event time as field 1, so the Java watermark
+    operator reads it directly (what PyFlink's ``assign_timestamps_and_watermarks`` does after
+    an extra Python operator of its own, whose parallelism cannot be set), then a Java map
+    strips it. Both run with the source's parallelism, keeping one watermark per partition.
+    """
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    from operators.flink_functions import TELEMETRY_TUPLE
+
+    eventtime = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
+    marked = decoded._j_data_stream.assignTimestampsAndWatermarks(
+        strategy._j_watermark_strategy.withTimestampAssigner(eventtime.CustomTimestampAssigner())
+    )
+    marked.uid("event-time").name("Device time + watermarks")
+    stripped = marked.map(eventtime.RemoveTimestampMapFunction(), TELEMETRY_TUPLE.get_java_type_info())
+    stripped.uid("event-time-strip").name("Telemetry")
+    if parallelism:
+        marked.setParallelism(parallelism)
+        stripped.setParallelism(parallelism)
+    return DataStream(stripped)
+
+
+def _add_windows(readings, allowed_lateness_ms: int, aggregate_sink_factory, late_sink) -> None:
+    """Device windows, product roll-ups from the device minutes, and their sinks."""
+    from pyflink.common import Types
+
+    from operators.flink_functions import (
+        LATE_RECORDS,
+        BatchedSinkFunction,
+        DeviceWindowFunction,
+        ProductWindowFunction,
+        aggregate_statements,
+        row_bucket,
+    )
+
+    device_rows = (
+        readings.key_by(lambda t: t[0], key_type=Types.STRING())
+        .process(DeviceWindowFunction(allowed_lateness_ms), output_type=Types.STRING())
+        .uid("windows-device")
+        .name("Windows 1m/5m/1h per device")
+    )
+    if late_sink is not None:
+        device_rows.get_side_output(LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
+    product_rows = (
+        device_rows.filter(lambda row: '"size":"1m"' in row).uid("device-minutes").name("Device minutes")
+        .key_by(lambda row: orjson.loads(row)["product_id"] or "", key_type=Types.STRING())
+        .process(ProductWindowFunction(allowed_lateness_ms), output_type=Types.STRING())
+        .uid("windows-product")
+        .name("Windows 1m/5m/1h per product")
+    )
+    if aggregate_sink_factory is not None:
+        (
+            device_rows.union(product_rows)
+            .key_by(row_bucket(16), key_type=Types.INT())
+            .process(BatchedSinkFunction(aggregate_sink_factory, aggregate_statements, "aggregates"))
+            .uid("sink-aggregates")
+            .name("PostgreSQL: agg_1m / agg_5m / agg_1h")
+        )
 
 
 def export_python_path() -> None:
@@ -310,18 +407,19 @@ def create_job(settings: Settings, options: RunOptions):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, raw_kafka_source, string_source_from_start
+    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, partition_count, raw_kafka_source, string_source_from_start
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
-    conf = flink_configuration(settings, options)
+    bootstrap, topics = settings.bootstrap_servers, settings.topics
+    source_parallelism = settings.flink.source_parallelism or partition_count(bootstrap, topics.raw)
+    conf = flink_configuration(settings, options, source_parallelism)
     # The Python workers (and PemJa in thread mode) must use this interpreter and its packages.
     conf.setdefault("python.executable", sys.executable)
     conf.setdefault("python.client.executable", sys.executable)
     for key, value in conf.items():
         config.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    bootstrap, topics = settings.bootstrap_servers, settings.topics
     source = raw_kafka_source(
         bootstrap, topics.raw, settings.flink.group_id, stop_offsets=options.stop_offsets, start_offsets=options.start_offsets
     )
@@ -338,13 +436,16 @@ def create_job(settings: Settings, options: RunOptions):
         status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
         control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", bounded=bounded)
         notification_sink = exactly_once_string_sink(bootstrap, topics.notifications, f"{options.job_name}-notifications")
-    alarm_store_factory = None
-    if rules_factory and settings.postgres_url:
+    alarm_store_factory = aggregate_sink_factory = None
+    if settings.postgres_url:
         from connectors.postgres import apply_migrations
         from operators.flink_functions import PostgresWriterFactory
 
         apply_migrations(settings.postgres_url)  # a bad URL or schema stops the start, not a task
-        alarm_store_factory = PostgresWriterFactory(settings.postgres_url)
+        aggregate_sink_factory = PostgresWriterFactory(settings.postgres_url)
+        if rules_factory:
+            alarm_store_factory = aggregate_sink_factory
+    late_sink = exactly_once_string_sink(bootstrap, topics.late, f"{options.job_name}-late")
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -367,6 +468,11 @@ def create_job(settings: Settings, options: RunOptions):
         control_source=control_source,
         notification_sink=notification_sink,
         alarm_store_factory=alarm_store_factory,
+        dedup_ttl_ms=settings.flink.dedup_ttl_ms,
+        allowed_lateness_ms=settings.flink.allowed_lateness_ms,
+        aggregate_sink_factory=aggregate_sink_factory,
+        late_sink=late_sink,
+        source_parallelism=source_parallelism,
     )
     return env
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import orjson
 from pyflink.common import Types
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import FlatMapFunction, KeyedBroadcastProcessFunction, KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction
 from pyflink.datastream.state import MapStateDescriptor
 
@@ -24,6 +23,8 @@ from operators.telemetry import telemetry_to_json
 METRIC_GROUP = "iotlink"
 # (device_id, device_ts, telemetry JSON): typed, so Flink moves it without pickling.
 TELEMETRY_TUPLE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
+# (telemetry tuple, event time): the decode output, before the watermark operator strips the time.
+TIMESTAMPED_TELEMETRY = Types.TUPLE([TELEMETRY_TUPLE, Types.LONG()])
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 
 
@@ -77,14 +78,8 @@ class DecodeRawFunction(ProcessFunction):
         for record in outcome.records:
             self._decoded.inc()
             self._spec_counters(record.get("spec_id"))[0].inc()
-            yield record["device_id"], record["device_ts"], telemetry_to_json(record)
-
-
-class DeviceTimeAssigner(TimestampAssigner):
-    """Event time is the device time carried in the telemetry tuple."""
-
-    def extract_timestamp(self, value, record_timestamp):
-        return value[1]
+            # Paired with its event time, which the (Java) watermark operator takes from field 1.
+            yield (record["device_id"], record["device_ts"], telemetry_to_json(record)), record["device_ts"]
 
 
 class EmitTelemetryFunction(ProcessFunction):
@@ -324,6 +319,9 @@ class NotificationFunction(ProcessFunction):
             yield orjson.dumps(notification).decode()
 
 
+END_OF_TIME = 2**63 - 1  # Flink's final watermark (Long.MAX_VALUE)
+
+
 class BatchedSinkFunction(KeyedProcessFunction):
     """Hands values to an idempotent sink in batches, buffered in keyed state.
 
@@ -365,15 +363,17 @@ class BatchedSinkFunction(KeyedProcessFunction):
     def process_element(self, value, ctx):
         self._buffer.add(value)
         count = (self._count.value() or 0) + 1
-        if count >= self._batch_size:
+        timers = ctx.timer_service()
+        watermark = timers.current_watermark()
+        # At the end of bounded input (final watermark) no timer fires any more: write now.
+        if count >= self._batch_size or watermark >= END_OF_TIME:
             self._write()
             return
         if count == 1:
-            timers = ctx.timer_service()
             timers.register_processing_time_timer(timers.current_processing_time() + self._flush_ms)
             # Processing-time timers are dropped at the end of bounded input; the final watermark
             # fires event-time timers, so this one writes the last batch of a bounded run.
-            timers.register_event_time_timer(max(timers.current_watermark(), -(2**62)) + 1)
+            timers.register_event_time_timer(max(watermark, -(2**62)) + 1)
         self._count.update(count)
 
     def on_timer(self, timestamp, ctx):
@@ -425,5 +425,149 @@ def sink_bucket(buckets: int):
 
     def bucket(value: str) -> int:
         return zlib.crc32(orjson.loads(value)["device_id"].encode()) % buckets
+
+    return bucket
+
+
+LATE_RECORDS = OutputTag("late-records", Types.STRING())
+
+
+class DeduplicateFunction(KeyedProcessFunction):
+    """Drops a reading whose (device, device time, decoded payload) was seen within the TTL.
+
+    Keyed by device; the fingerprints live in MapState with a TTL, so at-least-once bridges
+    (MQTT QoS 1 redelivery) cannot inflate aggregates or raise alarms twice. Metric:
+    ``duplicates_dropped``.
+    """
+
+    def __init__(self, ttl_ms: int):
+        self._ttl_ms = ttl_ms
+
+    def open(self, runtime_context):
+        from pyflink.common.time import Time
+        from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
+
+        descriptor = MapStateDescriptor("seen-readings", Types.STRING(), Types.BOOLEAN())
+        descriptor.enable_time_to_live(
+            StateTtlConfig.new_builder(Time.milliseconds(self._ttl_ms))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build()
+        )
+        self._seen = runtime_context.get_map_state(descriptor)
+        self._dropped = runtime_context.get_metrics_group().add_group(METRIC_GROUP).counter("duplicates_dropped")
+
+    def process_element(self, value, ctx):
+        from operators.windows import record_fingerprint
+
+        record = orjson.loads(value[2])
+        fingerprint = record_fingerprint(value[0], value[1], record.get("metrics", {}))
+        if self._seen.contains(fingerprint):
+            self._dropped.inc()
+            return
+        self._seen.put(fingerprint, True)
+        yield value
+
+
+class _WindowOperator:
+    """Shared body of the device and product window operators: a pickled WindowBook per key,
+    an event-time timer at its next deadline, fired windows as JSON rows on the main output."""
+
+    scope = ""
+
+    def __init__(self, allowed_lateness_ms: int):
+        self._lateness = allowed_lateness_ms
+
+    def open(self, runtime_context):
+        from pyflink.datastream.state import ValueStateDescriptor
+
+        self._state = runtime_context.get_state(ValueStateDescriptor(f"{self.scope}-windows", Types.PICKLED_BYTE_ARRAY()))
+        self._timer = runtime_context.get_state(ValueStateDescriptor(f"{self.scope}-windows-timer", Types.LONG()))
+        group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
+        self._fired = group.counter(f"windows_{self.scope}_fired")
+        self._refired = group.counter(f"windows_{self.scope}_refired")
+        self._too_late = group.counter(f"windows_{self.scope}_too_late")
+
+    def _load(self):
+        from operators.windows import WindowBook
+
+        stored = self._state.value()
+        return stored if stored is not None else (None, WindowBook(self._lateness))
+
+    def _emit(self, key, product_id, book, results, ctx):
+        from operators.windows import window_row
+
+        for result in results:
+            (self._refired if result.refire else self._fired).inc()
+            yield orjson.dumps(window_row(self.scope, key, product_id, result)).decode()
+        self._state.update((product_id, book))
+        deadline = book.next_deadline()
+        if deadline is not None and deadline != self._timer.value():
+            ctx.timer_service().register_event_time_timer(deadline)
+            self._timer.update(deadline)
+
+    def on_timer(self, timestamp, ctx):
+        product_id, book = self._load()
+        if self._timer.value() == timestamp:
+            self._timer.clear()
+        results = book.advance(max(timestamp, ctx.timer_service().current_watermark()))
+        yield from self._emit(ctx.get_current_key(), product_id, book, results, ctx)
+
+
+class DeviceWindowFunction(_WindowOperator, KeyedProcessFunction):
+    """1m/5m/1h windows per device from deduplicated telemetry tuples (keyed by device).
+
+    A record later than the allowed lateness goes to the LATE_RECORDS side output (archived)
+    and is counted; within it, the corrected windows fire again.
+    """
+
+    scope = "device"
+
+    def process_element(self, value, ctx):
+        product_id, book = self._load()
+        results = book.advance(ctx.timer_service().current_watermark())
+        record = orjson.loads(value[2])
+        if book.add_record(value[1], record.get("metrics", {})):
+            results += book.refire_pending()
+        else:
+            self._too_late.inc()
+            # Archived with the watermark it missed, so the lateness can be explained later.
+            yield LATE_RECORDS, orjson.dumps({"watermark": book.watermark, "allowed_lateness_ms": self._lateness, "record": record}).decode()
+        yield from self._emit(value[0], product_id or record.get("product_id"), book, results, ctx)
+
+
+class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
+    """1m/5m/1h windows per product, rolled up from the devices' 1-minute rows (keyed by
+    product); a device's corrected minute replaces its earlier version."""
+
+    scope = "product"
+
+    def process_element(self, value, ctx):
+        from operators.windows import partial_from_json
+
+        _, book = self._load()
+        results = book.advance(ctx.timer_service().current_watermark())
+        row = orjson.loads(value)
+        if book.put_partial(row["key"], row["start"], partial_from_json(row["partial"])):
+            results += book.refire_pending()
+        else:
+            self._too_late.inc()
+        yield from self._emit(row["product_id"], row["product_id"], book, results, ctx)
+
+
+def aggregate_statements(values: list[str]) -> list:
+    """Buffered window rows -> agg_1m / agg_5m / agg_1h upserts."""
+    from connectors.aggregate_store import aggregate_statements as statements
+
+    return statements([orjson.loads(v) for v in values])
+
+
+def row_bucket(buckets: int):
+    """Key selector for window rows: by (scope, key), so one key's corrections stay in order."""
+    import zlib
+
+    def bucket(value: str) -> int:
+        row = orjson.loads(value)
+        return zlib.crc32(f"{row['scope']}|{row['key']}".encode()) % buckets
 
     return bucket
