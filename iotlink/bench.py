@@ -247,7 +247,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     stack = None
     if args.embedded:
-        stack = EmbeddedStack(settings, ("kafka",))
+        # PostgreSQL too: the full job writes alarm events and window aggregates there.
+        stack = EmbeddedStack(settings, ("kafka", "postgres"))
         stack.start()
         settings = stack.settings_with_endpoints()
     try:
