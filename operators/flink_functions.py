@@ -506,11 +506,14 @@ class _WindowOperator:
             ctx.timer_service().register_event_time_timer(deadline)
             self._timer.update(deadline)
 
+    def _advance(self, book, watermark):
+        return book.advance(watermark)
+
     def on_timer(self, timestamp, ctx):
         product_id, book = self._load()
         if self._timer.value() == timestamp:
             self._timer.clear()
-        results = book.advance(max(timestamp, ctx.timer_service().current_watermark()))
+        results = self._advance(book, max(timestamp, ctx.timer_service().current_watermark()))
         yield from self._emit(ctx.get_current_key(), product_id, book, results, ctx)
 
 
@@ -538,20 +541,52 @@ class DeviceWindowFunction(_WindowOperator, KeyedProcessFunction):
 
 class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
     """1m/5m/1h windows per product, rolled up from the devices' 1-minute rows (keyed by
-    product); a device's corrected minute replaces its earlier version."""
+    product); a device's corrected minute replaces its earlier version.
+
+    The product's book holds one merged partial per minute, so its state stays small however
+    many devices a product has. Each device's minute is kept apart in MapState
+    (``minute|device``): a first version merges into the minute in O(1); a correction
+    re-merges that minute from its devices' entries.
+    """
 
     scope = "product"
 
+    def open(self, runtime_context):
+        from pyflink.datastream.state import MapStateDescriptor
+
+        super().open(runtime_context)
+        self._devices = runtime_context.get_map_state(MapStateDescriptor("product-device-minutes", Types.STRING(), Types.STRING()))
+
+    def _advance(self, book, watermark):
+        before = set(book.minutes)
+        results = book.advance(watermark)
+        dropped = {f"{m}|" for m in before - set(book.minutes)}
+        if dropped:
+            for slot in [k for k in self._devices.keys() if k[: k.index("|") + 1] in dropped]:  # noqa: SIM118 - MapState
+                self._devices.remove(slot)
+        return results
+
     def process_element(self, value, ctx):
-        from operators.windows import partial_from_json
+        from operators.windows import merged_lists
 
         _, book = self._load()
-        results = book.advance(ctx.timer_service().current_watermark())
+        results = self._advance(book, ctx.timer_service().current_watermark())
         row = orjson.loads(value)
-        if book.put_partial(row["key"], row["start"], partial_from_json(row["partial"])):
-            results += book.refire_pending()
-        else:
+        minute, partial = row["start"], row["partial"]
+        if not book.accepts(minute):
             self._too_late.inc()
+        else:
+            slot = f"{minute}|{row['key']}"
+            corrected = self._devices.contains(slot)
+            self._devices.put(slot, orjson.dumps(partial).decode())
+            if corrected:
+                prefix = f"{minute}|"
+                merged = merged_lists(orjson.loads(v) for k, v in self._devices.items() if k.startswith(prefix))
+            else:
+                have = book.minutes.get(minute, {}).get("")
+                merged = merged_lists([have, partial]) if have else partial
+            book.put_partial("", minute, merged)
+            results += book.refire_pending()
         yield from self._emit(row["product_id"], row["product_id"], book, results, ctx)
 
 

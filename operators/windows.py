@@ -63,17 +63,9 @@ class MetricPartial:
 
     def add(self, ts: int, value: float) -> None:
         """Adds one reading (Welford's update)."""
-        self.count += 1
-        self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-        if (ts, value) < (self.first_ts, self.first):
-            self.first_ts, self.first = ts, value
-        if (ts, value) > (self.last_ts, self.last):
-            self.last_ts, self.last = ts, value
+        stats = self.to_list()
+        add_reading(stats, ts, value)
+        (self.count, self.total, self.low, self.high, self.mean, self.m2, self.first_ts, self.first, self.last_ts, self.last) = stats
 
     def merged(self, other: MetricPartial) -> MetricPartial:
         """The partial of both windows' readings together."""
@@ -112,15 +104,49 @@ class MetricPartial:
 Partial = dict[str, MetricPartial]  # metric -> statistics, one window
 
 
+def reading_stats(ts: int, value: float) -> list:
+    """The list form (:meth:`MetricPartial.to_list`) of a single reading."""
+    return [1, value, value, value, float(value), 0.0, ts, value, ts, value]
+
+
+def add_reading(stats: list, ts: int, value: float) -> None:
+    """Adds one reading to statistics in list form, in place (Welford's update).
+
+    The window state keeps plain lists: they pickle several times faster than objects, and
+    the state is read and written for every record.
+    """
+    count = stats[0] + 1
+    stats[0] = count
+    stats[1] += value
+    if value < stats[2]:
+        stats[2] = value
+    if value > stats[3]:
+        stats[3] = value
+    delta = value - stats[4]
+    stats[4] += delta / count
+    stats[5] += delta * (value - stats[4])
+    if (ts, value) < (stats[6], stats[7]):
+        stats[6], stats[7] = ts, value
+    if (ts, value) > (stats[8], stats[9]):
+        stats[8], stats[9] = ts, value
+
+
 def merge_partials(parts) -> Partial:
     """Merges window partials metric by metric."""
     out: Partial = {}
     for part in parts:
         for metric, stats in part.items():
+            # Copies (and list forms made objects), so results handed out never change when
+            # the book adds to its partials.
+            stats = MetricPartial(*stats) if isinstance(stats, list) else MetricPartial(*stats.to_list())
             have = out.get(metric)
-            # A copy, so results handed out never change when the book adds to its partials.
-            out[metric] = MetricPartial(*stats.to_list()) if have is None else have.merged(stats)
+            out[metric] = stats if have is None else have.merged(stats)
     return out
+
+
+def merged_lists(parts) -> dict[str, list]:
+    """Merges partials (object or list form) into list form."""
+    return {metric: stats.to_list() for metric, stats in merge_partials(parts).items()}
 
 
 def partial_to_json(part: Partial) -> dict:
@@ -152,7 +178,7 @@ class WindowBook:
     """
 
     allowed_lateness_ms: int = 5 * MINUTE
-    minutes: dict[int, dict[str, Partial]] = field(default_factory=dict)  # minute -> source -> partial
+    minutes: dict[int, dict[str, dict[str, list]]] = field(default_factory=dict)  # minute -> source -> metric -> stats list
     watermark: int = -(2**62)
     dirty: set = field(default_factory=set)  # minutes changed after their 1m window fired
 
@@ -172,17 +198,20 @@ class WindowBook:
         for metric, value in values.items():
             stats = part.get(metric)
             if stats is None:
-                part[metric] = MetricPartial.of(ts, value)
+                part[metric] = reading_stats(ts, value)
             else:
-                stats.add(ts, value)
+                add_reading(stats, ts, value)
         self._touched(minute)
         return True
 
-    def put_partial(self, source: str, minute: int, partial: Partial) -> bool:
-        """Sets ``source``'s partial of ``minute`` (a newer version replaces the older one)."""
+    def put_partial(self, source: str, minute: int, partial: Partial | dict[str, list]) -> bool:
+        """Sets ``source``'s partial of ``minute`` (a newer version replaces the older one);
+        ``partial`` in object or wire (list) form."""
         if not self.accepts(minute):
             return False
-        self.minutes.setdefault(minute, {})[source] = partial
+        self.minutes.setdefault(minute, {})[source] = {
+            metric: stats.to_list() if isinstance(stats, MetricPartial) else list(stats) for metric, stats in partial.items()
+        }
         self._touched(minute)
         return True
 

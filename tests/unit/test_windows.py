@@ -87,7 +87,7 @@ def random_readings(rng: random.Random, n: int, span_ms: int = MINUTE, start: in
 
 
 def snapshot(book: WindowBook) -> dict:
-    return {m: {s: partial_to_json(p) for s, p in sources.items()} for m, sources in book.minutes.items()}
+    return {m: {s: {k: list(v) for k, v in p.items()} for s, p in sources.items()} for m, sources in book.minutes.items()}
 
 
 # --- MetricPartial -------------------------------------------------------------------------
