@@ -139,15 +139,20 @@ def test_job_decodes_every_shipped_spec_and_dead_letters_the_rest(spec_settings)
             if got == dict(want_spec) or time.monotonic() > deadline:
                 return got
 
+    ours = range(RECEIVED, RECEIVED + len(values))
+
+    def outputs():
+        records = [orjson.loads(v) for v in read_topic(settings.bootstrap_servers, topics.telemetry, idle_s=1)]
+        dead_values = [v for v in read_topic(settings.bootstrap_servers, topics.dlq, idle_s=1) if orjson.loads(v)["received_at"] in ours]
+        return Counter(_telemetry_key(r) for r in records if r["ingest_ts"] in ours), dead_values
+
     partitions = sorted(before) or [0, 1, 2, 3]
     options = RunOptions(start_offsets={p: before.get(p, 0) for p in partitions}, job_name="it-specs")
-    metric_counts = run_until_caught_up(settings, options, len(values), while_running=spec_counters_settled)
+    # Cancel only once the output is visibly committed (a cancel can overtake the last commit).
+    metric_counts = run_until_caught_up(settings, options, len(values), while_running=spec_counters_settled,
+                                        until=lambda: outputs()[0] == want_telemetry)
 
-    # The topics are shared with other tests: select this test's records by their receive times.
-    ours = range(RECEIVED, RECEIVED + len(values))
-    records = [orjson.loads(v) for v in read_topic(settings.bootstrap_servers, topics.telemetry)]
-    got_telemetry = Counter(_telemetry_key(r) for r in records if r["ingest_ts"] in ours)
-    dead_values = [v for v in read_topic(settings.bootstrap_servers, topics.dlq) if orjson.loads(v)["received_at"] in ours]
+    got_telemetry, dead_values = outputs()
     got_dead = Counter(_dead_key(orjson.loads(v)) for v in dead_values)
     assert got_telemetry == want_telemetry
     assert got_dead == want_dead
