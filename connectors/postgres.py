@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgres"
@@ -116,7 +116,6 @@ class SinkStats:
     batches: int = 0
     statements: int = 0
     retries: int = 0
-    write_ms: list[float] = field(default_factory=list)
 
 
 class PostgresBatchWriter:
@@ -160,7 +159,6 @@ class PostgresBatchWriter:
         delay, started = 0.5, time.monotonic()
         while True:
             try:
-                t0 = time.perf_counter()
                 conn = self._connection()
                 with conn.cursor() as cur:
                     for sql, rows in groups:
@@ -168,8 +166,6 @@ class PostgresBatchWriter:
                 conn.commit()
                 self.stats.batches += 1
                 self.stats.statements += sum(len(rows) for _, rows in groups)
-                self.stats.write_ms.append((time.perf_counter() - t0) * 1000)
-                del self.stats.write_ms[:-1000]
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._drop()

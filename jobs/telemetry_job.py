@@ -251,10 +251,10 @@ def build_telemetry_pipeline(
             notifications = alarms.process(NotificationFunction(), output_type=Types.STRING()).uid("route-notify").name("Severity routing: notify")
             notifications.sink_to(notification_sink).uid("sink-notifications").name("Kafka: iotlink.notifications")
         if alarm_store_factory is not None:
-            from operators.flink_functions import BatchedSinkFunction, alarm_store_statements, sink_bucket
+            from operators.flink_functions import BatchedSinkFunction, alarm_store_statements, json_bucket
 
             (
-                alarms.key_by(sink_bucket(16), key_type=Types.INT())
+                alarms.key_by(json_bucket(16, "device_id"), key_type=Types.INT())
                 .process(BatchedSinkFunction(alarm_store_factory, alarm_store_statements, "alarm_events"))
                 .uid("sink-alarm-store")
                 .name("PostgreSQL: alarm_events + alarm_tickets")
@@ -298,7 +298,7 @@ def _add_windows(readings, allowed_lateness_ms: int, aggregate_sink_factory, lat
         DeviceWindowFunction,
         ProductWindowFunction,
         aggregate_statements,
-        row_bucket,
+        json_bucket,
     )
 
     device_rows = (
@@ -319,7 +319,7 @@ def _add_windows(readings, allowed_lateness_ms: int, aggregate_sink_factory, lat
     if aggregate_sink_factory is not None:
         (
             device_rows.union(product_rows)
-            .key_by(row_bucket(16), key_type=Types.INT())
+            .key_by(json_bucket(16, "scope", "key"), key_type=Types.INT())
             .process(BatchedSinkFunction(aggregate_sink_factory, aggregate_statements, "aggregates"))
             .uid("sink-aggregates")
             .name("PostgreSQL: agg_1m / agg_5m / agg_1h")

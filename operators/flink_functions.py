@@ -418,13 +418,15 @@ def alarm_store_statements(values: list[str]) -> list:
     return alarm_statements([orjson.loads(v) for v in values])
 
 
-def sink_bucket(buckets: int):
-    """A key selector spreading JSON values over ``buckets`` keys by their ``device_id``, so one
-    device's values stay in order in one buffer while writes are still batched."""
+def json_bucket(buckets: int, *fields: str):
+    """A key selector spreading JSON values over ``buckets`` keys by the given fields, so all
+    values with the same fields (one device's alarm events, one key's window rows) stay in
+    order in one buffer while writes are still batched."""
     import zlib
 
     def bucket(value: str) -> int:
-        return zlib.crc32(orjson.loads(value)["device_id"].encode()) % buckets
+        doc = orjson.loads(value)
+        return zlib.crc32("|".join(str(doc[f]) for f in fields).encode()) % buckets
 
     return bucket
 
@@ -595,14 +597,3 @@ def aggregate_statements(values: list[str]) -> list:
     from connectors.aggregate_store import aggregate_statements as statements
 
     return statements([orjson.loads(v) for v in values])
-
-
-def row_bucket(buckets: int):
-    """Key selector for window rows: by (scope, key), so one key's corrections stay in order."""
-    import zlib
-
-    def bucket(value: str) -> int:
-        row = orjson.loads(value)
-        return zlib.crc32(f"{row['scope']}|{row['key']}".encode()) % buckets
-
-    return bucket

@@ -1,22 +1,12 @@
 """The device registry read from a PostgreSQL ``devices`` table on the embedded server."""
 
-import psycopg
 import pytest
+from postgres_schemas import schema_with
 
 from operators.decode import DeviceInfo
 from operators.spec_loading import SpecLoadError, load_device_registry
 
 pytestmark = pytest.mark.integration
-
-
-def schema_with(settings, schema, *statements):
-    """A fresh schema holding what ``statements`` create; returns a URL whose search_path is it."""
-    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        conn.execute(f"CREATE SCHEMA {schema}")
-        for statement in statements:
-            conn.execute(statement.format(schema=schema))
-    return settings.postgres_url + ("&" if "?" in settings.postgres_url else "?") + f"options=-csearch_path%3D{schema}"
 
 
 def test_devices_table_gives_product_and_tenant(settings):

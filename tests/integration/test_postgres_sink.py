@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from postgres_schemas import schema_with
 
 from connectors.alarm_store import alarm_statements
 from connectors.postgres import MIGRATIONS_DIR, MigrationError, PostgresBatchWriter, apply_migrations, read_migrations
@@ -18,16 +19,6 @@ from connectors.postgres import MIGRATIONS_DIR, MigrationError, PostgresBatchWri
 pytestmark = pytest.mark.integration
 
 TS = 1_772_359_200_000
-
-
-def schema_with(settings, schema, *statements):
-    """A fresh schema holding what ``statements`` create; returns a URL whose search_path is it."""
-    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        conn.execute(f"CREATE SCHEMA {schema}")
-        for statement in statements:
-            conn.execute(statement.format(schema=schema))
-    return settings.postgres_url + ("&" if "?" in settings.postgres_url else "?") + f"options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture
