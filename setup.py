@@ -18,6 +18,7 @@ setup(
         "pydantic==2.14.3",
         "pyiceberg[pyarrow,sql-sqlite]==0.8.1",
         "pyarrow==16.1.0",
+        "duckdb==1.1.3",  # SQL over Iceberg scans (pyiceberg to_duckdb)
         "psycopg[binary]==3.3.9",
         "pymongo==4.20.0",
         "awsiotsdk==1.31.0",

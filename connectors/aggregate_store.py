@@ -10,6 +10,7 @@ from __future__ import annotations
 from operators.windows import partial_from_json
 
 TABLES = {"1m": "agg_1m", "5m": "agg_5m", "1h": "agg_1h"}
+COMM_TABLES = {"5m": "comm_quality_5m", "1h": "comm_quality_1h"}
 _COLUMNS = "scope, key, metric, window_start, product_id, count, min, max, sum, avg, stddev, first, first_ts, last, last_ts"
 _UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", ")[4:])
 
@@ -34,12 +35,41 @@ def aggregate_rows(row: dict) -> list[tuple]:
     return out
 
 
+def comm_quality_sql(size: str) -> str:
+    """Upsert of one device window's message counts and gap (the rejected count is kept)."""
+    return (
+        f"INSERT INTO {COMM_TABLES[size]} (device_id, window_start, product_id, received, expected, missing, longest_gap_ms) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device_id, window_start) DO UPDATE SET "
+        "product_id = EXCLUDED.product_id, received = EXCLUDED.received, expected = EXCLUDED.expected, "
+        "missing = EXCLUDED.missing, longest_gap_ms = EXCLUDED.longest_gap_ms, updated_at = now()"
+    )
+
+
+def rejected_sql(size: str) -> str:
+    """Upsert of one device window's dead-letter count (the message counts are kept)."""
+    return (
+        f"INSERT INTO {COMM_TABLES[size]} (device_id, window_start, rejected) VALUES (%s, %s, %s) "
+        "ON CONFLICT (device_id, window_start) DO UPDATE SET rejected = EXCLUDED.rejected, updated_at = now()"
+    )
+
+
 def aggregate_statements(rows: list[dict]) -> list[tuple[str, tuple]]:
-    """Statements for a batch of window rows, grouped by table (each row is independent)."""
+    """Statements for a batch of window rows (aggregates, communication quality, dead-letter
+    counts), grouped by table; each row is an independent upsert of absolute values."""
     statements = []
     for size in TABLES:
         sql = upsert_sql(size)
         for row in rows:
-            if row["size"] == size:
+            if row["size"] == size and row.get("kind") is None:
                 statements.extend((sql, params) for params in aggregate_rows(row))
+    for size in COMM_TABLES:
+        comm, rejected = comm_quality_sql(size), rejected_sql(size)
+        for row in rows:
+            if row["size"] != size:
+                continue
+            if row.get("kind") == "comm":
+                params = (row["device_id"], row["start"], row["product_id"], row["received"], row["expected"], row["missing"], row["longest_gap_ms"])
+                statements.append((comm, params))
+            elif row.get("kind") == "comm_rejected":
+                statements.append((rejected, (row["device_id"], row["start"], row["rejected"])))
     return statements

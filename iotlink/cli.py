@@ -171,6 +171,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     """Publishes simulated device traffic."""
     from iotlink.simulator import run_simulation
 
+    if args.target == "file":
+        from iotlink.simulator import write_simulation_file
+
+        if not args.output:
+            print("iotlink simulate: --target file needs --output FILE", file=sys.stderr)
+            return 2
+        stats = write_simulation_file(args, args.output)
+        print(f"wrote {stats.sent} envelopes ({stats.invalid} deliberately malformed) to {args.output}")
+        return 0
     stack, settings = _with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" else ("kafka",))
     try:
         stats = run_simulation(settings, args, progress=True)
@@ -321,7 +330,12 @@ def _add_simulation_options(parser: argparse.ArgumentParser, default_duration: f
         help="payload forms, comma-separated: json,hex,csv (default json; hex and csv devices need their YAML decoder specs)",
     )
     sim.add_argument("--seed", type=int, default=7, help="random seed; same seed, same messages (default 7)")
-    sim.add_argument("--target", choices=("kafka", "mqtt"), default="kafka", help="publish envelopes to Kafka or raw payloads to MQTT")
+    sim.add_argument(
+        "--target", choices=("kafka", "mqtt", "file"), default="kafka",
+        help="publish envelopes to Kafka, raw payloads to MQTT, or write envelopes to --output as fast as they are made "
+        "(input for 'iotlink run --input')",
+    )
+    sim.add_argument("--output", metavar="FILE", help="with --target file: the file to write (one JSON envelope per line)")
     sim.add_argument("--mqtt-env", default="dev", choices=("dev", "stg", "prd"), help="env level of the MQTT topics (default dev)")
     sim.add_argument(
         "--obey-shadow", action="store_true",
@@ -398,6 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply the numbered migrations of sql/postgres not yet recorded in schema_migrations, in order. "
         "Safe to run any number of times; an applied file that was edited since is reported as an error.",
     )
+    iceberg = sub.add_parser(
+        "iceberg", help="Iceberg cold layer: create the tables, query them",
+        description="Manage and read the Iceberg tables (raw_payloads, telemetry, alarm_events, agg_1h) "
+        "in the catalog given by --iceberg-catalog / --iceberg-warehouse (or --embedded).",
+    )
+    iceberg_sub = iceberg.add_subparsers(dest="iceberg_command", required=True, metavar="ACTION")
+    iceberg_sub.add_parser(
+        "init", parents=[common], help="create the namespace and every table that does not exist yet (idempotent)",
+        description="Create namespace iotlink and the tables raw_payloads (by day of receipt), telemetry (by day and "
+        "product), alarm_events (by day) and agg_1h (by day). Existing tables are left as they are.",
+    )
+    query = iceberg_sub.add_parser(
+        "query", parents=[common], help="run one SQL query (DuckDB) over the Iceberg tables and print the result",
+        description="Scan the tables the query names into DuckDB (views raw_payloads, telemetry, alarm_events, agg_1h) "
+        "and print the result as a table. Example: iotlink iceberg query \"SELECT device_id, count(*) FROM telemetry "
+        "GROUP BY 1 ORDER BY 2 DESC LIMIT 10\"",
+    )
+    query.add_argument("sql", help="the query; table names are the Iceberg table names")
+    query.add_argument("--max-rows", type=int, default=100, help="rows to print at most (default 100)")
     add_spec_commands(sub)
     add_rule_commands(sub, common)
     add_alarm_commands(sub, common)
@@ -433,6 +466,39 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if stack is not None:
             stack.stop()
+
+
+def cmd_iceberg(args: argparse.Namespace, settings: Settings) -> int:
+    """Creates the Iceberg tables, or runs a DuckDB query over them."""
+    from connectors.iceberg import NAMESPACE, init_tables, open_catalog, query_tables
+
+    stack, settings = _with_stack(args, settings, ("iceberg",))
+    try:
+        if not settings.iceberg_catalog:
+            print(f"iotlink iceberg {args.iceberg_command}: no catalog: give --iceberg-catalog (or --embedded)", file=sys.stderr)
+            return 2
+        catalog = open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse)
+        if args.iceberg_command == "init":
+            for table, outcome in init_tables(catalog).items():
+                print(f"{NAMESPACE}.{table}: {outcome}")
+            return 0
+        columns, rows = query_tables(catalog, args.sql)
+        _print_table(columns, rows[: args.max_rows])
+        if len(rows) > args.max_rows:
+            print(f"({len(rows)} rows, {args.max_rows} shown)")
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _print_table(columns: list[str], rows: list[tuple]) -> None:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
 def cmd_shadow_service(args: argparse.Namespace, settings: Settings) -> int:
@@ -530,6 +596,7 @@ COMMANDS = {
     "shadow-service": cmd_shadow_service,
     "control-sink": cmd_control_sink,
     "db": cmd_db,
+    "iceberg": cmd_iceberg,
 }
 
 

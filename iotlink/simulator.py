@@ -348,6 +348,29 @@ def mqtt_publisher(mqtt_url: str, env: str = "dev"):
     return send, close
 
 
+def write_simulation_file(args, path: str, start_ts: int | None = None) -> PublishStats:
+    """Writes the simulated fleet's envelopes to a file, one JSON envelope per line, without
+    pacing: device times advance by the tick (``devices / rate``) from ``start_ts`` (default
+    now), each received half a second after its device time. Input for ``iotlink run --input``.
+    """
+    import math
+    import time
+
+    fleet = build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+    tick_ms = max(int(len(fleet) / args.rate * 1000), 1)
+    steps = math.ceil(args.count / len(fleet)) if args.count else max(int((args.duration or 60) * 1000 / tick_ms), 1)
+    start = int(time.time() * 1000) if start_ts is None else start_ts
+    stats = PublishStats()
+    with open(path, "wb") as out:
+        for message in FleetSimulator(fleet, seed=args.seed, interval_ms=tick_ms).messages(start, steps):
+            if args.count and stats.sent >= args.count:
+                break
+            out.write(build_envelope(message.envelope(message.device_ts + 500)) + b"\n")
+            stats.sent += 1
+            stats.invalid += not message.valid
+    return stats
+
+
 def run_simulation(settings, args, progress: bool = False, stop=None, stats: PublishStats | None = None) -> PublishStats:
     """Publishes the simulated fleet live, paced to ``args.rate`` messages per second.
 

@@ -16,6 +16,7 @@ jobs can swap them; ``main`` only wires configuration.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class RunOptions:
         fail_after: Test-only fault: fail once after this many records.
         fail_marker: File that records that the fault has fired.
         job_name: Flink job name.
+        input_files: Read raw envelopes (one JSON envelope per line) from these files instead
+            of Kafka: the same pipeline, bounded, in file order.
     """
 
     stop_offsets: Mapping[int, int] | None = None
@@ -51,6 +54,7 @@ class RunOptions:
     fail_after: int | None = None
     fail_marker: str | None = None
     job_name: str = JOB_NAME
+    input_files: tuple[str, ...] = ()
 
 
 def flink_configuration(settings: Settings, options: RunOptions, source_parallelism: int | None = None) -> dict[str, str]:
@@ -76,6 +80,9 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         "execution.checkpointing.num-retained": "3",
         "execution.checkpointing.min-pause": f"{min(500, settings.flink.checkpoint_interval_ms // 2)} ms",
         "state.backend.type": "rocksdb",
+        # Keep in-flight data small under backpressure: checkpoint barriers (and alarms) do not
+        # queue behind seconds of buffered records.
+        "taskmanager.network.memory.buffer-debloat.enabled": "true",
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": "5",
         "restart-strategy.fixed-delay.delay": "1 s",
@@ -90,7 +97,9 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
     }
     if options.restore_from:
         path = Path(options.restore_from)
-        conf["execution.state-recovery.path"] = path.resolve().as_uri() if "://" not in options.restore_from else options.restore_from
+        # A URI (file:/…, s3://…, as Flink reports savepoint locations) is used as given.
+        has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", options.restore_from) is not None
+        conf["execution.state-recovery.path"] = options.restore_from if has_scheme else path.resolve().as_uri()
     return conf
 
 
@@ -117,6 +126,12 @@ def build_telemetry_pipeline(
     aggregate_sink_factory: Callable | None = None,
     late_sink=None,
     source_parallelism: int | None = None,
+    archive_sink_factory: Callable | None = None,
+    archive_topic: str | None = None,
+    archive_commit_ms: int = 5000,
+    expected_intervals_ms: Mapping[str, int] | None = None,
+    history_sink_factory: Callable | None = None,
+    raw_is_text: bool = False,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -128,7 +143,9 @@ def build_telemetry_pipeline(
         out_of_orderness_ms: Bounded out-of-orderness of device time.
         idleness_ms: After this long without data a partition stops holding back watermarks.
         registry_factory: Builds the DecoderRegistry inside the task (default built-ins).
-        fault: Optional test-only MapFunction inserted after the source.
+        fault: Optional test-only MapFunction on the readings (after duplicate suppression),
+            where records move at the pace of the keyed operators, so a crash there happens
+            mid-stream rather than after the source has read everything.
         rules_factory: Builds the compiled rule sets inside the task; with ``alarm_sink`` it adds
             the alarm operator (keyed by device) after the event-time assignment.
         alarm_sink: Sink for alarm-event JSON strings.
@@ -146,6 +163,16 @@ def build_telemetry_pipeline(
         allowed_lateness_ms: How long after a window's end a record still corrects it.
         aggregate_sink_factory: Picklable factory of an idempotent batch sink for the 1m/5m/1h
             window rows of devices and products (PostgreSQL ``agg_*``).
+        archive_sink_factory: Picklable factory of the Iceberg archive writer
+            (``raw_payloads`` + ``telemetry``); needs ``archive_topic`` and one source subtask
+            per raw partition, so each partition's items are numbered in offset order.
+        archive_topic: The raw topic's name (part of the Iceberg commit markers).
+        archive_commit_ms: Longest time an archived item waits for its Iceberg commit.
+        expected_intervals_ms: Device id -> expected reporting interval (master data), for the
+            communication-quality counts of expected and missing messages.
+        history_sink_factory: Picklable factory of the Iceberg writer of ``alarm_events`` and
+            ``agg_1h`` (rows skipped when already in the table).
+        raw_is_text: The source yields envelope text lines (files), not Kafka record bytes.
         late_sink: Sink for records later than the allowed lateness (archived as JSON).
         source_parallelism: Parallelism of source, decode and watermarking: the raw topic's
             partition count, so each watermark follows one partition (None: the default).
@@ -171,26 +198,47 @@ def build_telemetry_pipeline(
         # raw partition keeps each watermark to its own partition; downstream takes the min.
         return stream.set_parallelism(source_parallelism) if source_parallelism else stream
 
-    raw = per_partition(env.from_source(raw_source, WatermarkStrategy.no_watermarks(), "Kafka raw source").uid("source-raw"))
+    # (A chain of file sources cannot name its own output type: text lines.)
+    raw_type = Types.STRING() if raw_is_text else None
+    raw = per_partition(env.from_source(raw_source, WatermarkStrategy.no_watermarks(), "Kafka raw source", raw_type).uid("source-raw"))
     raw = raw.name("Kafka: iotlink.raw")
-    if fault is not None:
-        raw = per_partition(raw.map(fault, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())).uid("test-fault").name("Test fault"))
+    if raw_is_text:
+        raw = per_partition(
+            raw.map(lambda line: line.encode("utf-8"), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())).uid("raw-lines").name("Envelope lines")
+        )
     decoded = per_partition(
-        raw.process(DecodeRawFunction(registry_factory or DecoderRegistry), output_type=TIMESTAMPED_TELEMETRY)
+        raw.process(
+            DecodeRawFunction(registry_factory or DecoderRegistry, archive_topic if archive_sink_factory else None),
+            output_type=TIMESTAMPED_TELEMETRY,
+        )
         .uid("decode-raw")
         .name("Decode payloads")
     )
     dead_letters = decoded.get_side_output(DEAD_LETTERS)
     dead_letters.sink_to(dlq_sink).uid("sink-dlq").name("Kafka: iotlink.dlq")
+    if archive_sink_factory is not None:
+        from operators.flink_functions import ARCHIVE, ArchiveSinkFunction
+
+        # PyFlink reads a side output through a Map at the default parallelism behind a
+        # rebalance; at the source's parallelism it stays a forward, in offset order.
+        (
+            per_partition(decoded.get_side_output(ARCHIVE))
+            .key_by(lambda item: item[0], key_type=Types.INT())
+            .process(ArchiveSinkFunction(archive_sink_factory, batch_size=20_000, flush_ms=archive_commit_ms))
+            .uid("sink-iceberg")
+            .name("Iceberg: raw_payloads + telemetry")
+        )
 
     strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
     if idleness_ms > 0:
         strategy = strategy.with_idleness(Duration.of_millis(idleness_ms))
     timed = _assign_device_time(decoded, strategy, source_parallelism)
-    telemetry = (
+    # Late check and telemetry sink stay at the source's parallelism (forward, chained): a
+    # rebalance here would interleave two producers and break each device's order on the topic.
+    telemetry = per_partition(
         timed.process(EmitTelemetryFunction(), output_type=Types.STRING()).uid("late-check").name("Late check")
     )
-    telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry")
+    per_partition(telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry"))
     readings = timed
     if dedup_ttl_ms:
         from operators.flink_functions import DeduplicateFunction
@@ -201,8 +249,12 @@ def build_telemetry_pipeline(
             .uid("dedup")
             .name("Drop duplicate readings")
         )
+    if fault is not None:
+        readings = readings.map(fault, output_type=TELEMETRY_TUPLE).uid("test-fault").name("Test fault")
+    history = []  # streams for the Iceberg history tables (hourly windows, alarm events)
     if aggregate_sink_factory is not None or late_sink is not None:
-        _add_windows(readings, allowed_lateness_ms, aggregate_sink_factory, late_sink)
+        window_rows = _add_windows(readings, dead_letters, allowed_lateness_ms, aggregate_sink_factory, late_sink, expected_intervals_ms)
+        history.append(window_rows.filter(lambda row: '"size":"1h"' in row and '"kind"' not in row).uid("hourly-windows").name("Hourly windows"))
     if rules_factory is not None and alarm_sink is not None:
         from operators.flink_functions import (
             COMMANDS,
@@ -245,6 +297,7 @@ def build_telemetry_pipeline(
             status = alarms.get_side_output(RULE_STATUS)
             status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
         alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
+        history.append(alarms)
         if command_sink is not None:
             alarms.get_side_output(COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
         if notification_sink is not None:
@@ -259,6 +312,16 @@ def build_telemetry_pipeline(
                 .uid("sink-alarm-store")
                 .name("PostgreSQL: alarm_events + alarm_tickets")
             )
+    if history_sink_factory is not None and history:
+        from operators.flink_functions import BatchedSinkFunction, history_bucket
+
+        merged = history[0].union(*history[1:]) if len(history) > 1 else history[0]
+        (
+            merged.key_by(history_bucket(8), key_type=Types.INT())
+            .process(BatchedSinkFunction(history_sink_factory, list, "iceberg_history", batch_size=5000, flush_ms=archive_commit_ms))
+            .uid("sink-iceberg-history")
+            .name("Iceberg: alarm_events + agg_1h")
+        )
     return telemetry
 
 
@@ -288,8 +351,9 @@ def _assign_device_time(decoded, strategy, parallelism: int | None):
     return DataStream(stripped)
 
 
-def _add_windows(readings, allowed_lateness_ms: int, aggregate_sink_factory, late_sink) -> None:
-    """Device windows, product roll-ups from the device minutes, and their sinks."""
+def _add_windows(readings, dead_letters, allowed_lateness_ms: int, aggregate_sink_factory, late_sink, expected_intervals_ms=None):
+    """Device windows (+ communication quality), product roll-ups from the device minutes,
+    dead letters counted per device, and their sinks; returns the device and product window rows."""
     from pyflink.common import Types
 
     from operators.flink_functions import (
@@ -297,13 +361,14 @@ def _add_windows(readings, allowed_lateness_ms: int, aggregate_sink_factory, lat
         BatchedSinkFunction,
         DeviceWindowFunction,
         ProductWindowFunction,
+        RejectionCountFunction,
         aggregate_statements,
         json_bucket,
     )
 
     device_rows = (
         readings.key_by(lambda t: t[0], key_type=Types.STRING())
-        .process(DeviceWindowFunction(allowed_lateness_ms), output_type=Types.STRING())
+        .process(DeviceWindowFunction(allowed_lateness_ms, expected_intervals_ms), output_type=Types.STRING())
         .uid("windows-device")
         .name("Windows 1m/5m/1h per device")
     )
@@ -317,13 +382,21 @@ def _add_windows(readings, allowed_lateness_ms: int, aggregate_sink_factory, lat
         .name("Windows 1m/5m/1h per product")
     )
     if aggregate_sink_factory is not None:
+        rejections = (
+            dead_letters.filter(lambda letter: '"device_id":null' not in letter).uid("dead-letters-of-devices").name("Dead letters of known devices")
+            .key_by(lambda letter: orjson.loads(letter)["device_id"], key_type=Types.STRING())
+            .process(RejectionCountFunction(), output_type=Types.STRING())
+            .uid("comm-rejections")
+            .name("Dead letters per device and window")
+        )
         (
-            device_rows.union(product_rows)
+            device_rows.union(product_rows, rejections)
             .key_by(json_bucket(16, "scope", "key"), key_type=Types.INT())
             .process(BatchedSinkFunction(aggregate_sink_factory, aggregate_statements, "aggregates"))
             .uid("sink-aggregates")
             .name("PostgreSQL: agg_1m / agg_5m / agg_1h")
         )
+    return device_rows.union(product_rows)
 
 
 def export_python_path() -> None:
@@ -407,12 +480,20 @@ def create_job(settings: Settings, options: RunOptions):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.kafka import LARGE_RECORD_BYTES, exactly_once_string_sink, partition_count, raw_kafka_source, string_source_from_start
+    from connectors.kafka import (
+        LARGE_RECORD_BYTES,
+        exactly_once_string_sink,
+        partition_count,
+        raw_file_source,
+        raw_kafka_source,
+        string_source_from_start,
+    )
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
     bootstrap, topics = settings.bootstrap_servers, settings.topics
-    source_parallelism = settings.flink.source_parallelism or partition_count(bootstrap, topics.raw)
+    # Over files one reader takes them in the order given, so device time moves forward as written.
+    source_parallelism = 1 if options.input_files else settings.flink.source_parallelism or partition_count(bootstrap, topics.raw)
     conf = flink_configuration(settings, options, source_parallelism)
     # The Python workers (and PemJa in thread mode) must use this interpreter and its packages.
     conf.setdefault("python.executable", sys.executable)
@@ -420,9 +501,12 @@ def create_job(settings: Settings, options: RunOptions):
     for key, value in conf.items():
         config.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    source = raw_kafka_source(
-        bootstrap, topics.raw, settings.flink.group_id, stop_offsets=options.stop_offsets, start_offsets=options.start_offsets
-    )
+    if options.input_files:
+        source = raw_file_source(options.input_files)
+    else:
+        source = raw_kafka_source(
+            bootstrap, topics.raw, settings.flink.group_id, stop_offsets=options.stop_offsets, start_offsets=options.start_offsets
+        )
     # Transactional ids must be unique per sink; the job name keeps parallel jobs apart.
     telemetry_sink = exactly_once_string_sink(bootstrap, topics.telemetry, f"{options.job_name}-telemetry")
     dlq_sink = exactly_once_string_sink(bootstrap, topics.dlq, f"{options.job_name}-dlq", max_record_bytes=LARGE_RECORD_BYTES)
@@ -431,7 +515,7 @@ def create_job(settings: Settings, options: RunOptions):
     rules_source = status_sink = control_source = notification_sink = None
     if rules_factory:
         # A bounded run reads the rule pushes that exist now; an unbounded one keeps listening.
-        bounded = options.stop_offsets is not None
+        bounded = options.stop_offsets is not None or bool(options.input_files)
         rules_source = string_source_from_start(bootstrap, topics.rules, f"{settings.flink.group_id}-rules", bounded=bounded)
         status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
         control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", bounded=bounded)
@@ -446,11 +530,27 @@ def create_job(settings: Settings, options: RunOptions):
         if rules_factory:
             alarm_store_factory = aggregate_sink_factory
     late_sink = exactly_once_string_sink(bootstrap, topics.late, f"{options.job_name}-late")
+    archive_sink_factory = history_sink_factory = None
+    if settings.iceberg_catalog and not options.input_files:
+        # (Over files the raw-partition numbering of the archive does not apply: the file batch
+        # job archives files.)
+        from connectors.iceberg import init_tables, open_catalog
+        from operators.flink_functions import IcebergArchiveFactory, IcebergHistoryFactory
+
+        partitions = partition_count(bootstrap, topics.raw)
+        if source_parallelism != partitions:
+            raise ValueError(
+                f"flink.source_parallelism: the Iceberg archive needs one source subtask per raw partition "
+                f"({partitions}), got {source_parallelism}"
+            )
+        init_tables(open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse))  # a bad catalog stops the start
+        archive_sink_factory = IcebergArchiveFactory(settings.iceberg_catalog, settings.iceberg_warehouse, topics.raw)
+        history_sink_factory = IcebergHistoryFactory(settings.iceberg_catalog, settings.iceberg_warehouse)
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
             raise ValueError("fail_after needs fail_marker")
-        fault = FailOnceAfter(options.fail_after, options.fail_marker)
+        fault = FailOnceAfter(options.fail_after, options.fail_marker, str(settings.checkpoint_dir))
     build_telemetry_pipeline(
         env,
         source,
@@ -473,6 +573,15 @@ def create_job(settings: Settings, options: RunOptions):
         aggregate_sink_factory=aggregate_sink_factory,
         late_sink=late_sink,
         source_parallelism=source_parallelism,
+        archive_sink_factory=archive_sink_factory,
+        archive_topic=topics.raw,
+        archive_commit_ms=settings.flink.iceberg_commit_ms,
+        history_sink_factory=history_sink_factory,
+        raw_is_text=bool(options.input_files),
+        expected_intervals_ms={
+            device_id: int(info.expected_interval_s * 1000)
+            for device_id, info in registry_factory.devices.items() if info.expected_interval_s
+        },
     )
     return env
 
@@ -511,6 +620,11 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P=O,...",
         help="start each raw partition at this offset; default the group's committed offsets, else earliest",
     )
+    parser.add_argument(
+        "--input", nargs="+", metavar="FILE",
+        help="batch mode: read raw envelopes (one JSON envelope per line, e.g. from 'iotlink simulate --target file') "
+        "from these files instead of Kafka, in the order given; the job ends at their end",
+    )
     parser.add_argument("--job-name", default=JOB_NAME, help=f"Flink job name and transactional id prefix (default {JOB_NAME})")
     parser.add_argument("--fail-after", type=int, metavar="N", help="testing only: fail once after N records")
     parser.add_argument("--fail-marker", metavar="FILE", help="testing only: file recording that the fault fired")
@@ -542,6 +656,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         fail_after=args.fail_after,
         fail_marker=args.fail_marker,
         job_name=args.job_name,
+        input_files=tuple(args.input or ()),
     )
 
 

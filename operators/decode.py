@@ -67,10 +67,12 @@ class DeviceIdentity:
 
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
-    """Master data for one device: its product and tenant (from a YAML file or PostgreSQL)."""
+    """Master data for one device: its product, tenant and expected reporting interval (from a
+    YAML file or PostgreSQL)."""
 
     product_id: str
     tenant: str | None = None
+    expected_interval_s: float | None = None
 
 
 class PayloadDecoder(Protocol):

@@ -26,6 +26,18 @@ TELEMETRY_TUPLE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
 # (telemetry tuple, event time): the decode output, before the watermark operator strips the time.
 TIMESTAMPED_TELEMETRY = Types.TUPLE([TELEMETRY_TUPLE, Types.LONG()])
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
+# (raw partition, archive text): every raw record and every telemetry record, for Iceberg.
+ARCHIVE = OutputTag("archive", Types.TUPLE([Types.INT(), Types.STRING()]))
+
+
+def subtask_of(runtime_context) -> tuple[int, int]:
+    """(index of this subtask, parallelism). In thread mode PyFlink 2.0's own getters call
+    RuntimeContext methods Flink 2.0 removed, so ask the Java TaskInfo directly."""
+    java = getattr(runtime_context, "_runtime_context", None)
+    if java is not None and hasattr(java, "getTaskInfo"):
+        info = java.getTaskInfo()
+        return info.getIndexOfThisSubtask(), info.getNumberOfParallelSubtasks()
+    return runtime_context.get_index_of_this_subtask(), runtime_context.get_number_of_parallel_subtasks()
 
 
 class DecodeRawFunction(ProcessFunction):
@@ -36,12 +48,19 @@ class DecodeRawFunction(ProcessFunction):
     (``spec.<spec_id>.decoded`` / ``.rejected``; ``builtin`` for the client JSON decoder).
     """
 
-    def __init__(self, registry_factory=DecoderRegistry):
+    def __init__(self, registry_factory=DecoderRegistry, archive_topic: str | None = None):
         self._registry_factory = registry_factory
         self._registry = None
+        self._archive_topic = archive_topic
+        self._partition = None
 
     def open(self, runtime_context):
         self._registry = self._registry_factory()
+        if self._archive_topic is not None:
+            from connectors.iceberg import source_partition_of
+
+            # One source subtask per raw partition (checked when the job is built).
+            self._partition = source_partition_of(self._archive_topic, *subtask_of(runtime_context))
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
         self._group = group
         self._records_in = group.counter("records_in")
@@ -69,7 +88,13 @@ class DecodeRawFunction(ProcessFunction):
 
     def process_element(self, value, ctx):
         self._records_in.inc()
-        outcome = decode_raw_record(bytes(value), self._registry, int(time.time() * 1000))
+        raw = bytes(value)
+        outcome = decode_raw_record(raw, self._registry, int(time.time() * 1000))
+        archive = self._partition is not None
+        if archive:
+            from connectors.iceberg import raw_item_text
+
+            yield ARCHIVE, (self._partition, raw_item_text(raw))
         for letter in outcome.dead_letters:
             self._count_rejection(letter["reason_code"])
             if letter.get("spec_id") is not None or letter["stage"] in ("parse", "checksum", "contract"):
@@ -78,8 +103,11 @@ class DecodeRawFunction(ProcessFunction):
         for record in outcome.records:
             self._decoded.inc()
             self._spec_counters(record.get("spec_id"))[0].inc()
+            text = telemetry_to_json(record)
+            if archive:
+                yield ARCHIVE, (self._partition, "t" + text)
             # Paired with its event time, which the (Java) watermark operator takes from field 1.
-            yield (record["device_id"], record["device_ts"], telemetry_to_json(record)), record["device_ts"]
+            yield (record["device_id"], record["device_ts"], text), record["device_ts"]
 
 
 class EmitTelemetryFunction(ProcessFunction):
@@ -108,14 +136,26 @@ class FailOnceAfter(MapFunction):
     exactly once and then must recover to a correct result.
     """
 
-    def __init__(self, count: int, marker: str):
+    def __init__(self, count: int, marker: str, checkpoint_dir: str | None = None):
         self._count = count
         self._marker = marker
+        self._checkpoint_dir = checkpoint_dir
         self._seen = 0
+        self._looked = 0.0
+
+    def _checkpoint_completed(self) -> bool:
+        # With a checkpoint directory, fail only once a checkpoint exists to restore from.
+        if self._checkpoint_dir is None:
+            return True
+        now = time.monotonic()
+        if now - self._looked < 0.2:
+            return False
+        self._looked = now
+        return any(Path(self._checkpoint_dir).glob("*/chk-*/_metadata"))
 
     def map(self, value):
         self._seen += 1
-        if self._seen >= self._count and not os.path.exists(self._marker):
+        if self._seen >= self._count and not os.path.exists(self._marker) and self._checkpoint_completed():
             Path(self._marker).write_text(str(self._seen))
             raise RuntimeError(f"injected failure after {self._seen} records (test fault)")
         return value
@@ -144,7 +184,7 @@ class _AlarmOperator:
     the engine's next deadline is registered as an event-time timer, so no-data, ``for``
     durations and action verification fire as the watermark passes them. Alarm events go to
     the main output, shadow commands of automatic actions to a side output. Metrics (group
-    ``iotlink``): alarms_raised, alarms_cleared, active_alarms (gauge), alarm_events,
+    ``iotlink``): alarms_raised, alarms_cleared, active_alarms (raised minus ended since the task started), alarm_events,
     rule_late, rule_errors, rule_sets_accepted, rule_sets_rejected.
     """
 
@@ -181,8 +221,9 @@ class _AlarmOperator:
         self._errors = group.counter("rule_errors")
         self._accepted = group.counter("rule_sets_accepted")
         self._rejected = group.counter("rule_sets_rejected")
-        self._active = 0
-        group.gauge("active_alarms", lambda: self._active)
+        # A counter moved up and down, not a Python gauge: in thread mode Flink's metrics thread
+        # would call the gauge into an interpreter that a failover may already have torn down.
+        self._active = group.counter("active_alarms")
 
     def _load(self):
         from operators.alarm_engine import DeviceState
@@ -197,10 +238,10 @@ class _AlarmOperator:
             self._events.inc()
             if event["event"] == "RAISED":
                 self._raised.inc()
-                self._active += 1
+                self._active.inc()
             elif event["event"] in ("CLEARED", "AUTO_RESOLVED"):
                 self._cleared.inc()
-                self._active -= 1
+                self._active.dec()
             yield orjson.dumps(event).decode()
         for command in out.commands:
             # Side outputs from on_timer of a keyed two-input operator crash PyFlink 2.0's embedded
@@ -357,8 +398,9 @@ class BatchedSinkFunction(KeyedProcessFunction):
         self._batches = group.counter("batches")
         self._retries = group.counter("retries")
         self._seen_retries = 0
-        self._latency_ms = 0.0
-        group.gauge("write_ms_last", lambda: int(self._latency_ms))
+        # Total write time (with ``batches``: the mean write latency); a counter, since Python
+        # gauges are unsafe in thread mode (see AlarmFunction).
+        self._write_ms = group.counter("write_ms")
 
     def process_element(self, value, ctx):
         self._buffer.add(value)
@@ -385,7 +427,7 @@ class BatchedSinkFunction(KeyedProcessFunction):
         if values:
             started = time.perf_counter()
             self._sink.write_batch(self._statements_for(values))
-            self._latency_ms = (time.perf_counter() - started) * 1000
+            self._write_ms.inc(int((time.perf_counter() - started) * 1000))
             self._written.inc(len(values))
             self._batches.inc()
             retries = getattr(getattr(self._sink, "stats", None), "retries", 0)
@@ -397,6 +439,75 @@ class BatchedSinkFunction(KeyedProcessFunction):
     def close(self):
         if getattr(self, "_sink", None) is not None:
             self._sink.close()
+
+
+class ArchiveSinkFunction(BatchedSinkFunction):
+    """Numbers each archived item within its raw partition (keyed state, checkpointed) and
+    hands batches to the Iceberg archive writer, which skips numbers already committed.
+
+    The key is the raw partition, and a partition's items all come from one source subtask in
+    offset order, so after a restore the replayed items get the same numbers again.
+    """
+
+    def __init__(self, sink_factory, batch_size: int, flush_ms: int):
+        super().__init__(sink_factory, list, "iceberg", batch_size=batch_size, flush_ms=flush_ms)
+
+    def open(self, runtime_context):
+        from pyflink.datastream.state import ValueStateDescriptor
+
+        super().open(runtime_context)
+        self._seq = runtime_context.get_state(ValueStateDescriptor("seq", Types.LONG()))
+        self._skipped = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", "iceberg").counter("skipped_committed")
+        self._seen_skipped = 0
+
+    def process_element(self, value, ctx):
+        from connectors.iceberg import archive_item
+
+        seq = (self._seq.value() or 0) + 1
+        self._seq.update(seq)
+        super().process_element(archive_item(value[0], seq, value[1]), ctx)
+
+    def _write(self):
+        super()._write()
+        skipped = self._sink.stats.skipped
+        self._skipped.inc(skipped - self._seen_skipped)
+        self._seen_skipped = skipped
+
+
+class IcebergArchiveFactory:
+    """Picklable factory of :class:`connectors.iceberg.IcebergArchiveWriter`."""
+
+    def __init__(self, catalog_uri: str, warehouse: str | None, topic: str):
+        self.catalog_uri, self.warehouse, self.topic = catalog_uri, warehouse, topic
+
+    def __call__(self):
+        from connectors.iceberg import IcebergArchiveWriter
+
+        return IcebergArchiveWriter(self.catalog_uri, self.warehouse, self.topic)
+
+
+class IcebergHistoryFactory:
+    """Picklable factory of :class:`connectors.iceberg.IcebergHistoryWriter`."""
+
+    def __init__(self, catalog_uri: str, warehouse: str | None):
+        self.catalog_uri, self.warehouse = catalog_uri, warehouse
+
+    def __call__(self):
+        from connectors.iceberg import IcebergHistoryWriter
+
+        return IcebergHistoryWriter(self.catalog_uri, self.warehouse)
+
+
+def history_bucket(buckets: int):
+    """Key selector for alarm events and window rows: by device (events) or window key, so
+    one key's rows (a window and its corrections) stay in order in one buffer."""
+    import zlib
+
+    def bucket(value: str) -> int:
+        doc = orjson.loads(value)
+        return zlib.crc32(str(doc.get("device_id") or doc.get("key")).encode()) % buckets
+
+    return bucket
 
 
 class PostgresWriterFactory:
@@ -520,25 +631,97 @@ class _WindowOperator:
 
 
 class DeviceWindowFunction(_WindowOperator, KeyedProcessFunction):
-    """1m/5m/1h windows per device from deduplicated telemetry tuples (keyed by device).
+    """1m/5m/1h windows per device from deduplicated telemetry tuples (keyed by device), and
+    the device's communication quality for each 5m/1h window that fires.
 
     A record later than the allowed lateness goes to the LATE_RECORDS side output (archived)
     and is counted; within it, the corrected windows fire again.
+
+    Args:
+        allowed_lateness_ms: How long after a window's end a record still corrects it.
+        expected_intervals_ms: Device id -> expected reporting interval (master data), for the
+            expected / missing message counts.
     """
 
     scope = "device"
 
+    def __init__(self, allowed_lateness_ms: int, expected_intervals_ms: dict[str, int] | None = None):
+        super().__init__(allowed_lateness_ms)
+        self._intervals = dict(expected_intervals_ms or {})
+
+    def open(self, runtime_context):
+        from pyflink.datastream.state import ValueStateDescriptor
+
+        super().open(runtime_context)
+        self._comm_state = runtime_context.get_state(ValueStateDescriptor("device-comm", Types.PICKLED_BYTE_ARRAY()))
+
+    def _comm(self):
+        from operators.comm_quality import CommBook
+
+        stored = self._comm_state.value()
+        return CommBook(**stored) if stored is not None else CommBook()
+
+    def _comm_rows(self, device_id, product_id, comm, results):
+        from operators.comm_quality import COMM_SIZES, comm_row
+
+        interval = self._intervals.get(device_id)
+        for result in results:
+            size = COMM_SIZES.get(result.size)
+            if size is not None:
+                yield orjson.dumps(comm_row(device_id, product_id, result.size, result.start, comm.quality(result.start, size, interval))).decode()
+
     def process_element(self, value, ctx):
         product_id, book = self._load()
+        comm = self._comm()
         results = book.advance(ctx.timer_service().current_watermark())
         record = orjson.loads(value[2])
+        product_id = product_id or record.get("product_id")
         if book.add_record(value[1], record.get("metrics", {})):
+            comm.add(value[1])
             results += book.refire_pending()
         else:
             self._too_late.inc()
             # Archived with the watermark it missed, so the lateness can be explained later.
             yield LATE_RECORDS, orjson.dumps({"watermark": book.watermark, "allowed_lateness_ms": self._lateness, "record": record}).decode()
-        yield from self._emit(value[0], product_id or record.get("product_id"), book, results, ctx)
+        yield from self._comm_rows(value[0], product_id, comm, results)
+        self._save_comm(comm, book)
+        yield from self._emit(value[0], product_id, book, results, ctx)
+
+    def _save_comm(self, comm, book):
+        comm.settle(book.watermark, self._lateness)
+        self._comm_state.update(comm.to_state())
+
+    def on_timer(self, timestamp, ctx):
+        product_id, book = self._load()
+        comm = self._comm()
+        if self._timer.value() == timestamp:
+            self._timer.clear()
+        results = self._advance(book, max(timestamp, ctx.timer_service().current_watermark()))
+        yield from self._comm_rows(ctx.get_current_key(), product_id, comm, results)
+        self._save_comm(comm, book)
+        yield from self._emit(ctx.get_current_key(), product_id, book, results, ctx)
+
+
+class RejectionCountFunction(KeyedProcessFunction):
+    """Dead letters per device (keyed by device) counted per 5m/1h window of receive time;
+    every dead letter re-emits its windows' absolute counts (idempotent upserts downstream)."""
+
+    def open(self, runtime_context):
+        from pyflink.datastream.state import ValueStateDescriptor
+
+        self._state = runtime_context.get_state(ValueStateDescriptor("rejections", Types.PICKLED_BYTE_ARRAY()))
+
+    def process_element(self, value, ctx):
+        from operators.comm_quality import RejectionBook
+
+        letter = orjson.loads(value)
+        book = RejectionBook(self._state.value())
+        received_at = letter.get("received_at") or int(time.time() * 1000)
+        slots = book.add(received_at)
+        book.forget_before(received_at - 2 * 3_600_000)  # dead letters arrive in receive-time order, give or take
+        self._state.update(book.counts)
+        for row in book.rows(letter["device_id"], slots):
+            yield orjson.dumps(row).decode()
 
 
 class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):

@@ -217,7 +217,8 @@ def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
 
     YAML: ``devices: {dev-1: {product: product_a, tenant: acme}, ...}``. PostgreSQL
     (``postgresql://...``): table ``devices`` with columns ``device_id``, ``product_id`` and,
-    when present, ``tenant_id``.
+    when present, ``tenant_id`` and ``expected_interval_s`` (the reporting period that
+    communication quality counts missing messages against).
 
     Raises:
         SpecLoadError: with the file or URL, field and reason.
@@ -248,8 +249,11 @@ def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
         if unknown:
             problems.append(f"{text}:{line}: devices.{device_id}: unknown option(s) {', '.join(sorted(unknown))}")
             continue
-        tenant = entry.get("tenant")
-        devices[str(device_id)] = DeviceInfo(entry["product"], None if tenant is None else str(tenant))
+        tenant, interval = entry.get("tenant"), entry.get("expected_interval_s")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0):
+            problems.append(f"{text}:{line}: devices.{device_id}.expected_interval_s: expected a positive number of seconds, got {interval!r}")
+            continue
+        devices[str(device_id)] = DeviceInfo(entry["product"], None if tenant is None else str(tenant), interval)
     if problems:
         raise SpecLoadError(problems)
     return devices
@@ -271,10 +275,13 @@ def _devices_from_postgres(url: str) -> dict[str, DeviceInfo]:
                     [f"{_redact(url)}: devices: table needs columns device_id and product_id (has: {', '.join(sorted(columns)) or 'no table'})"]
                 )
             tenant = "tenant_id" if "tenant_id" in columns else "NULL"
-            rows = conn.execute(f"SELECT device_id, product_id, {tenant} FROM devices").fetchall()
+            interval = "expected_interval_s" if "expected_interval_s" in columns else "NULL"
+            rows = conn.execute(f"SELECT device_id, product_id, {tenant}, {interval} FROM devices").fetchall()
     except psycopg.Error as exc:
         raise SpecLoadError([f"{_redact(url)}: devices: cannot read the device registry: {str(exc).strip().splitlines()[0]}"]) from None
-    return {str(d): DeviceInfo(str(p), None if t is None else str(t)) for d, p, t in rows}
+    return {
+        str(d): DeviceInfo(str(p), None if t is None else str(t), None if i is None or i <= 0 else float(i)) for d, p, t, i in rows
+    }
 
 
 def _redact(url: str) -> str:

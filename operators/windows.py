@@ -191,9 +191,9 @@ class WindowBook:
         if not self.accepts(ts):
             return False
         values = numeric_metrics(metrics)
-        if not values:
-            return True
         minute = window_start(ts, MINUTE)
+        # The minute exists even without numeric metrics: its windows still fire (for the
+        # communication quality of the device), with no metric rows.
         part = self.minutes.setdefault(minute, {}).setdefault("", {})
         for metric, value in values.items():
             stats = part.get(metric)

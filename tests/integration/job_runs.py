@@ -1,6 +1,7 @@
 """Running the telemetry job unbounded in tests: wait until it caught up, then cancel."""
 
 import time
+from pathlib import Path
 
 from iotlink.live import FlinkRest
 from jobs.telemetry_job import create_job
@@ -43,7 +44,36 @@ def run_until_caught_up(settings, options, expected_in, while_running=None, time
             time.sleep(0.5)
         return while_running(rest, job_id) if while_running is not None else None
     finally:
-        client.cancel().result()
+        try:
+            running = rest.get(f"/jobs/{job_id}")["state"] not in ("FINISHED", "CANCELED", "FAILED")
+        except OSError:  # a local run's cluster is gone once its job has ended
+            running = False
+        if running:
+            client.cancel().result()
+
+
+def stop_with_savepoint(rest, job_id: str, directory, timeout_s: float = 60) -> str:
+    """Stops a running job with a savepoint (as `flink stop` does); returns the savepoint path.
+
+    A local run's cluster shuts down with its job, so the status may become unreachable once
+    the savepoint is done: the savepoint is then found in ``directory``.
+    """
+    directory = Path(directory)
+    trigger = rest.request("POST", f"/jobs/{job_id}/stop", {"targetDirectory": directory.as_uri(), "drain": False})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = rest.get(f"/jobs/{job_id}/savepoints/{trigger['request-id']}")
+        except OSError:
+            break
+        if status["status"]["id"] == "COMPLETED":
+            operation = status["operation"]
+            assert "location" in operation, f"savepoint failed: {operation}"
+            return operation["location"]
+        time.sleep(0.3)
+    done = sorted(directory.glob("savepoint-*/_metadata"))
+    assert done, f"no savepoint in {directory}"
+    return str(done[-1].parent)
 
 
 def with_own_topics(settings, name: str, raw_partitions: int = 4):

@@ -25,8 +25,10 @@ def test_overheating_devices_raise_the_same_alarms_in_flink_and_in_replay(settin
     fleet = build_fleet(24, profiles=parse_profile_mix("normal=50,overheat=25,late=25"), forms=("json",), seed=3)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
     ends = dict(before)
+    sent: dict[str, list[int]] = {}
     for message in FleetSimulator(fleet, seed=3).messages(START, 60):
         key, value = encode_for_kafka(message, RECEIVED)
+        sent.setdefault(message.device.device_id, []).append(message.device_ts)
         meta = producer.send(settings.topics.raw, key=key, value=value).get(30)
         ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
     producer.close()
@@ -43,6 +45,11 @@ def test_overheating_devices_raise_the_same_alarms_in_flink_and_in_replay(settin
     telemetry = [r for r in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.telemetry)) if r["ingest_ts"] == RECEIVED]
     flink_events = [e for e in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.alarms))
                     if e["device_id"] in devices and START <= e["device_ts"] < START + 3_600_000]
+    # The telemetry topic keeps each device's order as sent (the replay below relies on it).
+    received: dict[str, list[int]] = {}
+    for record in telemetry:
+        received.setdefault(record["device_id"], []).append(record["device_ts"])
+    assert received == sent
     rule_sets = load_rule_sets([settings.rules_dir])
     replayed = [e for e in replay(telemetry, rule_sets, settings.flink.out_of_orderness_ms, until_ts=2**62) if "command" not in e]
 

@@ -119,3 +119,21 @@ def test_aggregate_statements_group_by_size_in_order_and_keep_row_order():
 def test_aggregate_statements_of_nothing():
     assert aggregate_statements([]) == []
     assert aggregate_statements([row("1m", T)]) == []
+
+
+def test_communication_quality_and_dead_letter_rows_upsert_their_own_columns():
+    from connectors.aggregate_store import aggregate_statements
+    from operators.comm_quality import RejectionBook, comm_row
+
+    quality = {"received": 28, "expected": 30, "missing": 2, "longest_gap_ms": 7_000}
+    book = RejectionBook()
+    rows = [comm_row("d-1", "prod-a", "5m", 300_000, quality), *book.rows("d-1", book.add(301_000))]
+    statements = aggregate_statements(rows)
+    assert [(sql.split()[2], params) for sql, params in statements if "received" in sql] == [
+        ("comm_quality_5m", ("d-1", 300_000, "prod-a", 28, 30, 2, 7_000)),
+    ]
+    rejected = [(sql.split()[2], params) for sql, params in statements if "rejected" in sql.split("(")[1]]
+    assert sorted(rejected) == [("comm_quality_1h", ("d-1", 0, 1)), ("comm_quality_5m", ("d-1", 300_000, 1))]
+    # Each kind leaves the other's columns alone on conflict.
+    assert all("rejected" not in sql.split("DO UPDATE")[1] for sql, _ in statements if "received" in sql)
+    assert all("received" not in sql for sql, _ in statements if "(device_id, window_start, rejected)" in sql)

@@ -339,9 +339,17 @@ def test_device_registry_from_yaml(tmp_path):
         "dev-1": DeviceInfo("product_a", "acme"),
         "dev-2": DeviceInfo("product_b", None),
         "7": DeviceInfo("product_d", "42"),
-        "dev-3": DeviceInfo("fire_sensor", None),
+        "dev-3": DeviceInfo("fire_sensor", None, 60),
     }
     assert load_device_registry(str(path)) == load_device_registry(path)
+
+
+def test_device_registry_rejects_a_bad_expected_interval(tmp_path):
+    path = tmp_path / "devices.yaml"
+    path.write_text("devices:\n  dev-1: {product: product_a, expected_interval_s: -5}\n", encoding="utf-8")
+    with pytest.raises(SpecLoadError) as info:
+        load_device_registry(path)
+    assert info.value.problems == [f"{path}:2: devices.dev-1.expected_interval_s: expected a positive number of seconds, got -5"]
     assert load_device_registry(None) == {}
 
 

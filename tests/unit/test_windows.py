@@ -466,11 +466,14 @@ def test_lateness_boundary_is_exact():
     assert book.minutes == {}
 
 
-def test_record_without_numeric_metrics_is_accepted_but_stores_nothing():
+def test_record_without_numeric_metrics_opens_its_minute_without_statistics():
+    # The minute's windows still fire (communication quality counts the message), empty.
     book = WindowBook(LATENESS)
     assert book.add_record(T + 1, {"on": True, "mode": "eco", "bad": float("nan")}) is True
-    assert book.minutes == {}
-    assert book.next_deadline() is None
+    minute = T + 1 - (T + 1) % 60_000
+    assert book.minutes == {minute: {"": {}}}
+    fired = book.advance(minute + 60_000)
+    assert [(r.size, r.start, r.partial) for r in fired] == [("1m", minute, {})]
 
 
 def test_advance_never_moves_back_and_repeats_nothing():

@@ -1,0 +1,138 @@
+"""Independent computations the sink tests compare the job's PostgreSQL and Iceberg contents with."""
+
+import math
+import statistics
+from collections import Counter, defaultdict
+
+import orjson
+import psycopg
+
+from jobs.telemetry_job import decoder_registry_factory
+from operators.decode import decode_raw_record
+from operators.envelope import parse_envelope
+from operators.windows import SIZES, numeric_metrics
+
+
+def decoded_records(values, settings, deduplicate: bool):
+    """The telemetry records the pure decoder makes of raw values (optionally without the
+    redelivered duplicates the job's duplicate suppression drops before windows)."""
+    registry = decoder_registry_factory(settings)()
+    records, seen = [], set()
+    for value in values:
+        for record in decode_raw_record(value, registry, 0).records:
+            identity = (record["device_id"], record["device_ts"], repr(sorted(record["metrics"].items())))
+            if deduplicate and identity in seen:
+                continue
+            seen.add(identity)
+            records.append(record)
+    return records
+
+
+def expected_aggregates(records):
+    """{(table, scope, key, metric, window_start): (count, min, max, sum, avg, stddev, first, last)}."""
+    groups = defaultdict(list)
+    for r in records:
+        for metric, value in numeric_metrics(r["metrics"]).items():
+            for size_name, size in SIZES.items():
+                start = r["device_ts"] - r["device_ts"] % size
+                for scope, key in (("device", r["device_id"]), ("product", r["product_id"])):
+                    groups[(f"agg_{size_name}", scope, key, metric, start)].append((r["device_ts"], value))
+    out = {}
+    for key, readings in groups.items():
+        values = [v for _, v in readings]
+        out[key] = (
+            len(values), min(values), max(values), math.fsum(values), math.fsum(values) / len(values),
+            statistics.stdev(values) if len(values) > 1 else None, min(readings)[1], max(readings)[1],
+        )
+    return out
+
+
+def close(a, b):
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def postgres_aggregates(settings, devices, products, since, until):
+    """The agg_* rows of these devices and products with window starts in [since, until)."""
+    got = {}
+    with psycopg.connect(settings.postgres_url) as conn:
+        for table in ("agg_1m", "agg_5m", "agg_1h"):
+            rows = conn.execute(
+                f"SELECT scope, key, metric, window_start, count, min, max, sum, avg, stddev, first, last FROM {table} "
+                "WHERE ((scope = 'device' AND key = ANY(%s)) OR (scope = 'product' AND key = ANY(%s))) "
+                "AND window_start >= %s AND window_start < %s",
+                (sorted(devices), sorted(products), since, until),
+            ).fetchall()
+            for scope, key, metric, start, *stats in rows:
+                got[(table, scope, key, metric, start)] = tuple(stats)
+    return got
+
+
+def aggregate_differences(got, want) -> str | None:
+    """None when every window is there with the right values, else what differs."""
+    missing, extra = set(want) - set(got), set(got) - set(want)
+    if missing or extra:
+        return f"{len(missing)} windows missing (e.g. {sorted(missing)[:2]}), {len(extra)} extra (e.g. {sorted(extra)[:2]})"
+    wrong = {k: (got[k], want[k]) for k in want if not all(close(a, b) for a, b in zip(got[k], want[k], strict=True))}
+    return f"{len(wrong)} windows with wrong values, e.g. {list(wrong.items())[:3]}" if wrong else None
+
+
+def telemetry_identity(device_id, device_ts_ms, metrics) -> tuple:
+    return device_id, device_ts_ms, orjson.dumps(metrics, option=orjson.OPT_SORT_KEYS)
+
+
+def expected_iceberg_telemetry(records) -> Counter:
+    return Counter(telemetry_identity(r["device_id"], r["device_ts"], r["metrics"]) for r in records)
+
+
+def iceberg_telemetry(table, topic) -> Counter:
+    """Multiset of (device, device time ms, metrics) archived from one raw topic."""
+    from pyiceberg.expressions import EqualTo
+
+    data = table.scan(row_filter=EqualTo("source_topic", topic)).to_arrow()
+    out = Counter()
+    for device_id, ts, metrics in zip(
+        data["device_id"].to_pylist(), data["device_ts"].cast("int64").to_pylist(), data["metrics_json"].to_pylist(), strict=True
+    ):
+        out[telemetry_identity(device_id, ts // 1000, orjson.loads(metrics))] += 1
+    return out
+
+
+def expected_raw_payloads(values) -> Counter:
+    """Multiset of (received_at ms, device id, original payload bytes) of the raw values sent."""
+    out = Counter()
+    for value in values:
+        envelope = parse_envelope(value)
+        out[(envelope.received_at, envelope.device_id, envelope.payload)] += 1
+    return out
+
+
+def iceberg_raw_payloads(table, topic) -> Counter:
+    from pyiceberg.expressions import EqualTo
+
+    data = table.scan(row_filter=EqualTo("source_topic", topic)).to_arrow()
+    return Counter(zip(
+        [ts // 1000 for ts in data["received_at"].cast("int64").to_pylist()],
+        data["device_id"].to_pylist(), data["payload"].to_pylist(), strict=True,
+    ))
+
+
+def iceberg_hourly(table, since, until):
+    """The newest version of each hourly aggregate in Iceberg ``agg_1h`` with window start in
+    [since, until), as {(agg_1h, scope, key, metric, start ms): stats}; and how many rows are
+    exact repeats of another row (a replay appended twice)."""
+    data = table.scan().to_arrow().to_pylist()
+    newest, seen = {}, Counter()
+    for row in data:
+        start = int(row["window_start"].timestamp() * 1000)
+        if not since <= start < until:
+            continue
+        identity = (row["scope"], row["key"], row["metric"], start, row["count"], row["sum"], row["min"], row["max"])
+        seen[identity] += 1
+        key = ("agg_1h", row["scope"], row["key"], row["metric"], start)
+        if key not in newest or row["emitted_at"] > newest[key][0]:
+            stats = tuple(row[c] for c in ("count", "min", "max", "sum", "avg", "stddev", "first", "last"))
+            newest[key] = (row["emitted_at"], stats)
+    repeats = sum(n - 1 for n in seen.values())
+    return {k: v for k, (_, v) in newest.items()}, repeats
