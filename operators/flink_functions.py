@@ -730,17 +730,25 @@ class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
 
     The product's book holds one merged partial per minute, so its state stays small however
     many devices a product has. Each device's minute is kept apart in MapState
-    (``minute|device``): a first version merges into the minute in O(1); a correction
-    re-merges that minute from its devices' entries.
+    (``minute|device``): a first version merges into the minute in O(1). A correction (a late
+    record re-fired the device's minute) only marks its minute; the marked minutes are merged
+    again from their devices' entries in one pass over the MapState, at most every
+    ``correction_ms`` of processing time and always before windows fire. (Re-merging at each
+    correction made every late record of any device iterate the whole product's MapState.)
     """
 
     scope = "product"
 
+    def __init__(self, allowed_lateness_ms: int, correction_ms: int = 1000):
+        super().__init__(allowed_lateness_ms)
+        self._correction_ms = correction_ms
+
     def open(self, runtime_context):
-        from pyflink.datastream.state import MapStateDescriptor
+        from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
         super().open(runtime_context)
         self._devices = runtime_context.get_map_state(MapStateDescriptor("product-device-minutes", Types.STRING(), Types.STRING()))
+        self._corrected = runtime_context.get_state(ValueStateDescriptor("product-corrected-minutes", Types.PICKLED_BYTE_ARRAY()))
 
     def _advance(self, book, watermark):
         before = set(book.minutes)
@@ -751,11 +759,30 @@ class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
                 self._devices.remove(slot)
         return results
 
+    def _merge_corrections(self, book) -> None:
+        from operators.windows import merged_lists
+
+        pending = self._corrected.value()
+        if not pending:
+            return
+        parts: dict[int, list] = {minute: [] for minute in pending}
+        for slot, partial in self._devices.items():
+            minute = int(slot[: slot.index("|")])
+            if minute in parts:
+                parts[minute].append(orjson.loads(partial))
+        for minute, partials in parts.items():
+            if partials and book.accepts(minute):
+                book.put_partial("", minute, merged_lists(partials))
+        self._corrected.clear()
+
     def process_element(self, value, ctx):
         from operators.windows import merged_lists
 
         _, book = self._load()
-        results = self._advance(book, ctx.timer_service().current_watermark())
+        watermark = ctx.timer_service().current_watermark()
+        if watermark > book.watermark:
+            self._merge_corrections(book)  # windows may fire now: with every correction in
+        results = self._advance(book, watermark)
         row = orjson.loads(value)
         minute, partial = row["start"], row["partial"]
         if not book.accepts(minute):
@@ -765,14 +792,30 @@ class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
             corrected = self._devices.contains(slot)
             self._devices.put(slot, orjson.dumps(partial).decode())
             if corrected:
-                prefix = f"{minute}|"
-                merged = merged_lists(orjson.loads(v) for k, v in self._devices.items() if k.startswith(prefix))
+                pending = self._corrected.value() or set()
+                if not pending:
+                    timers = ctx.timer_service()
+                    timers.register_processing_time_timer(timers.current_processing_time() + self._correction_ms)
+                pending.add(minute)
+                self._corrected.update(pending)
             else:
                 have = book.minutes.get(minute, {}).get("")
-                merged = merged_lists([have, partial]) if have else partial
-            book.put_partial("", minute, merged)
+                book.put_partial("", minute, merged_lists([have, partial]) if have else partial)
             results += book.refire_pending()
         yield from self._emit(row["product_id"], row["product_id"], book, results, ctx)
+
+    def on_timer(self, timestamp, ctx):
+        from pyflink.datastream.time_domain import TimeDomain
+
+        product_id, book = self._load()
+        self._merge_corrections(book)
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            yield from self._emit(ctx.get_current_key(), product_id, book, book.refire_pending(), ctx)
+            return
+        if self._timer.value() == timestamp:
+            self._timer.clear()
+        results = self._advance(book, max(timestamp, ctx.timer_service().current_watermark()))
+        yield from self._emit(ctx.get_current_key(), product_id, book, results, ctx)
 
 
 def aggregate_statements(values: list[str]) -> list:
