@@ -212,12 +212,23 @@ def start_job_process(settings: Settings, extra: list[str], log_path: Path) -> s
     """Starts ``iotlink run`` in its own process group, logging to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
         _job_command(settings, extra), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=env,
+        start_new_session=True, env=job_environment(settings, os.environ),
     )
+
+
+def job_environment(settings: Settings, base: dict) -> dict:
+    """The environment of a job process: the project on PYTHONPATH, and the database, catalog
+    and broker URLs (passed this way rather than as arguments, which any local user can read
+    with ps)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**base, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), base.get("PYTHONPATH")]))}
+    for name, value in (("IOTLINK_POSTGRES_URL", settings.postgres_url), ("IOTLINK_ICEBERG_CATALOG", settings.iceberg_catalog),
+                        ("IOTLINK_ICEBERG_WAREHOUSE", settings.iceberg_warehouse), ("IOTLINK_MQTT_URL", settings.mqtt_url)):
+        if value:
+            env[name] = value
+    return env
 
 
 def stop_job_process(proc: subprocess.Popen, rest, timeout_s: float = 20.0) -> None:

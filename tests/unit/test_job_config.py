@@ -20,6 +20,27 @@ def test_restore_path_is_passed_to_flink(tmp_path):
     assert conf["execution.state-recovery.path"] == (tmp_path / "chk-3").as_uri()
     conf = flink_configuration(Settings(data_dir=tmp_path), RunOptions(restore_from="s3://b/savepoint-1"))
     assert conf["execution.state-recovery.path"] == "s3://b/savepoint-1"
+    # Flink's REST API reports savepoint locations as file:/… URIs (one slash).
+    conf = flink_configuration(Settings(data_dir=tmp_path), RunOptions(restore_from="file:/tmp/sp/savepoint-1"))
+    assert conf["execution.state-recovery.path"] == "file:/tmp/sp/savepoint-1"
+
+
+def test_job_process_gets_the_endpoints_in_its_environment(tmp_path):
+    from iotlink.cli import job_environment
+
+    settings = Settings(data_dir=tmp_path, postgres_url="postgresql://u:secret@db/iotlink", iceberg_catalog="sqlite:///c.db")
+    env = job_environment(settings, {"PATH": "/bin", "PYTHONPATH": "/x"})
+    assert env["IOTLINK_POSTGRES_URL"] == "postgresql://u:secret@db/iotlink"
+    assert env["IOTLINK_ICEBERG_CATALOG"] == "sqlite:///c.db"
+    assert "IOTLINK_ICEBERG_WAREHOUSE" not in env and env["PATH"] == "/bin"
+    assert env["PYTHONPATH"].endswith(":/x")
+
+
+def test_input_files_make_a_batch_run():
+    parser = argparse.ArgumentParser()
+    add_job_arguments(parser)
+    options = options_from_args(parser.parse_args(["--input", "a.jsonl", "b.jsonl"]))
+    assert options.input_files == ("a.jsonl", "b.jsonl")
 
 
 def test_offsets_parsing():
