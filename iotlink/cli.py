@@ -208,6 +208,18 @@ def _job_command(settings: Settings, extra: list[str]) -> list[str]:
     ]
 
 
+def write_fleet_registry(args: argparse.Namespace, path: Path) -> Path:
+    """Writes the simulated fleet's device registry (product, expected interval) as YAML."""
+    from iotlink.simulator import build_fleet, parse_profile_mix
+
+    fleet = build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+    interval_s = round(len(fleet) / args.rate, 3)
+    lines = ["devices:"] + [f"  {d.device_id}: {{product: {d.product_id}, expected_interval_s: {interval_s}}}" for d in fleet]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def start_job_process(settings: Settings, extra: list[str], log_path: Path) -> subprocess.Popen:
     """Starts ``iotlink run`` in its own process group, logging to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +278,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = stack.settings_with_endpoints()
         print("embedded stack:")
         _print_endpoints(stack.endpoints, settings.flink.rest_port)
+        if settings.device_registry is None:
+            # The simulated fleet as master data: products and the reporting interval that
+            # communication quality counts missing messages against.
+            settings = settings.model_copy(update={"device_registry": str(write_fleet_registry(args, stack.data_dir / "demo-devices.yaml"))})
         log_path = stack.data_dir / "logs" / "telemetry-job.log"
         proc = start_job_process(settings, [], log_path)
         rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")

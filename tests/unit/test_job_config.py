@@ -55,3 +55,14 @@ def test_job_arguments():
     add_job_arguments(parser)
     options = options_from_args(parser.parse_args(["--stop-offsets", "0=5", "--restore", "/c/chk-1"]))
     assert options.stop_offsets == {0: 5} and options.restore_from == "/c/chk-1"
+
+
+def test_demo_registry_gives_every_simulated_device_its_product_and_interval(tmp_path):
+    from iotlink.cli import write_fleet_registry
+    from iotlink.simulator import build_fleet
+    from operators.spec_loading import load_device_registry
+
+    args = argparse.Namespace(devices=12, forms="json,hex,csv", profile="normal=90,late=10", seed=3, rate=24.0)
+    registry = load_device_registry(write_fleet_registry(args, tmp_path / "devices.yaml"))
+    fleet = build_fleet(12, ("json", "hex", "csv"), {"normal": 90, "late": 10}, 3)
+    assert {d: (i.product_id, i.expected_interval_s) for d, i in registry.items()} == {d.device_id: (d.product_id, 0.5) for d in fleet}
