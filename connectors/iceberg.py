@@ -302,7 +302,28 @@ class ArchiveStats:
     retries: int = 0
 
 
-class IcebergArchiveWriter:
+class _TableAppender:
+    """What both Iceberg writers share: the catalog, the schemas of their tables, the counters,
+    checked appends (:func:`append_checked`) and the rest of the sink contract."""
+
+    def __init__(self, catalog_uri: str, warehouse: str | None, tables, namespace: str, max_attempts: int):
+        self._catalog = open_catalog(catalog_uri, warehouse)
+        self._namespace = namespace
+        self._max_attempts = max_attempts
+        self._schemas = {name: table_definitions()[name][0] for name in tables}
+        self.stats = ArchiveStats()
+
+    def _append(self, name: str, prepare) -> None:
+        append_checked(self._catalog, f"{self._namespace}.{name}", prepare, self.stats, self._max_attempts)
+
+    def flush(self) -> None:
+        """Every batch is committed in ``write_batch``: nothing is pending."""
+
+    def close(self) -> None:
+        """Nothing to release (the catalog holds no open connection between calls)."""
+
+
+class IcebergArchiveWriter(_TableAppender):
     """The exactly-once appender of ``raw_payloads`` and ``telemetry`` (sink contract:
     ``write_batch`` / ``flush`` / ``close``); see the module docstring for the markers.
 
@@ -315,12 +336,8 @@ class IcebergArchiveWriter:
     """
 
     def __init__(self, catalog_uri: str, warehouse: str | None, topic: str, namespace: str = NAMESPACE, max_attempts: int = 20):
-        self._catalog = open_catalog(catalog_uri, warehouse)
+        super().__init__(catalog_uri, warehouse, ARCHIVE_TABLES, namespace, max_attempts)
         self._topic = topic
-        self._namespace = namespace
-        self._max_attempts = max_attempts
-        self._schemas = {name: table_definitions()[name][0] for name in ARCHIVE_TABLES}
-        self.stats = ArchiveStats()
 
     def write_batch(self, items: list[str]) -> None:
         """Appends a batch of numbered items (:func:`archive_item`), each table in one commit."""
@@ -349,13 +366,7 @@ class IcebergArchiveWriter:
             properties = {MARKER_PROPERTY: orjson.dumps(updated, option=orjson.OPT_SORT_KEYS).decode()}
             return rows_to_arrow(self._schemas[name], rows, _TIMESTAMP_COLUMNS[name]), properties, len(fresh), len(entries) - len(fresh)
 
-        append_checked(self._catalog, f"{self._namespace}.{name}", prepare, self.stats, self._max_attempts)
-
-    def flush(self) -> None:
-        """Every batch is committed in ``write_batch``: nothing is pending."""
-
-    def close(self) -> None:
-        """Nothing to release (the catalog holds no open connection between calls)."""
+        self._append(name, prepare)
 
 
 def append_checked(catalog, identifier: str, prepare, stats: ArchiveStats, max_attempts: int) -> None:
@@ -485,7 +496,7 @@ def _epoch_ms(value) -> int:
     return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
-class IcebergHistoryWriter:
+class IcebergHistoryWriter(_TableAppender):
     """Appends alarm events and hourly aggregates to ``alarm_events`` / ``agg_1h`` (sink
     contract ``write_batch`` / ``flush`` / ``close``).
 
@@ -497,11 +508,7 @@ class IcebergHistoryWriter:
     """
 
     def __init__(self, catalog_uri: str, warehouse: str | None, namespace: str = NAMESPACE, max_attempts: int = 20):
-        self._catalog = open_catalog(catalog_uri, warehouse)
-        self._namespace = namespace
-        self._max_attempts = max_attempts
-        self._schemas = {name: table_definitions()[name][0] for name in HISTORY_TABLES}
-        self.stats = ArchiveStats()
+        super().__init__(catalog_uri, warehouse, HISTORY_TABLES, namespace, max_attempts)
 
     def write_batch(self, values: list[str]) -> None:
         """Appends a batch of alarm-event and window-row JSON strings (others are ignored)."""
@@ -551,10 +558,4 @@ class IcebergHistoryWriter:
                 return None, {}, 0, len(batch)
             return rows_to_arrow(self._schemas[name], fresh, _HISTORY_TIMESTAMPS[name]), {}, len(fresh), len(batch) - len(fresh)
 
-        append_checked(self._catalog, f"{self._namespace}.{name}", prepare, self.stats, self._max_attempts)
-
-    def flush(self) -> None:
-        """Every batch is committed in ``write_batch``."""
-
-    def close(self) -> None:
-        """Nothing to release."""
+        self._append(name, prepare)
