@@ -313,12 +313,14 @@ def build_telemetry_pipeline(
                 .name("PostgreSQL: alarm_events + alarm_tickets")
             )
     if history_sink_factory is not None and history:
-        from operators.flink_functions import BatchedSinkFunction, history_bucket
+        from operators.flink_functions import ICEBERG_STAT_METRICS, BatchedSinkFunction, json_bucket
 
         merged = history[0].union(*history[1:]) if len(history) > 1 else history[0]
         (
-            merged.key_by(history_bucket(8), key_type=Types.INT())
-            .process(BatchedSinkFunction(history_sink_factory, list, "iceberg_history", batch_size=5000, flush_ms=archive_commit_ms))
+            # Alarm events by device, window rows by their key: a window and its corrections stay in order.
+            merged.key_by(json_bucket(8, "device_id", "key"), key_type=Types.INT())
+            .process(BatchedSinkFunction(history_sink_factory, list, "iceberg_history", batch_size=5000, flush_ms=archive_commit_ms,
+                                         stat_metrics=ICEBERG_STAT_METRICS))
             .uid("sink-iceberg-history")
             .name("Iceberg: alarm_events + agg_1h")
         )

@@ -57,10 +57,11 @@ class DecodeRawFunction(ProcessFunction):
     def open(self, runtime_context):
         self._registry = self._registry_factory()
         if self._archive_topic is not None:
-            from connectors.iceberg import source_partition_of
+            from connectors.iceberg import raw_item_text, source_partition_of
 
             # One source subtask per raw partition (checked when the job is built).
             self._partition = source_partition_of(self._archive_topic, *subtask_of(runtime_context))
+            self._raw_item_text = raw_item_text
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
         self._group = group
         self._records_in = group.counter("records_in")
@@ -92,9 +93,7 @@ class DecodeRawFunction(ProcessFunction):
         outcome = decode_raw_record(raw, self._registry, int(time.time() * 1000))
         archive = self._partition is not None
         if archive:
-            from connectors.iceberg import raw_item_text
-
-            yield ARCHIVE, (self._partition, raw_item_text(raw))
+            yield ARCHIVE, (self._partition, self._raw_item_text(raw))
         for letter in outcome.dead_letters:
             self._count_rejection(letter["reason_code"])
             if letter.get("spec_id") is not None or letter["stage"] in ("parse", "checksum", "contract"):
@@ -378,14 +377,18 @@ class BatchedSinkFunction(KeyedProcessFunction):
         sink_factory: Picklable; builds the sink (``write_batch``/``flush``/``close``) in ``open``.
         statements_for: Picklable; turns a list of buffered values into the sink's batch.
         name: Metric name part (``sink.<name>.written`` / ``.batches`` / ``.retries``).
+        stat_metrics: Sink ``stats`` attribute -> metric name, mirrored after each batch
+            (default ``retries``).
     """
 
-    def __init__(self, sink_factory, statements_for, name: str, batch_size: int = 500, flush_ms: int = 500):
+    def __init__(self, sink_factory, statements_for, name: str, batch_size: int = 500, flush_ms: int = 500,
+                 stat_metrics: dict[str, str] | None = None):
         self._sink_factory = sink_factory
         self._statements_for = statements_for
         self._name = name
         self._batch_size = batch_size
         self._flush_ms = flush_ms
+        self._stat_metrics = dict(stat_metrics or {"retries": "retries"})
 
     def open(self, runtime_context):
         from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
@@ -396,8 +399,8 @@ class BatchedSinkFunction(KeyedProcessFunction):
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", self._name)
         self._written = group.counter("written")
         self._batches = group.counter("batches")
-        self._retries = group.counter("retries")
-        self._seen_retries = 0
+        # (counter, last value seen on the sink's stats) per mirrored statistic
+        self._stat_counters = {attr: [group.counter(metric), 0] for attr, metric in self._stat_metrics.items()}
         # Total write time (with ``batches``: the mean write latency); a counter, since Python
         # gauges are unsafe in thread mode (see AlarmFunction).
         self._write_ms = group.counter("write_ms")
@@ -430,15 +433,21 @@ class BatchedSinkFunction(KeyedProcessFunction):
             self._write_ms.inc(int((time.perf_counter() - started) * 1000))
             self._written.inc(len(values))
             self._batches.inc()
-            retries = getattr(getattr(self._sink, "stats", None), "retries", 0)
-            self._retries.inc(retries - self._seen_retries)
-            self._seen_retries = retries
+            stats = getattr(self._sink, "stats", None)
+            for attr, mirrored in self._stat_counters.items():
+                value = getattr(stats, attr, 0)
+                mirrored[0].inc(value - mirrored[1])
+                mirrored[1] = value
         self._buffer.clear()
         self._count.clear()
 
     def close(self):
         if getattr(self, "_sink", None) is not None:
             self._sink.close()
+
+
+# The Iceberg writers' counters: commit retries, and rows skipped as already committed.
+ICEBERG_STAT_METRICS = {"retries": "retries", "skipped": "skipped_committed"}
 
 
 class ArchiveSinkFunction(BatchedSinkFunction):
@@ -450,15 +459,13 @@ class ArchiveSinkFunction(BatchedSinkFunction):
     """
 
     def __init__(self, sink_factory, batch_size: int, flush_ms: int):
-        super().__init__(sink_factory, list, "iceberg", batch_size=batch_size, flush_ms=flush_ms)
+        super().__init__(sink_factory, list, "iceberg", batch_size=batch_size, flush_ms=flush_ms, stat_metrics=ICEBERG_STAT_METRICS)
 
     def open(self, runtime_context):
         from pyflink.datastream.state import ValueStateDescriptor
 
         super().open(runtime_context)
         self._seq = runtime_context.get_state(ValueStateDescriptor("seq", Types.LONG()))
-        self._skipped = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", "iceberg").counter("skipped_committed")
-        self._seen_skipped = 0
 
     def process_element(self, value, ctx):
         from connectors.iceberg import archive_item
@@ -466,12 +473,6 @@ class ArchiveSinkFunction(BatchedSinkFunction):
         seq = (self._seq.value() or 0) + 1
         self._seq.update(seq)
         super().process_element(archive_item(value[0], seq, value[1]), ctx)
-
-    def _write(self):
-        super()._write()
-        skipped = self._sink.stats.skipped
-        self._skipped.inc(skipped - self._seen_skipped)
-        self._seen_skipped = skipped
 
 
 class IcebergArchiveFactory:
@@ -498,18 +499,6 @@ class IcebergHistoryFactory:
         return IcebergHistoryWriter(self.catalog_uri, self.warehouse)
 
 
-def history_bucket(buckets: int):
-    """Key selector for alarm events and window rows: by device (events) or window key, so
-    one key's rows (a window and its corrections) stay in order in one buffer."""
-    import zlib
-
-    def bucket(value: str) -> int:
-        doc = orjson.loads(value)
-        return zlib.crc32(str(doc.get("device_id") or doc.get("key")).encode()) % buckets
-
-    return bucket
-
-
 class PostgresWriterFactory:
     """Picklable factory of :class:`connectors.postgres.PostgresBatchWriter` for one URL."""
 
@@ -532,12 +521,13 @@ def alarm_store_statements(values: list[str]) -> list:
 def json_bucket(buckets: int, *fields: str):
     """A key selector spreading JSON values over ``buckets`` keys by the given fields, so all
     values with the same fields (one device's alarm events, one key's window rows) stay in
-    order in one buffer while writes are still batched."""
+    order in one buffer while writes are still batched. Fields a value lacks are left out, so
+    one selector serves a mixed stream (alarm events by ``device_id``, window rows by ``key``)."""
     import zlib
 
     def bucket(value: str) -> int:
         doc = orjson.loads(value)
-        return zlib.crc32("|".join(str(doc[f]) for f in fields).encode()) % buckets
+        return zlib.crc32("|".join(str(doc[f]) for f in fields if f in doc).encode()) % buckets
 
     return bucket
 
@@ -683,23 +673,15 @@ class DeviceWindowFunction(_WindowOperator, KeyedProcessFunction):
             self._too_late.inc()
             # Archived with the watermark it missed, so the lateness can be explained later.
             yield LATE_RECORDS, orjson.dumps({"watermark": book.watermark, "allowed_lateness_ms": self._lateness, "record": record}).decode()
-        yield from self._comm_rows(value[0], product_id, comm, results)
-        self._save_comm(comm, book)
-        yield from self._emit(value[0], product_id, book, results, ctx)
+        yield from self._emit(value[0], product_id, book, results, ctx, comm)
 
-    def _save_comm(self, comm, book):
+    def _emit(self, key, product_id, book, results, ctx, comm=None):
+        # The communication quality of each fired 5m/1h window goes out with it (timers too).
+        comm = comm if comm is not None else self._comm()
+        yield from self._comm_rows(key, product_id, comm, results)
         comm.settle(book.watermark, self._lateness)
         self._comm_state.update(comm.to_state())
-
-    def on_timer(self, timestamp, ctx):
-        product_id, book = self._load()
-        comm = self._comm()
-        if self._timer.value() == timestamp:
-            self._timer.clear()
-        results = self._advance(book, max(timestamp, ctx.timer_service().current_watermark()))
-        yield from self._comm_rows(ctx.get_current_key(), product_id, comm, results)
-        self._save_comm(comm, book)
-        yield from self._emit(ctx.get_current_key(), product_id, book, results, ctx)
+        yield from super()._emit(key, product_id, book, results, ctx)
 
 
 class RejectionCountFunction(KeyedProcessFunction):
@@ -751,6 +733,8 @@ class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
         self._corrected = runtime_context.get_state(ValueStateDescriptor("product-corrected-minutes", Types.PICKLED_BYTE_ARRAY()))
 
     def _advance(self, book, watermark):
+        if watermark > book.watermark:
+            self._merge_corrections(book)  # windows may fire now: with every correction in
         before = set(book.minutes)
         results = book.advance(watermark)
         dropped = {f"{m}|" for m in before - set(book.minutes)}
@@ -779,10 +763,7 @@ class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
         from operators.windows import merged_lists
 
         _, book = self._load()
-        watermark = ctx.timer_service().current_watermark()
-        if watermark > book.watermark:
-            self._merge_corrections(book)  # windows may fire now: with every correction in
-        results = self._advance(book, watermark)
+        results = self._advance(book, ctx.timer_service().current_watermark())
         row = orjson.loads(value)
         minute, partial = row["start"], row["partial"]
         if not book.accepts(minute):
@@ -807,15 +788,12 @@ class ProductWindowFunction(_WindowOperator, KeyedProcessFunction):
     def on_timer(self, timestamp, ctx):
         from pyflink.datastream.time_domain import TimeDomain
 
+        if ctx.time_domain() != TimeDomain.PROCESSING_TIME:
+            yield from super().on_timer(timestamp, ctx)  # event time: advancing merges corrections first
+            return
         product_id, book = self._load()
         self._merge_corrections(book)
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            yield from self._emit(ctx.get_current_key(), product_id, book, book.refire_pending(), ctx)
-            return
-        if self._timer.value() == timestamp:
-            self._timer.clear()
-        results = self._advance(book, max(timestamp, ctx.timer_service().current_watermark()))
-        yield from self._emit(ctx.get_current_key(), product_id, book, results, ctx)
+        yield from self._emit(ctx.get_current_key(), product_id, book, book.refire_pending(), ctx)
 
 
 def aggregate_statements(values: list[str]) -> list:
