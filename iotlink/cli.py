@@ -210,9 +210,9 @@ def _job_command(settings: Settings, extra: list[str]) -> list[str]:
 
 def write_fleet_registry(args: argparse.Namespace, path: Path) -> Path:
     """Writes the simulated fleet's device registry (product, expected interval) as YAML."""
-    from iotlink.simulator import build_fleet, parse_profile_mix
+    from iotlink.simulator import fleet_from_args
 
-    fleet = build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+    fleet = fleet_from_args(args)
     interval_s = round(len(fleet) / args.rate, 3)
     lines = ["devices:"] + [f"  {d.device_id}: {{product: {d.product_id}, expected_interval_s: {interval_s}}}" for d in fleet]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -348,6 +348,11 @@ def mqtt_publisher(mqtt_url: str, env: str = "dev"):
     return send, close
 
 
+def fleet_from_args(args) -> list[SimDevice]:
+    """The fleet that the simulator options (devices, forms, profile, seed) describe."""
+    return build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+
+
 def write_simulation_file(args, path: str, start_ts: int | None = None) -> PublishStats:
     """Writes the simulated fleet's envelopes to a file, one JSON envelope per line, without
     pacing: device times advance by the tick (``devices / rate``) from ``start_ts`` (default
@@ -356,7 +361,7 @@ def write_simulation_file(args, path: str, start_ts: int | None = None) -> Publi
     import math
     import time
 
-    fleet = build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+    fleet = fleet_from_args(args)
     tick_ms = max(int(len(fleet) / args.rate * 1000), 1)
     steps = math.ceil(args.count / len(fleet)) if args.count else max(int((args.duration or 60) * 1000 / tick_ms), 1)
     start = int(time.time() * 1000) if start_ts is None else start_ts
@@ -391,7 +396,7 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
     import time
 
     stats = stats or PublishStats()
-    fleet = build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
+    fleet = fleet_from_args(args)
     tick_s = len(fleet) / args.rate
     sim = FleetSimulator(fleet, seed=args.seed, interval_ms=max(int(tick_s * 1000), 1))
     if args.count:

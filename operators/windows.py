@@ -59,7 +59,7 @@ class MetricPartial:
     @classmethod
     def of(cls, ts: int, value: float) -> MetricPartial:
         """The partial of a single reading."""
-        return cls(1, value, value, value, float(value), 0.0, ts, value, ts, value)
+        return cls(*reading_stats(ts, value))
 
     def add(self, ts: int, value: float) -> None:
         """Adds one reading (Welford's update)."""
