@@ -11,7 +11,10 @@ from operators.windows import partial_from_json
 
 TABLES = {"1m": "agg_1m", "5m": "agg_5m", "1h": "agg_1h"}
 COMM_TABLES = {"5m": "comm_quality_5m", "1h": "comm_quality_1h"}
-_COLUMNS = "scope, key, metric, window_start, product_id, count, min, max, sum, avg, stddev, first, first_ts, last, last_ts"
+# The order of the values :func:`aggregate_rows` returns.
+AGGREGATE_COLUMNS = ("scope", "key", "metric", "window_start", "product_id", "count", "min", "max", "sum", "avg", "stddev",
+                     "first", "first_ts", "last", "last_ts")
+_COLUMNS = ", ".join(AGGREGATE_COLUMNS)
 _UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", ")[4:])
 
 

@@ -462,18 +462,11 @@ def alarm_event_row(event: dict) -> dict:
 
 
 def agg_1h_rows(window: dict, emitted_at: int) -> list[dict]:
-    """``agg_1h`` rows (one per metric) from one fired hourly window row."""
-    from operators.windows import partial_from_json
+    """``agg_1h`` rows (one per metric) from one fired hourly window row: the PostgreSQL
+    aggregate rows (:func:`connectors.aggregate_store.aggregate_rows`) with the version time."""
+    from connectors.aggregate_store import AGGREGATE_COLUMNS, aggregate_rows
 
-    out = []
-    for metric, stats in sorted(partial_from_json(window["partial"]).items()):
-        r = stats.result()
-        out.append({
-            "scope": window["scope"], "key": window["key"], "metric": metric, "window_start": window["start"],
-            "product_id": window.get("product_id"), "count": r["count"], "min": r["min"], "max": r["max"], "sum": r["sum"],
-            "avg": r["avg"], "stddev": r["stddev"], "first": r["first"], "last": r["last"], "emitted_at": emitted_at,
-        })
-    return out
+    return [{**dict(zip(AGGREGATE_COLUMNS, values, strict=True)), "emitted_at": emitted_at} for values in aggregate_rows(window)]
 
 
 def history_identity(table: str, row: dict) -> tuple:
