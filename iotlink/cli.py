@@ -18,7 +18,7 @@ from operators.spec_loading import SpecLoadError
 EPILOG = """\
 Endpoints come from (lowest to highest priority): defaults, the config file (--config or
 $IOTLINK_CONFIG), environment variables (IOTLINK_BOOTSTRAP_SERVERS, IOTLINK_POSTGRES_URL,
-IOTLINK_ICEBERG_CATALOG, IOTLINK_ICEBERG_WAREHOUSE, IOTLINK_MQTT_URL, IOTLINK_DATA_DIR) and the
+IOTLINK_ICEBERG_CATALOG, IOTLINK_ICEBERG_WAREHOUSE, IOTLINK_MQTT_URL, IOTLINK_MONGO_URL, IOTLINK_DATA_DIR) and the
 options below. With --embedded a command starts the embedded stack itself.
 """
 
@@ -33,11 +33,13 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--iceberg-catalog", metavar="URI", help="Iceberg catalog: sqlite:///path (SQL catalog) or REST URL")
     group.add_argument("--iceberg-warehouse", metavar="URI", help="Iceberg warehouse location (file:///… or s3://…)")
     group.add_argument("--mqtt-url", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port")
+    group.add_argument("--mongo-url", metavar="URL", help="MongoDB/DocumentDB hot layer, mongodb://host:port/database[?options]")
     group.add_argument("--data-dir", metavar="DIR", help="embedded stack data, checkpoints and logs (default ./.iotlink)")
     ports = parent.add_argument_group("embedded stack ports (127.0.0.1)")
     ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Kafka-protocol broker port (default 19092)")
     ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
     ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
+    ports.add_argument("--mongo-port", type=int, metavar="PORT", help="MongoDB wire-protocol server port (default 27117)")
     decoding = parent.add_argument_group("decoding")
     decoding.add_argument("--specs-dir", metavar="DIR", help="directory of product decoder specs (default ./yaml_specs of the project)")
     decoding.add_argument(
@@ -62,12 +64,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "iceberg_catalog": args.iceberg_catalog,
         "iceberg_warehouse": args.iceberg_warehouse,
         "mqtt_url": args.mqtt_url,
+        "mongo_url": args.mongo_url,
         "data_dir": args.data_dir,
         "specs_dir": args.specs_dir,
         "device_registry": args.device_registry,
         "rules_dir": args.rules_dir,
     }
-    ports = {k: v for k, v in {"kafka": args.kafka_port, "postgres": args.postgres_port, "mqtt": args.mqtt_port}.items() if v}
+    ports = {
+        k: v for k, v in {"kafka": args.kafka_port, "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mongo": args.mongo_port}.items() if v
+    }
     if ports:
         overrides["ports"] = ports
     flink = {
@@ -237,7 +242,8 @@ def job_environment(settings: Settings, base: dict) -> dict:
     root = Path(__file__).resolve().parent.parent
     env = {**base, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), base.get("PYTHONPATH")]))}
     for name, value in (("IOTLINK_POSTGRES_URL", settings.postgres_url), ("IOTLINK_ICEBERG_CATALOG", settings.iceberg_catalog),
-                        ("IOTLINK_ICEBERG_WAREHOUSE", settings.iceberg_warehouse), ("IOTLINK_MQTT_URL", settings.mqtt_url)):
+                        ("IOTLINK_ICEBERG_WAREHOUSE", settings.iceberg_warehouse), ("IOTLINK_MQTT_URL", settings.mqtt_url),
+                        ("IOTLINK_MONGO_URL", settings.mongo_url)):
         if value:
             env[name] = value
     return env
@@ -283,7 +289,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             # communication quality counts missing messages against.
             settings = settings.model_copy(update={"device_registry": str(write_fleet_registry(args, stack.data_dir / "demo-devices.yaml"))})
         log_path = stack.data_dir / "logs" / "telemetry-job.log"
-        proc = start_job_process(settings, [], log_path)
+        metrics = ["--prometheus-port", str(args.prometheus_port)] if args.prometheus_port else []
+        proc = start_job_process(settings, metrics, log_path)
         rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
         print(f"starting the telemetry job (log: {log_path}) …", flush=True)
         deadline = time.monotonic() + 180
@@ -298,6 +305,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             job_id = rest.running_job()
             time.sleep(0.5)
         print(f"job {job_id} running — Flink web UI: http://127.0.0.1:{settings.flink.rest_port}/#/job/running/{job_id}/overview")
+        if args.prometheus_port:
+            print(f"Prometheus metrics: http://127.0.0.1:{args.prometheus_port}/metrics")
 
         def simulate():
             run_simulation(settings, args, progress=False, stop=stop, stats=sim_stats)
@@ -404,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Stops cleanly on Ctrl-C or after --duration.",
     )
     _add_simulation_options(demo, None)
+    from jobs.telemetry_job import add_prometheus_argument
+
+    add_prometheus_argument(demo)
     bench = sub.add_parser(
         "bench", parents=[common], help="measure throughput (msgs/s, peak memory) or end-to-end latency percentiles",
         description="Throughput mode preloads raw messages and runs the job bounded from earliest to the end; "
@@ -457,6 +469,41 @@ def build_parser() -> argparse.ArgumentParser:
         "GROUP BY 1 ORDER BY 2 DESC LIMIT 10\"",
     )
     query.add_argument("sql", help="the query; table names are the Iceberg table names")
+    batch = sub.add_parser(
+        "batch", parents=[common], help="file batch job: CSV/JSON/hex device files -> Iceberg telemetry + PostgreSQL aggregates",
+        description="Load device data files with the product specs: records to Iceberg telemetry (each file once, by its "
+        "SHA-256), rejected rows to <output-dir>/errors/<file>.errors.jsonl with line and reason, then recompute the "
+        "1m/5m/1h aggregates of the touched devices and products in PostgreSQL; writes a run report. With --schedule it "
+        "runs on a cron schedule until Ctrl-C, each run loading the files that are new.",
+    )
+    batch.add_argument("--input", nargs="+", required=True, metavar="DIR|FILE",
+                       help="files or directories (recursive) of .csv, .jsonl/.json, .hex/.txt device files")
+    batch.add_argument("--output-dir", metavar="DIR", help="run reports and error files (default <data-dir>/batch)")
+    batch.add_argument("--device-pattern", metavar="REGEX",
+                       help="regex over a file's path relative to its input directory, with the group 'device' (and optionally "
+                       "'product'); default: the file name up to its first '_' or '.', e.g. dev-0001_2026-11-22.csv")
+    batch.add_argument("--schedule", metavar="CRON", help="run on this cron schedule (5 fields, UTC), e.g. '*/15 * * * *'")
+    mongo = sub.add_parser(
+        "mongo", help="MongoDB hot layer: create collections and indexes, read documents",
+        description="Manage and read the hot layer (device_state, telemetry_recent, alarms_active, product_summary_1h, "
+        "product_summary_1d) in the database of --mongo-url (or --embedded).",
+    )
+    mongo_sub = mongo.add_subparsers(dest="mongo_command", required=True, metavar="ACTION")
+    mongo_init = mongo_sub.add_parser(
+        "init", parents=[common], help="create the collections and their indexes (idempotent)",
+        description="Create the hot-layer collections and indexes: device and product lookups, time-ordered reads and a TTL "
+        "index that removes telemetry_recent documents --ttl-days after receipt. An existing TTL index is kept.",
+    )
+    mongo_init.add_argument("--ttl-days", type=int, default=10, metavar="DAYS", help="telemetry_recent retention (default 10)")
+    find = mongo_sub.add_parser(
+        "find", parents=[common], help="print documents of one collection (filter, sort, limit)",
+        description="Print documents of a hot-layer collection as JSON lines. Example: iotlink mongo find alarms_active "
+        "--filter '{\"severity\": \"critical\"}' --sort raised_ts:-1 --limit 20",
+    )
+    find.add_argument("collection", help="device_state, telemetry_recent, alarms_active, product_summary_1h or product_summary_1d")
+    find.add_argument("--filter", default="{}", metavar="JSON", help="a MongoDB query document (default {})")
+    find.add_argument("--sort", metavar="FIELD:1|-1", help="sort by one field, ascending (1) or descending (-1)")
+    find.add_argument("--limit", type=int, default=20, help="documents to print at most (default 20)")
     query.add_argument("--max-rows", type=int, default=100, help="rows to print at most (default 100)")
     add_spec_commands(sub)
     add_rule_commands(sub, common)
@@ -604,6 +651,79 @@ def _alarm_command(args: argparse.Namespace, settings: Settings) -> int:
     return run_alarm_command(args, settings)
 
 
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the file batch job once, or on a cron schedule."""
+    from datetime import UTC, datetime
+
+    from jobs.file_batch import BatchOptions, next_run, run_batch
+    from operators.file_input import DEFAULT_DEVICE_PATTERN
+
+    if args.schedule:
+        next_run(args.schedule, datetime.now(UTC))  # a bad expression stops here
+    stack, settings = _with_stack(args, settings, ("postgres", "iceberg"))
+    options = BatchOptions(
+        inputs=tuple(args.input),
+        output_dir=Path(args.output_dir) if args.output_dir else settings.data_dir / "batch",
+        device_pattern=args.device_pattern or DEFAULT_DEVICE_PATTERN,
+    )
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            print(f"batch run over {', '.join(options.inputs)}:", flush=True)
+            report = run_batch(settings, options, progress=lambda line: print(line, flush=True))
+            totals = report.totals()
+            print(f"files {totals['files']} (loaded {totals.get('loaded', 0)}, already loaded {totals.get('already loaded', 0)}, "
+                  f"failed {totals.get('failed', 0)}), rows {totals['rows']}, records {totals['records']}, rejected {totals['rejected']}, "
+                  f"windows recomputed {report.windows_recomputed}, {report.seconds:.1f} s; report in {options.output_dir}", flush=True)
+            if not args.schedule:
+                return 1 if totals.get("failed") else 0
+            wake = next_run(args.schedule, datetime.now(UTC))
+            print(f"next run at {wake.isoformat()}", flush=True)
+            time.sleep(max(0.0, (wake - datetime.now(UTC)).total_seconds()))
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nstopped")
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
+    """Creates the hot-layer collections, or prints documents of one."""
+    import orjson
+
+    from connectors.mongo import INDEXES, init_collections, open_database
+
+    stack, settings = _with_stack(args, settings, ("mongo",))
+    try:
+        if not settings.mongo_url:
+            print(f"iotlink mongo {args.mongo_command}: no server: give --mongo-url (or --embedded)", file=sys.stderr)
+            return 2
+        db = open_database(settings.mongo_url)
+        if args.mongo_command == "init":
+            for name, outcome in init_collections(db, args.ttl_days).items():
+                print(f"{db.name}.{name}: {outcome}")
+            return 0
+        if args.collection not in INDEXES:
+            print(f"iotlink mongo find: unknown collection {args.collection!r} (one of {', '.join(INDEXES)})", file=sys.stderr)
+            return 2
+        try:
+            query = orjson.loads(args.filter)
+        except orjson.JSONDecodeError as exc:
+            print(f"iotlink mongo find: --filter is not JSON: {exc}", file=sys.stderr)
+            return 2
+        cursor = db[args.collection].find(query).limit(args.limit)
+        if args.sort:
+            field, _, direction = args.sort.partition(":")
+            cursor = cursor.sort(field, -1 if direction.strip() == "-1" else 1)
+        for doc in cursor:
+            print(orjson.dumps(doc, default=str).decode())
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
 def _spec_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.spec_commands import run_spec_command
 
@@ -624,6 +744,8 @@ COMMANDS = {
     "control-sink": cmd_control_sink,
     "db": cmd_db,
     "iceberg": cmd_iceberg,
+    "mongo": cmd_mongo,
+    "batch": cmd_batch,
 }
 
 

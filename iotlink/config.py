@@ -6,6 +6,7 @@ The config file is YAML (``--config FILE`` or ``IOTLINK_CONFIG``), loaded with `
     postgres_url: postgresql://iotlink:secret@db:5432/iotlink
     iceberg_catalog: http://rest-catalog:8181
     mqtt_url: mqtt://mosquitto:1883
+    mongo_url: mongodb://mongo:27017/iotlink   # hot layer (DocumentDB: add ?tls=true&retryWrites=false)
     shadow:                      # how the control sink reaches device shadows
       backend: aws-iot           # or mqtt (any broker + iotlink shadow-service)
       endpoint: abc123-ats.iot.eu-west-1.amazonaws.com
@@ -17,7 +18,7 @@ The config file is YAML (``--config FILE`` or ``IOTLINK_CONFIG``), loaded with `
 
 Environment variables: ``IOTLINK_BOOTSTRAP_SERVERS``, ``IOTLINK_POSTGRES_URL``,
 ``IOTLINK_ICEBERG_CATALOG``, ``IOTLINK_ICEBERG_WAREHOUSE``, ``IOTLINK_MQTT_URL``,
-``IOTLINK_DATA_DIR``. A bad value fails at start-up with the source, field and reason.
+``IOTLINK_MONGO_URL``, ``IOTLINK_DATA_DIR``. A bad value fails at start-up with the source, field and reason.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ ENV_VARS = {
     "iceberg_catalog": "IOTLINK_ICEBERG_CATALOG",
     "iceberg_warehouse": "IOTLINK_ICEBERG_WAREHOUSE",
     "mqtt_url": "IOTLINK_MQTT_URL",
+    "mongo_url": "IOTLINK_MONGO_URL",
     "data_dir": "IOTLINK_DATA_DIR",
     "specs_dir": "IOTLINK_SPECS_DIR",
     "device_registry": "IOTLINK_DEVICE_REGISTRY",
@@ -78,6 +80,7 @@ class StackPorts(_Strict):
     kafka: int = Field(19092, ge=1, le=65535)
     postgres: int = Field(15432, ge=1, le=65535)
     mqtt: int = Field(11883, ge=1, le=65535)
+    mongo: int = Field(27117, ge=1, le=65535)
 
 
 class FlinkSettings(_Strict):
@@ -135,6 +138,7 @@ class Settings(_Strict):
     iceberg_catalog: str | None = None
     iceberg_warehouse: str | None = None
     mqtt_url: str | None = None
+    mongo_url: str | None = None
     data_dir: Path = Path(".iotlink")
     specs_dir: Path = Path(__file__).resolve().parent.parent / "yaml_specs"
     device_registry: str | None = None
@@ -165,6 +169,15 @@ class Settings(_Strict):
     def _check_mqtt(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^mqtts?://[^/:]+(:\d{1,5})?/?$", value):
             raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        return value
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _check_mongo(cls, value: str | None) -> str | None:
+        if value is not None:
+            from connectors.mongo import check_mongo_url
+
+            check_mongo_url(value)
         return value
 
     @field_validator("iceberg_catalog")

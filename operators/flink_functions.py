@@ -511,6 +511,25 @@ class PostgresWriterFactory:
         return PostgresBatchWriter(self.url)
 
 
+class MongoWriterFactory:
+    """Picklable factory of :class:`connectors.mongo.MongoHotWriter` for one URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def __call__(self):
+        from connectors.mongo import MongoHotWriter
+
+        return MongoHotWriter(self.url)
+
+
+def hot_layer_statements(values: list[str]) -> list:
+    """Buffered JSON records (telemetry, dead letters, alarm events, window rows) -> hot-layer ops."""
+    from connectors.mongo import hot_layer_ops
+
+    return hot_layer_ops(values)
+
+
 def alarm_store_statements(values: list[str]) -> list:
     """Buffered alarm-event JSON strings -> alarm_events / alarm_tickets statements."""
     from connectors.alarm_store import alarm_statements

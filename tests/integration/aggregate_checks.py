@@ -136,3 +136,61 @@ def iceberg_hourly(table, since, until):
             newest[key] = (row["emitted_at"], stats)
     repeats = sum(n - 1 for n in seen.values())
     return {k: v for k, (_, v) in newest.items()}, repeats
+
+
+def hot_layer_differences(db, records, unique, devices, alarm_events, want, since, until) -> str | None:
+    """Compares the MongoDB hot layer with the input: each device's state is its newest reading,
+    ``telemetry_recent`` holds each reading once, ``alarms_active`` (and each device's
+    ``active_alarms``) the alarms raised and not closed according to ``alarm_events`` (from
+    PostgreSQL: (alarm_id, event, device_id) rows), and the product summaries equal the
+    statistics of the expected aggregates (``want``, as :func:`expected_aggregates`)."""
+    from connectors.mongo import day_of, reading_id
+
+    devices = set(devices)
+    newest = {}
+    for r in records:
+        if r["device_id"] in devices and (r["device_id"] not in newest or r["device_ts"] > newest[r["device_id"]]["device_ts"]):
+            newest[r["device_id"]] = r
+    states = {d["_id"]: d for d in db.device_state.find({"_id": {"$in": sorted(devices)}})}
+    for device_id, r in newest.items():
+        state = states.get(device_id)
+        if state is None or state.get("last_device_ts") != r["device_ts"] or state.get("metrics") != r["metrics"]:
+            got = state and (state.get("last_device_ts"), state.get("metrics"))
+            return f"device_state of {device_id}: {got}, want {(r['device_ts'], r['metrics'])}"
+    recent = Counter(d["_id"] for d in db.telemetry_recent.find({"device_id": {"$in": sorted(devices)}}, {"_id": 1}))
+    want_recent = {reading_id(r) for r in records if r["device_id"] in devices}
+    if set(recent) != want_recent or any(n != 1 for n in recent.values()):
+        return f"telemetry_recent: {len(set(recent) - want_recent)} extra, {len(want_recent - set(recent))} missing of {len(want_recent)}"
+    closed = {a for a, e, _ in alarm_events if e in ("CLEARED", "AUTO_RESOLVED")}
+    want_active = {a: d for a, e, d in alarm_events if e == "RAISED" and a not in closed}
+    active = {d["_id"]: d["device_id"] for d in db.alarms_active.find({"device_id": {"$in": sorted(devices)}})}
+    if active != want_active:
+        missing = sorted(set(want_active) - set(active))
+        events = [(a, e) for a, e, _ in alarm_events if a in missing]
+        return f"alarms_active: {sorted(active)} != {sorted(want_active)} (events of the missing: {events})"
+    attached = {a: device_id for device_id, state in states.items() for a in (state.get("active_alarms") or {})}
+    if attached != want_active:
+        return f"device_state.active_alarms: {sorted(attached)} != {sorted(want_active)}"
+    hours = {(d["product_id"], d["window_start_ts"]): d["metrics"] for d in db.product_summary_1h.find()}
+    checked = 0
+    for (table, scope, key, metric, start), (count, low, high, total, *_rest) in want.items():
+        if table != "agg_1h" or scope != "product" or not since <= start < until:
+            continue
+        got = (hours.get((key, start)) or {}).get(metric)
+        if got is None or (got["count"], got["min"], got["max"]) != (count, low, high) or not close(got["sum"], total):
+            return f"product_summary_1h {key} {start} {metric}: {got} != {(count, low, high, total)}"
+        checked += 1
+    if not checked:
+        return "no product hour was compared"
+    daily = defaultdict(list)  # (the devices' days hold no other devices' readings)
+    for r in unique:
+        if r["device_id"] in devices:
+            for metric, value in numeric_metrics(r["metrics"]).items():
+                daily[(r["product_id"], day_of(r["device_ts"]), metric)].append(value)
+    days = {(d["product_id"], d["day"]): d.get("metrics") or {} for d in db.product_summary_1d.find()}
+    for (product, day, metric), values in daily.items():
+        got = days.get((product, day), {}).get(metric)
+        want_day = (len(values), min(values), max(values))
+        if got is None or (got["count"], got["min"], got["max"]) != want_day or not close(got["sum"], math.fsum(values)):
+            return f"product_summary_1d {product} {day} {metric}: {got} != {want_day} sum {math.fsum(values)}"
+    return None

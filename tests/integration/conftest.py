@@ -1,4 +1,4 @@
-"""One embedded stack (broker, PostgreSQL, Iceberg catalog, MQTT) shared by the integration tests."""
+"""One embedded stack (broker, PostgreSQL, Iceberg catalog, MQTT, MongoDB wire protocol) shared by the integration tests."""
 
 import pytest
 
@@ -11,7 +11,7 @@ def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("iotlink-stack")
     settings = Settings(
         data_dir=data_dir,
-        ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port()),
+        ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port(), mongo=free_port()),
         flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2},
     )
     embedded = EmbeddedStack(settings)
@@ -22,4 +22,11 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def settings(stack):
-    return stack.settings_with_endpoints()
+    # Jobs write the MongoDB hot layer only in the tests that ask for it (``mongo_url``).
+    return stack.settings_with_endpoints().model_copy(update={"mongo_url": None})
+
+
+@pytest.fixture(scope="session")
+def mongo_url(stack):
+    """The hot layer's server URL (database ``iotlink``; tests pick their own database)."""
+    return stack.endpoints["mongo"]

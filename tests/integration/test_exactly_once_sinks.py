@@ -1,7 +1,9 @@
 """Exactly-once at the sinks, proven under failure: after a crash restored from the last
 checkpoint, and after a stop with a savepoint and a resume from it, every PostgreSQL aggregate
 equals an independent computation from the input, Iceberg ``telemetry`` holds each decoded
-record exactly once, and ``raw_payloads`` holds each raw record's original bytes exactly once."""
+record exactly once, ``raw_payloads`` holds each raw record's original bytes exactly once, and
+the MongoDB hot layer holds each device's newest reading, each reading once, the alarms still
+active and the product summaries of the input."""
 
 import dataclasses
 from collections import Counter
@@ -14,6 +16,7 @@ from aggregate_checks import (
     expected_aggregates,
     expected_iceberg_telemetry,
     expected_raw_payloads,
+    hot_layer_differences,
     iceberg_hourly,
     iceberg_raw_payloads,
     iceberg_telemetry,
@@ -24,6 +27,7 @@ from kafka import KafkaProducer
 
 from connectors.iceberg import committed_markers, open_catalog
 from connectors.kafka import scan_end_offsets
+from connectors.mongo import init_collections, open_database
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from jobs.telemetry_job import RunOptions, run_telemetry_job
 
@@ -83,14 +87,35 @@ def assert_sinks_hold_exactly(settings, values, fleet, since, until):
     )
     assert postgres_events and all(n == 1 for n in postgres_events.values())
     assert iceberg_events == postgres_events
+    with psycopg.connect(settings.postgres_url) as conn:
+        # (The database is shared: other tests' fleets have the same device ids, on other days.)
+        alarm_events = conn.execute(
+            "SELECT alarm_id, event, device_id FROM alarm_events WHERE device_id = ANY(%s) AND device_ts >= %s AND device_ts < %s",
+            (sorted(d.device_id for d in fleet), since, until),
+        ).fetchall()
+    problem = hot_layer_differences(open_database(settings.mongo_url), records, unique, [d.device_id for d in fleet], alarm_events,
+                                    want, since, until)
+    assert problem is None, f"mongo: {problem}"
     return committed_markers(telemetry)
 
 
-def test_crash_after_a_checkpoint_restores_without_loss_or_duplicates(settings, tmp_path):
+def with_own_hot_layer(settings, mongo_url, name):
+    """The settings with a MongoDB database of their own, its TTL long enough for the test's
+    readings (received more than a year ago) to stay."""
+    url = mongo_url.rsplit("/", 1)[0] + f"/{name}"
+    db = open_database(url)
+    for collection in db.list_collection_names():
+        db.drop_collection(collection)
+    init_collections(db, telemetry_ttl_days=20_000)
+    return settings.model_copy(update={"mongo_url": url})
+
+
+def test_crash_after_a_checkpoint_restores_without_loss_or_duplicates(settings, mongo_url, tmp_path):
     # Commits far more often than checkpoints: the crash then falls after sink writes that the
     # last checkpoint does not cover, which the restored job replays.
     flink = settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, "iceberg_commit_ms": 200})
     settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path, "flink": flink}), "it-eo-crash")
+    settings = with_own_hot_layer(settings, mongo_url, "it_eo_crash")
     start = 1_756_653_767_000 + 40 * 86_400_000
     fleet = build_fleet(30, forms=("json", "hex", "csv"), profiles=parse_profile_mix("normal=50,overheat=10,late=25,garbage=15"), seed=41)
     values, ends = produce(settings, fleet, start, 120, seed=41)
@@ -108,8 +133,9 @@ def test_crash_after_a_checkpoint_restores_without_loss_or_duplicates(settings, 
     assert sorted(k for k in markers if k.startswith(f"{settings.topics.raw}/")) == [f"{settings.topics.raw}/{p}" for p in partitions]
 
 
-def test_stop_with_savepoint_and_resume_without_loss_or_duplicates(settings, tmp_path):
+def test_stop_with_savepoint_and_resume_without_loss_or_duplicates(settings, mongo_url, tmp_path):
     settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path}), "it-eo-savepoint")
+    settings = with_own_hot_layer(settings, mongo_url, "it_eo_savepoint")
     start = 1_756_653_767_000 + 41 * 86_400_000
     fleet = build_fleet(30, forms=("json", "hex", "csv"), profiles=parse_profile_mix("normal=60,overheat=10,late=20,garbage=10"), seed=43)
     first, ends = produce(settings, fleet, start, 60, seed=43)

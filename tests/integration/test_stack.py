@@ -7,13 +7,14 @@ import pytest
 from kafka.admin import KafkaAdminClient
 
 from connectors.iceberg import open_catalog
+from connectors.mongo import open_database
 from iotlink.config import Settings, StackPorts
 from iotlink.stack import EmbeddedStack, StackError, free_port, port_is_free
 
 pytestmark = pytest.mark.integration
 
 
-def test_every_endpoint_answers(stack, settings):
+def test_every_endpoint_answers(stack, settings, mongo_url):
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
         assert set(settings.topics.all()) <= set(admin.list_topics())
@@ -22,6 +23,7 @@ def test_every_endpoint_answers(stack, settings):
     with psycopg.connect(settings.postgres_url) as conn:
         assert conn.execute("select current_database()").fetchone() == ("iotlink",)
     assert ("iotlink",) in open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse).list_namespaces()
+    assert open_database(mongo_url).command("ping")["ok"] == 1
 
     received = threading.Event()
     port = settings.ports.mqtt
@@ -46,11 +48,11 @@ def test_every_endpoint_answers(stack, settings):
 
 
 def test_stop_leaves_nothing_running(tmp_path):
-    settings = Settings(data_dir=tmp_path, ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port()))
+    settings = Settings(data_dir=tmp_path, ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port(), mongo=free_port()))
     stack = EmbeddedStack(settings)
     stack.start()
     pids = stack.pids()
-    assert set(pids) == {"kafka", "postgres", "mqtt"}
+    assert set(pids) == {"kafka", "postgres", "mqtt", "mongo"}
     stack.stop()
     for name, pid in pids.items():
         try:
@@ -59,7 +61,7 @@ def test_stop_leaves_nothing_running(tmp_path):
                 assert stat.read().split()[2] == "Z", f"{name} (pid {pid}) still running"
         except ProcessLookupError:
             pass
-    for port in (settings.ports.kafka, settings.ports.postgres, settings.ports.mqtt):
+    for port in (settings.ports.kafka, settings.ports.postgres, settings.ports.mqtt, settings.ports.mongo):
         assert port_is_free(port)
 
 

@@ -1,0 +1,197 @@
+"""The docker cluster's files, checked without a docker engine: images pinned, every mounted or
+copied file present, ports distinct, Prometheus scraping the Flink reporter, the Grafana
+dashboard reading metrics the job exports, and the connector jars those PyFlink runs with."""
+
+import ast
+import hashlib
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pyflink
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+OPERATIONS = ROOT / "docs" / "operations.md"
+PYFLINK_LIB = Path(pyflink.__file__).parent / "lib"
+# Jars the job needs on the cluster beyond the Flink distribution: the Kafka connector and its
+# client (with zstd compression), the JDBC connector and the PostgreSQL driver (Flink SQL).
+NEEDED_JARS = {"flink-connector-kafka", "kafka-clients", "zstd-jni", "flink-connector-jdbc-core", "flink-connector-jdbc-postgres", "postgresql"}
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+
+
+def documented_metrics() -> set[str]:
+    """The Prometheus names docs/operations.md lists (its metric tables)."""
+    return set(re.findall(r"`(flink_[a-zA-Z0-9_]+)`", OPERATIONS.read_text()))
+
+
+def dockerfile_of(service: dict) -> Path:
+    build = service["build"]
+    return (DOCKER / build["context"] / build.get("dockerfile", "Dockerfile")).resolve()
+
+
+def test_every_service_has_a_pinned_image_or_a_dockerfile(compose):
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert dockerfile_of(service).is_file(), name
+            base = re.search(r"^FROM\s+(\S+)", dockerfile_of(service).read_text(), re.M)[1]
+            assert re.search(r":\d[\w.-]*$", base), f"{name}: base image {base} is not pinned"
+        else:
+            image = service["image"]
+            tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
+            assert tag and tag != "latest" and any(c.isdigit() for c in tag), f"{name}: image {image} is not pinned"
+
+
+def test_every_mounted_and_copied_file_exists(compose):
+    mounts = 0
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (DOCKER / source).exists(), f"{name}: {source}"
+                mounts += 1
+    assert mounts >= 4
+    dockerfile = dockerfile_of(compose["services"]["jobmanager"])
+    context = (DOCKER / compose["services"]["jobmanager"]["build"]["context"]).resolve()
+    copies = re.findall(r"^COPY\s+(.+?)\s+\S+$", dockerfile.read_text(), re.M)
+    assert copies
+    for sources in copies:
+        for source in sources.split():
+            assert (context / source).exists(), f"COPY {source}"
+    # The build context is the repository root: its ignore file must let every copied path in.
+    ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+    for sources in copies:
+        for source in sources.split():
+            assert f"!{source.rstrip('/')}" in {line.rstrip("/") for line in ignore}, f"{source} is ignored by the build"
+
+
+def test_published_ports_do_not_collide(compose):
+    published = []
+    for service in compose["services"].values():
+        for port in service.get("ports", []):
+            parts = str(port).split(":")
+            published.append(int(parts[-2]))
+    assert len(published) == len(set(published)) and len(published) >= 8
+
+
+def test_prometheus_scrapes_the_flink_reporter_port(compose):
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    properties = yaml.safe_load(compose["services"]["jobmanager"]["environment"]["FLINK_PROPERTIES"])
+    assert properties["metrics.reporter.prom.factory.class"] == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    reporter_port = str(properties["metrics.reporter.prom.port"])
+    assert sorted(t.split(":")[0] for t in targets) == ["jobmanager", "taskmanager"]
+    for target in targets:
+        host, port = target.split(":")
+        assert host in compose["services"] and port == reporter_port
+        assert compose["services"][host]["environment"]["FLINK_PROPERTIES"] == compose["services"]["jobmanager"]["environment"]["FLINK_PROPERTIES"]
+
+
+def test_documented_metrics_cover_every_counter_of_the_operators():
+    tree = ast.parse((ROOT / "operators" / "flink_functions.py").read_text())
+    names, scopes, stats = set(), [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "counter" and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant):
+                names.add(arg.value)
+            elif isinstance(arg, ast.JoinedStr):
+                names.add("".join(part.value if isinstance(part, ast.Constant) else "{scope}" for part in arg.values))
+        elif isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["scope"] and node.value.value:
+            scopes.append(node.value.value)
+        elif isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ICEBERG_STAT_METRICS":
+            stats.update(ast.literal_eval(node.value).values())
+    expanded = {name.replace("{scope}", scope) for name in names for scope in (scopes if "{scope}" in name else [""])} | stats
+    assert {"records_in", "decoded", "duplicates_dropped", "alarms_raised", "write_ms", "windows_device_fired", "skipped_committed"} <= expanded
+    documented = documented_metrics()
+    missing = sorted(name for name in expanded if not any(doc.endswith(f"_{name}") for doc in documented))
+    assert not missing, f"counters missing from docs/operations.md: {missing}"
+
+
+def test_dashboard_panels_use_provisioned_datasources_and_exported_metrics():
+    datasources = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text())["datasources"]
+    uids = {d["uid"]: d["type"] for d in datasources}
+    provider = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboards = sorted((DOCKER / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    documented = documented_metrics()
+    used, tables = set(), set()
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] in uids, panel["title"]
+            for target in panel["targets"]:
+                source = target.get("datasource", panel["datasource"])
+                assert source["uid"] in uids and uids[source["uid"]] == source["type"], panel["title"]
+                if source["type"] == "prometheus":
+                    names = set(re.findall(r"\bflink_[a-zA-Z0-9_]+", target["expr"]))
+                    assert names, f"{panel['title']}: {target['expr']}"
+                    assert names <= documented, f"{panel['title']}: not exported {sorted(names - documented)}"
+                    used |= names
+                else:
+                    tables |= set(re.findall(r"\bFROM\s+(\w+)", target["rawSql"]))
+    op = "flink_taskmanager_job_task_operator_iotlink_"
+    for wanted in (op + "records_in", op + "rejected_reason_count", op + "alarms_raised", op + "sink_write_ms",
+                   "flink_taskmanager_job_task_operator_pendingRecords", "flink_jobmanager_job_lastCheckpointDuration"):
+        assert wanted in used, wanted
+    schema = "\n".join(p.read_text() for p in (ROOT / "sql" / "postgres").glob("*.sql"))
+    assert tables and all(re.search(rf"CREATE TABLE IF NOT EXISTS {t}\b", schema) for t in tables), tables
+
+
+def connector_jars() -> list[tuple[str, str]]:
+    """(sha256, url) per line of docker/flink/connector-jars.txt."""
+    lines = (DOCKER / "flink" / "connector-jars.txt").read_text().splitlines()
+    return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def jar_version_text(jar: Path) -> str:
+    with zipfile.ZipFile(jar) as archive:
+        return "\n".join(archive.read(n).decode(errors="replace") for n in archive.namelist()
+                         if n == "META-INF/MANIFEST.MF" or n.endswith("version.properties"))
+
+
+def test_connector_jars_are_the_ones_pyflink_runs_with_and_are_checksummed():
+    jars = connector_jars()
+    artifacts = set()
+    for sha256, url in jars:
+        match = re.fullmatch(r"https://repo1\.maven\.org/maven2/(?:[\w.-]+/)+([\w.-]+)/([\w.-]+)/\1-\2\.jar", url)
+        assert match, url
+        artifact, version = match.groups()
+        local = PYFLINK_LIB / f"{artifact}.jar"
+        assert local.is_file(), f"{artifact} is not in {PYFLINK_LIB}"
+        assert re.search(rf"(?:Version: |version=){re.escape(version)}\b", jar_version_text(local)), f"{artifact}: local jar is not {version}"
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == sha256, artifact
+        artifacts.add(artifact)
+    assert artifacts == NEEDED_JARS
+    dockerfile = (DOCKER / "flink" / "Dockerfile").read_text()
+    assert "COPY docker/flink/connector-jars.txt" in dockerfile and 'sha256sum -c -' in dockerfile
+    # Every download in the Dockerfile goes through the checked list.
+    assert len(re.findall(r"\b(?:curl|wget)\s+-", dockerfile)) == 1 and "https://" not in dockerfile
+    assert re.search(r"^FROM flink:2\.0\.0-", dockerfile, re.M) and "apache-flink==2.0.0" in (ROOT / "requirements.lock").read_text()
+
+
+def test_job_submission_command_references_existing_files(compose):
+    readme = (DOCKER / "README.md").read_text()
+    commands = re.findall(r"docker compose exec jobmanager flink run (?:-d )?-py (\S+)(.*)", readme)
+    assert commands
+    for script, arguments in commands:
+        assert script.startswith("/opt/iotlink/")
+        assert (ROOT / script.removeprefix("/opt/iotlink/")).is_file(), script
+        config = re.search(r"--config (\S+)", arguments)
+        if config:
+            mounted = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["jobmanager"]["volumes"] if v.startswith(".")}
+            assert (DOCKER / mounted[config[1]]).is_file()
+    environment = compose["services"]["jobmanager"]["environment"]
+    assert (DOCKER / "iotlink.yaml").is_file() and environment["IOTLINK_CONFIG"] == "/etc/iotlink/iotlink.yaml"
+    assert environment["IOTLINK_BOOTSTRAP_SERVERS"].split(":")[0] in compose["services"]
+    for key in ("IOTLINK_POSTGRES_URL", "IOTLINK_ICEBERG_CATALOG", "IOTLINK_MQTT_URL", "IOTLINK_MONGO_URL"):
+        host = re.search(r"//(?:[^@/]*@)?([\w-]+)", environment[key])[1]
+        assert host in compose["services"], key
