@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_commands(sub)
     add_rule_commands(sub, common)
     add_alarm_commands(sub, common)
+    from iotlink.sql_commands import add_sql_command
+
+    add_sql_command(sub, common)
     return parser
 
 
@@ -724,6 +727,12 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
             stack.stop()
 
 
+def _sql_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.sql_commands import run_sql_command
+
+    return run_sql_command(args, settings)
+
+
 def _spec_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.spec_commands import run_spec_command
 
@@ -746,6 +755,7 @@ COMMANDS = {
     "iceberg": cmd_iceberg,
     "mongo": cmd_mongo,
     "batch": cmd_batch,
+    "sql": _sql_command,
 }
 
 

@@ -1,0 +1,338 @@
+"""The Flink SQL catalog of the platform: DDL files in ``sql/flink/`` rendered with the settings.
+
+The DDL files hold placeholders such as ``${bootstrap_servers}`` or ``${scan_telemetry}``;
+:func:`render_catalog` fills them from the same :class:`iotlink.config.Settings` the jobs use,
+so no host, topic or password is ever written into a DDL file by hand. Rendering is pure (no
+network); only :func:`committed_end_offsets` talks to Kafka, to bound reads explicitly.
+
+Placeholders (every one a DDL file may use is in :data:`PLACEHOLDERS`):
+
+- ``${bootstrap_servers}``: Kafka bootstrap servers.
+- ``${topic_<name>}``: the topic names of :class:`iotlink.config.Topics` (raw, telemetry, alarms, dlq, notifications).
+- ``${scan_<name>}``: the Kafka table options that say where a read starts and, for bounded
+  reads, where it ends (``scan.startup.mode``, ``scan.bounded.mode = specific-offsets``, ...).
+- ``${jdbc_options}``: ``'url' = 'jdbc:postgresql://…'`` plus the credentials of ``postgres_url``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+CATALOG_DIR = Path(__file__).resolve().parent.parent / "sql" / "flink"
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "sql" / "examples"
+KAFKA_TABLE_TOPICS = ("raw", "telemetry", "alarms", "dlq", "notifications")
+PLACEHOLDERS = frozenset(
+    {"bootstrap_servers", "jdbc_options"} | {f"topic_{t}" for t in KAFKA_TABLE_TOPICS} | {f"scan_{t}" for t in KAFKA_TABLE_TOPICS}
+)
+STARTUP_MODES = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "group-offsets"}
+DEFAULT_GROUP_ID = "iotlink-sql"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+class CatalogError(ValueError):
+    """A DDL file cannot be rendered (unknown placeholder); the message names the file."""
+
+
+@dataclass(frozen=True)
+class KafkaScan:
+    """Where the Kafka tables start and stop reading.
+
+    Attributes:
+        startup: ``earliest`` (whole topic), ``latest`` (only new records) or ``group``
+            (the consumer group's committed offsets, else earliest).
+        group_id: Consumer group of the reads.
+        end_offsets: Topic name -> partition -> end offset (exclusive). A topic listed here is
+            read bounded (``scan.bounded.mode = specific-offsets``) and its queries finish.
+    """
+
+    startup: str = "earliest"
+    group_id: str = DEFAULT_GROUP_ID
+    end_offsets: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.startup not in STARTUP_MODES:
+            raise ValueError(f"startup mode must be one of {', '.join(STARTUP_MODES)}, got {self.startup!r}")
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: single quotes, embedded quotes doubled."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _option_lines(options: Mapping[str, str]) -> str:
+    return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
+
+
+def jdbc_options(postgres_url: str) -> dict[str, str]:
+    """The JDBC connector options for a ``postgresql://user[:password]@host[:port]/db[?params]`` URL.
+
+    Query parameters are kept (the PostgreSQL JDBC driver understands ``options``, ``sslmode``,
+    ``currentSchema`` …). The user goes into the JDBC URL when there is no password, because the
+    connector wants ``username`` and ``password`` either both or neither.
+
+    Returns:
+        ``url`` and, when the URL has a password, ``username`` and ``password``.
+    """
+    parts = urlsplit(postgres_url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ValueError(f"expected postgresql://user[:password]@host[:port]/database, got {postgres_url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    options: dict[str, str] = {}
+    if user and password is None:
+        params = [("user", user), *params]
+    query = f"?{urlencode(params)}" if params else ""
+    options["url"] = f"jdbc:postgresql://{netloc}{parts.path or '/'}{query}"
+    if user and password is not None:
+        options["username"] = user
+        options["password"] = password
+    return options
+
+
+def kafka_scan_options(topic: str, scan: KafkaScan) -> dict[str, str]:
+    """The Kafka table options for where a read of ``topic`` starts and ends.
+
+    A bounded read ends at explicit offsets: the embedded broker reports a wrong end offset for
+    ``latest`` (see DESIGN.md), so ``scan.bounded.mode = latest-offset`` would stop early.
+    """
+    options = {
+        "scan.startup.mode": STARTUP_MODES[scan.startup],
+        "properties.group.id": scan.group_id,
+    }
+    if scan.startup == "group":
+        options["properties.auto.offset.reset"] = "earliest"
+    ends = scan.end_offsets.get(topic)
+    if ends is not None:
+        # Partition 0 at offset 0 when the topic is empty, so the bound is never left open.
+        ends = dict(ends) or {0: 0}
+        options["scan.bounded.mode"] = "specific-offsets"
+        options["scan.bounded.specific-offsets"] = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(ends.items()))
+    return options
+
+
+def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | None]:
+    """The value of every placeholder for these settings (None: not configured).
+
+    Args:
+        settings: Platform settings (:class:`iotlink.config.Settings`).
+        scan: Where Kafka reads start and stop (default: earliest, unbounded).
+
+    Returns:
+        Placeholder name -> rendered text; ``jdbc_options`` is None without ``postgres_url``.
+    """
+    scan = scan or KafkaScan()
+    topics = settings.topics
+    values: dict[str, str | None] = {"bootstrap_servers": settings.bootstrap_servers}
+    for name in KAFKA_TABLE_TOPICS:
+        topic = getattr(topics, name)
+        values[f"topic_{name}"] = topic
+        values[f"scan_{name}"] = _option_lines(kafka_scan_options(topic, scan))
+    values["jdbc_options"] = _option_lines(jdbc_options(settings.postgres_url)) if settings.postgres_url else None
+    return values
+
+
+def placeholders_in(text: str) -> set[str]:
+    """The placeholder names a DDL text uses (comments included: they are rendered too)."""
+    return set(_PLACEHOLDER.findall(text))
+
+
+def render(text: str, values: Mapping[str, str | None], source: str = "<text>") -> str:
+    """Replaces every ``${name}`` in ``text``.
+
+    Names that are not options (``bootstrap_servers``, ``jdbc_options``, ``scan_*``) are inserted
+    as SQL string contents: quotes doubled, so a topic or server name cannot end the literal.
+
+    Raises:
+        CatalogError: for a placeholder that has no value, naming ``source`` and the placeholder.
+    """
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1)
+        value = values.get(name)
+        if value is None:
+            raise CatalogError(f"{source}: placeholder ${{{name}}} has no value (known: {', '.join(sorted(PLACEHOLDERS))})")
+        if name == "jdbc_options" or name.startswith("scan_"):
+            return value
+        return value.replace("'", "''")
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+@dataclass(frozen=True)
+class RenderedCatalog:
+    """The rendered DDL files, and the files left out because their settings are missing."""
+
+    files: list[tuple[Path, str]]
+    skipped: list[tuple[Path, str]]
+
+    def text(self) -> str:
+        """The whole catalog as one SQL script (the SQL client's init file)."""
+        return "\n".join(f"-- {path.name}\n{sql}" for path, sql in self.files)
+
+
+def catalog_files(directory: Path = CATALOG_DIR) -> list[Path]:
+    """The DDL files of the catalog, in the order they must run."""
+    return sorted(directory.glob("*.sql"))
+
+
+def render_catalog(settings, scan: KafkaScan | None = None, directory: Path = CATALOG_DIR) -> RenderedCatalog:
+    """Renders every DDL file of ``directory`` with ``settings``.
+
+    A file that needs a setting which is not configured (the PostgreSQL tables without
+    ``postgres_url``) is skipped with the reason; an unknown placeholder is an error.
+
+    Raises:
+        CatalogError: a file uses a placeholder that is not in :data:`PLACEHOLDERS`.
+    """
+    values = catalog_values(settings, scan)
+    rendered, skipped = [], []
+    for path in catalog_files(directory):
+        text = path.read_text(encoding="utf-8")
+        used = placeholders_in(text)
+        unknown = used - PLACEHOLDERS
+        if unknown:
+            raise CatalogError(f"{path}: unknown placeholder(s) {', '.join('${' + u + '}' for u in sorted(unknown))}")
+        missing = sorted(name for name in used if values.get(name) is None)
+        if missing:
+            skipped.append((path, f"not configured: {', '.join(missing)} (give --postgres-url or --embedded)"))
+            continue
+        rendered.append((path, render(text, values, str(path))))
+    return RenderedCatalog(rendered, skipped)
+
+
+def split_statements(text: str) -> list[str]:
+    """Splits a SQL script at the semicolons that end statements.
+
+    Semicolons inside string literals, quoted identifiers and comments do not split; comments
+    are kept with the statement they precede, and statements that are only comments are dropped.
+    """
+    statements, current, i, n = [], [], 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in "'`\"":
+            end = i + 1
+            while end < n:
+                if text[end] == ch:
+                    if end + 1 < n and text[end + 1] == ch:  # a doubled quote is part of the literal
+                        end += 2
+                        continue
+                    break
+                end += 1
+            current.append(text[i : end + 1])
+            i = end + 1
+        elif text.startswith("--", i):
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            current.append(text[i:end])
+            i = end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            current.append(text[i:end])
+            i = end
+        elif ch == ";":
+            statements.append("".join(current))
+            current = []
+            i += 1
+        else:
+            current.append(ch)
+            i += 1
+    statements.append("".join(current))
+    return [s.strip() for s in statements if _has_code(s)]
+
+
+def _has_code(statement: str) -> bool:
+    return bool(without_comments(statement))
+
+
+def without_comments(statement: str) -> str:
+    """A statement of :func:`split_statements` without its leading and trailing comment lines."""
+    lines = statement.strip().splitlines()
+    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
+        lines.pop(0)
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
+        lines.pop()
+    text = "\n".join(lines).strip()
+    while text.startswith("/*") and "*/" in text:
+        text = text[text.index("*/") + 2 :].strip()
+    return text
+
+
+def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int = 1000, timeout_s: float = 60.0) -> dict[str, dict[int, int]]:
+    """Each partition's end offset (last committed record + 1) of every topic, found by reading.
+
+    The embedded broker's ListOffsets(latest) answer is at or before the real end (it reports
+    the last batch's base offset + 1), so it is only where reading starts: each partition is
+    read from ``tail`` offsets before that answer to its end, instead of the whole topic. Only
+    committed records count (``read_committed``, like the tables), so a bounded query never
+    waits on an open transaction. A partition whose tail holds no committed record is read from
+    its beginning.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topics: Topic names (each must exist).
+        tail: How far before the reported end to start reading.
+        timeout_s: Hard limit for the whole scan.
+
+    Returns:
+        Topic -> partition -> end offset (0 for an empty partition).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_poll_records=50000,
+    )
+    try:
+        parts = []
+        for topic in topics:
+            found = consumer.partitions_for_topic(topic)
+            if not found:
+                raise ValueError(f"topic {topic!r} does not exist on {bootstrap_servers}")
+            parts.extend(TopicPartition(topic, p) for p in sorted(found))
+        consumer.assign(parts)
+        reported = consumer.end_offsets(parts)
+        ends = {tp: 0 for tp in parts}
+        pending = [tp for tp in parts if reported.get(tp, 0) > 0]
+        from_start = False
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for tp in pending:
+                consumer.seek(tp, 0 if from_start else max(0, reported[tp] - tail))
+            consumer.pause(*[tp for tp in parts if tp not in pending])
+            consumer.resume(*pending)
+            _read_to_end(consumer, ends, deadline)
+            # Nothing committed in the tail: the partition's last records are older, read it whole.
+            pending = [tp for tp in pending if ends[tp] == 0 and not from_start and reported[tp] > tail]
+            from_start = True
+        result: dict[str, dict[int, int]] = {topic: {} for topic in topics}
+        for tp, end in ends.items():
+            result[tp.topic][tp.partition] = end
+        return result
+    finally:
+        consumer.close()
+
+
+def _read_to_end(consumer, ends: dict, deadline: float) -> None:
+    idle_polls = 0
+    while idle_polls < 3 and time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=500)
+        if not any(batch.values()):
+            idle_polls += 1
+            continue
+        idle_polls = 0
+        for tp, records in batch.items():
+            ends[tp] = max(ends[tp], records[-1].offset + 1)
