@@ -26,7 +26,6 @@ the sink (``write_batch`` / ``flush`` / ``close``).
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,9 +34,8 @@ from urllib.parse import urlparse
 
 import orjson
 
+from connectors.sink_retry import RetryingBatchWriter
 from operators.windows import merge_partials, partial_from_json, partial_to_json
-
-log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "iotlink"
 DEFAULT_TELEMETRY_TTL_DAYS = 10
@@ -314,16 +312,7 @@ def init_collections(db, telemetry_ttl_days: int = DEFAULT_TELEMETRY_TTL_DAYS) -
     return outcome
 
 
-@dataclass
-class MongoSinkStats:
-    """What the hot-layer writer did, for metrics."""
-
-    batches: int = 0
-    statements: int = 0
-    retries: int = 0
-
-
-class MongoHotWriter:
+class MongoHotWriter(RetryingBatchWriter):
     """Writes batches of :class:`MongoOp` to the hot layer, retrying whole batches while the
     server is unreachable (every op is idempotent, so a batch written twice is harmless).
 
@@ -335,13 +324,11 @@ class MongoHotWriter:
         sleep: Injected for tests.
     """
 
+    label = "mongo"
+
     def __init__(self, url: str, max_backoff_s: float = 30.0, give_up_after_s: float | None = None,
                  sleep: Callable[[float], None] = time.sleep):
-        self.url = url
-        self.max_backoff_s = max_backoff_s
-        self.give_up_after_s = give_up_after_s
-        self.sleep = sleep
-        self.stats = MongoSinkStats()
+        super().__init__(url, max_backoff_s, give_up_after_s, sleep)
         self._db = None
 
     def _database(self):
@@ -351,28 +338,19 @@ class MongoHotWriter:
 
     def write_batch(self, ops: Iterable[MongoOp]) -> None:
         """Writes the ops, grouped into one ordered bulk write per run of the same collection."""
+        ops = list(ops)
+        if ops:
+            self._write_retrying(lambda: self._write(ops), len(ops))
+
+    def _transient(self, exc: Exception) -> bool:
         from pymongo.errors import ConnectionFailure, OperationFailure
 
-        ops = list(ops)
-        if not ops:
-            return
-        delay, started = 0.5, time.monotonic()
-        while True:
-            try:
-                self._write(ops)
-                self.stats.batches += 1
-                self.stats.statements += len(ops)
-                return
-            except (ConnectionFailure, OperationFailure) as exc:
-                if isinstance(exc, OperationFailure) and not _transient(exc):
-                    raise
-                if self.give_up_after_s is not None and time.monotonic() - started > self.give_up_after_s:
-                    raise
-                self.stats.retries += 1
-                log.warning("mongo write failed (%s); retrying in %.1f s", str(exc).splitlines()[0][:200], delay)
-                self._drop()
-                self.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        if isinstance(exc, ConnectionFailure):
+            return True
+        # A server that is not primary, shutting down, ...: worth retrying too.
+        labels = getattr(exc, "_error_labels", None) or set()
+        return isinstance(exc, OperationFailure) and (
+            "RetryableWriteError" in labels or getattr(exc, "code", None) in {91, 189, 10107, 11600, 11602, 13435, 13436})
 
     def _write(self, ops: list[MongoOp]) -> None:
         from pymongo import DeleteOne, UpdateOne
@@ -409,8 +387,3 @@ class MongoHotWriter:
         """Closes the client."""
         self._drop()
 
-
-def _transient(exc) -> bool:
-    """Whether a server error is worth retrying (not primary, shutting down, ...)."""
-    labels = getattr(exc, "_error_labels", None) or set()
-    return "RetryableWriteError" in labels or getattr(exc, "code", None) in {91, 189, 10107, 11600, 11602, 13435, 13436}

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from connectors.sink_retry import RetryingBatchWriter
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgres"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # One lock id for every iotlink process, so concurrent starts apply migrations once.
 _MIGRATION_LOCK = 0x10711C
-
-log = logging.getLogger(__name__)
 
 
 class MigrationError(RuntimeError):
@@ -109,37 +108,26 @@ def apply_migrations(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     return applied_now
 
 
-@dataclass
-class SinkStats:
-    """What a sink did, for metrics and progress lines."""
-
-    batches: int = 0
-    statements: int = 0
-    retries: int = 0
-
-
-class PostgresBatchWriter:
+class PostgresBatchWriter(RetryingBatchWriter):
     """Writes batches of ``(sql, params)`` statements in one transaction each.
 
     Every statement must be idempotent (an upsert keyed by deterministic ids, or a guarded
-    update): a batch is retried whole after a connection failure, and a restored job replays
-    what it wrote after its last checkpoint.
+    update): a batch is retried whole after a connection failure (see
+    :class:`connectors.sink_retry.RetryingBatchWriter` for the back-off), and a restored job
+    replays what it wrote after its last checkpoint.
 
     Args:
         url: ``postgresql://`` connection string.
         max_backoff_s: Upper bound of the doubling reconnect delay (starts at 0.5 s).
-        give_up_after_s: Raise after failing this long (None: keep trying; Flink then shows
-            backpressure, and the job fails over only if it is cancelled or times out).
+        give_up_after_s: Raise after failing this long (None: keep trying).
         sleep: Injected for tests.
     """
 
+    label = "postgres"
+
     def __init__(self, url: str, max_backoff_s: float = 30.0, give_up_after_s: float | None = None,
                  sleep: Callable[[float], None] = time.sleep):
-        self.url = url
-        self.max_backoff_s = max_backoff_s
-        self.give_up_after_s = give_up_after_s
-        self.sleep = sleep
-        self.stats = SinkStats()
+        super().__init__(url, max_backoff_s, give_up_after_s, sleep)
         self._conn = None
 
     def _connection(self):
@@ -151,36 +139,29 @@ class PostgresBatchWriter:
 
     def write_batch(self, statements: Iterable[tuple[str, tuple]]) -> None:
         """Executes the statements in order, in one transaction, retrying on connection loss."""
-        import psycopg
-
         groups = group_statements(statements)
         if not groups:
             return
-        delay, started = 0.5, time.monotonic()
-        while True:
-            try:
-                conn = self._connection()
-                with conn.cursor() as cur:
-                    for sql, rows in groups:
-                        cur.executemany(sql, rows)
-                conn.commit()
-                self.stats.batches += 1
-                self.stats.statements += sum(len(rows) for _, rows in groups)
-                return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._drop()
-                if self.give_up_after_s is not None and time.monotonic() - started > self.give_up_after_s:
-                    raise
-                self.stats.retries += 1
-                log.warning("postgres write failed (%s); retrying in %.1f s", str(exc).strip().splitlines()[0], delay)
-                self.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-            except Exception:
-                # Not a connection problem (a constraint, bad data): leave the connection usable.
-                if self._conn is not None and not self._conn.closed:
-                    with contextlib.suppress(Exception):
-                        self._conn.rollback()
-                raise
+
+        def attempt():
+            conn = self._connection()
+            with conn.cursor() as cur:
+                for sql, rows in groups:
+                    cur.executemany(sql, rows)
+            conn.commit()
+
+        self._write_retrying(attempt, sum(len(rows) for _, rows in groups))
+
+    def _transient(self, exc: Exception) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+    def _failed(self, exc: Exception) -> None:
+        # Not a connection problem (a constraint, bad data): leave the connection usable.
+        if self._conn is not None and not self._conn.closed:
+            with contextlib.suppress(Exception):
+                self._conn.rollback()
 
     def flush(self) -> None:
         """Nothing is buffered here: every ``write_batch`` commits before it returns."""
