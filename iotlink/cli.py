@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_commands(sub)
     add_rule_commands(sub, common)
     add_alarm_commands(sub, common)
+    from iotlink.bridge_commands import add_bridge_commands
+
+    add_bridge_commands(sub, common)
     from iotlink.sql_commands import add_sql_command
 
     add_sql_command(sub, common)
@@ -727,6 +730,12 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
             stack.stop()
 
 
+def _bridge_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.bridge_commands import run_bridge_command
+
+    return run_bridge_command(args, settings)
+
+
 def _sql_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.sql_commands import run_sql_command
 
@@ -755,6 +764,7 @@ COMMANDS = {
     "iceberg": cmd_iceberg,
     "mongo": cmd_mongo,
     "batch": cmd_batch,
+    "bridge": _bridge_command,
     "sql": _sql_command,
 }
 

@@ -29,6 +29,13 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   fi
 fi
 
+# mosquitto_pub / mosquitto_sub: the README's copy-paste MQTT example and one bridge test use them.
+if ! command -v mosquitto_pub >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing the MQTT command-line clients (mosquitto-clients)…"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto-clients >/dev/null) \
+    || echo "bootstrap: could not install mosquitto-clients; the bridge test publishes with paho instead" >&2
+fi
+
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   for candidate in python3.11 python3; do

@@ -30,3 +30,15 @@ def settings(stack):
 def mongo_url(stack):
     """The hot layer's server URL (database ``iotlink``; tests pick their own database)."""
     return stack.endpoints["mongo"]
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory):
+    """A Kafka-protocol broker of the embedded stack for one test module alone (the bridge
+    tests stall it with SIGSTOP, which the shared stack must not see)."""
+    data_dir = tmp_path_factory.mktemp("module-kafka")
+    settings = Settings(data_dir=data_dir, ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port(), mongo=free_port()))
+    stack = EmbeddedStack(settings, ("kafka",))
+    stack.start()
+    yield stack
+    stack.stop()

@@ -1,0 +1,751 @@
+"""``iotlink bridge http``: the HTTP ingest — ``POST /v1/telemetry/{device_id}`` -> ``iotlink.raw``.
+
+Routes (described for clients by ``GET /openapi.json``, :mod:`connectors.http_openapi`):
+
+- ``POST /v1/telemetry/{device_id}``: one payload; the ``Content-Type`` is the format hint:
+  ``application/json`` -> json (must parse), ``text/csv`` -> csv (UTF-8 text),
+  ``application/octet-stream`` -> bin (any bytes), ``text/plain`` -> hex (hex digits, whitespace
+  allowed). The body is kept byte-exact. Optional query parameter ``product_id``.
+- ``POST /v1/telemetry:batch``: a JSON array of ``{device_id, format, payload, payload_encoding?,
+  product_id?}``. Validation is all-or-nothing (one bad record: 400 listing every bad record,
+  nothing stored); delivery is reported per record when Kafka fails (503 with ``results``).
+- ``GET /health``: whether Kafka answers, and the counters (no token needed).
+- ``GET /openapi.json``: the OpenAPI 3 document (no token needed).
+
+``202 Accepted`` is sent only after Kafka confirmed every record of the request (``acks=all``).
+When Kafka does not confirm within ``--ack-timeout`` the answer is ``503`` with ``Retry-After``:
+the client resends. A record answered 503 may still reach Kafka later (it was handed to the
+producer), so a resend can store it twice — at least once, duplicates are dropped downstream.
+
+Every request runs on its own thread (``ThreadingHTTPServer``), so one waiting for Kafka does
+not hold up the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+
+from connectors.http_openapi import openapi_document
+from connectors.raw_producer import BridgeCounters, RawProducer
+from connectors.tcp_framing import DeviceIdError, check_device_id
+from operators.envelope import FORMATS, RawEnvelope
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_BATCH_RECORDS = 1000
+TELEMETRY_PREFIX = "/v1/telemetry/"
+BATCH_PATH = "/v1/telemetry:batch"
+# (method, path template) of every route the server answers; the OpenAPI document lists the same.
+ROUTES = (
+    ("POST", "/v1/telemetry/{device_id}"),
+    ("POST", BATCH_PATH),
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+)
+CONTENT_TYPE_FORMATS = {
+    "application/json": "json",
+    "text/csv": "csv",
+    "application/octet-stream": "bin",
+    "text/plain": "hex",
+}
+BATCH_FIELDS = frozenset({"device_id", "format", "payload", "payload_encoding", "product_id"})
+
+
+class HttpError(Exception):
+    """A request answered with an error status and a JSON body ``{"error": code, "message": ..., ...}``.
+
+    Attributes:
+        status: HTTP status code.
+        code: Machine-readable error code.
+        message: Precise, human-readable message.
+        extra: More fields of the body (``details``, ``results``).
+        headers: Extra response headers.
+    """
+
+    def __init__(self, status: int, code: str, message: str, extra: dict | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        """The JSON response body."""
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+# --- pure request logic --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """The route a request hits.
+
+    Attributes:
+        route: The path template, as in :data:`ROUTES`.
+        device_id: The device id of ``/v1/telemetry/{device_id}``.
+        query: Query parameters (last value wins).
+    """
+
+    route: str
+    device_id: str | None = None
+    query: dict[str, str] = field(default_factory=dict)
+
+
+def match_route(method: str, target: str) -> RouteMatch:
+    """Finds the route of a request.
+
+    Args:
+        method: The HTTP method.
+        target: The request target (path and query).
+
+    Raises:
+        HttpError: 404 for an unknown path, 405 (with ``Allow``) for a known path and another method,
+            400 for an invalid device id.
+    """
+    parts = urlsplit(target)
+    path = parts.path
+    query = {name: values[-1] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
+    if path.startswith(TELEMETRY_PREFIX) and len(path) > len(TELEMETRY_PREFIX):
+        template, device_text = "/v1/telemetry/{device_id}", unquote(path[len(TELEMETRY_PREFIX) :])
+    else:
+        template, device_text = path, None
+    allowed = [m for m, t in ROUTES if t == template]
+    if not allowed:
+        raise HttpError(404, "not_found", f"no route {path!r}; see GET /openapi.json")
+    if method not in allowed:
+        raise HttpError(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}, not {method}", headers={"Allow": ", ".join(allowed)})
+    device_id = None
+    if device_text is not None:
+        device_id = _valid_id(device_text, "device_id", "path")
+    return RouteMatch(template, device_id, query)
+
+
+def _valid_id(text: str, name: str, where: str) -> str:
+    try:
+        return check_device_id(text, f"{where} {name}")
+    except DeviceIdError as exc:
+        raise HttpError(400, f"invalid_{name}", exc.reason) from None
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` header, lower case, without parameters (``charset``)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def format_for_content_type(content_type: str | None) -> str:
+    """The envelope format hint for a ``Content-Type`` header.
+
+    Raises:
+        HttpError: 415 for a missing or unsupported media type.
+    """
+    kind = media_type(content_type)
+    fmt = CONTENT_TYPE_FORMATS.get(kind)
+    if fmt is None:
+        supported = ", ".join(f"{t} ({f})" for t, f in CONTENT_TYPE_FORMATS.items())
+        shown = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise HttpError(415, "unsupported_media_type", f"{shown}: send one of {supported}")
+    return fmt
+
+
+def check_payload(fmt: str, payload: bytes, where: str = "body") -> None:
+    """Checks that a payload is what its format says.
+
+    Raises:
+        HttpError: 400 ``empty_payload``, ``invalid_json``, ``invalid_csv`` or ``invalid_hex``.
+    """
+    if not payload:
+        raise HttpError(400, "empty_payload", f"{where} is empty")
+    if fmt == "json":
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise HttpError(400, "invalid_json", f"{where} is not valid JSON: {exc}") from None
+    elif fmt in ("csv", "hex"):
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HttpError(400, f"invalid_{fmt}", f"{where} is not UTF-8 text: byte {exc.start} is 0x{payload[exc.start]:02x}") from None
+        if fmt == "hex":
+            try:
+                bytes.fromhex(text)
+            except ValueError as exc:
+                raise HttpError(400, "invalid_hex", f"{where} is not hex digits: {exc}") from None
+
+
+def body_length(headers, limit: int) -> int:
+    """The request body size from ``Content-Length``.
+
+    Raises:
+        HttpError: 411 without ``Content-Length`` (chunked bodies are not accepted), 400 for a
+            malformed one, 413 above ``limit``.
+    """
+    text = headers.get("Content-Length")
+    if text is None:
+        raise HttpError(411, "length_required", "send the body with a Content-Length header (chunked transfer encoding is not accepted)")
+    try:
+        length = int(text)
+        if length < 0:
+            raise ValueError
+    except ValueError:
+        raise HttpError(400, "invalid_content_length", f"Content-Length {text!r} is not a non-negative integer") from None
+    if length > limit:
+        raise HttpError(413, "payload_too_large", f"body of {length} bytes is larger than the limit of {limit} bytes")
+    return length
+
+
+def load_tokens(token_file: Path | None, tokens: list[str] | None) -> frozenset[str]:
+    """The accepted bearer tokens: one per line of ``token_file`` (blank lines and ``#`` comments skipped) plus ``tokens``.
+
+    Raises:
+        ValueError: for an unreadable file or a token with whitespace.
+    """
+    found = list(tokens or [])
+    if token_file is not None:
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"token file {token_file}: {exc.strerror or exc}") from None
+        found += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    for token in found:
+        if not token or any(c.isspace() for c in token):
+            raise ValueError("a bearer token must be non-empty and contain no whitespace")
+    return frozenset(found)
+
+
+class TokenCheck:
+    """Bearer token authentication with a constant-time comparison.
+
+    Args:
+        tokens: The accepted tokens; empty means authentication is off.
+    """
+
+    def __init__(self, tokens: frozenset[str]):
+        # Compared as digests so neither the token count nor their lengths leak through timing.
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+
+    @property
+    def enabled(self) -> bool:
+        """True when requests need a token."""
+        return bool(self._digests)
+
+    def check(self, authorization: str | None) -> None:
+        """Accepts an ``Authorization`` header value.
+
+        Raises:
+            HttpError: 401 (with ``WWW-Authenticate``) when the token is missing, malformed or unknown.
+        """
+        if not self._digests:
+            return
+        challenge = {"WWW-Authenticate": 'Bearer realm="iotlink"'}
+        if not authorization:
+            raise HttpError(401, "unauthorized", "missing Authorization header: send 'Authorization: Bearer <token>'", headers=challenge)
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HttpError(401, "unauthorized", "Authorization header is not 'Bearer <token>'", headers=challenge)
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        matched = False
+        for known in self._digests:
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            raise HttpError(401, "unauthorized", "unknown bearer token", headers=challenge)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One record of a batch request, payload decoded to its bytes."""
+
+    device_id: str
+    format: str
+    payload: bytes
+    product_id: str | None = None
+
+
+def parse_batch(body: bytes, max_records: int = DEFAULT_MAX_BATCH_RECORDS) -> list[BatchRecord]:
+    """Parses and validates a batch body: a JSON array of ``{device_id, format, payload, payload_encoding?, product_id?}``.
+
+    ``payload`` is text (``payload_encoding`` ``utf8``, the default except for ``bin``) or base64
+    (``base64``, the default for ``bin``); a ``json`` record may also carry the JSON value itself,
+    stored in compact form.
+
+    Raises:
+        HttpError: 400 ``invalid_json`` / ``invalid_batch`` naming every bad record (``details``:
+            index, field, message); nothing of the batch is stored then.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise HttpError(400, "invalid_batch", f"body is a JSON {type(doc).__name__}: a batch is a JSON array of records")
+    if not doc:
+        raise HttpError(400, "invalid_batch", "the batch is empty")
+    if len(doc) > max_records:
+        raise HttpError(400, "invalid_batch", f"the batch has {len(doc)} records, more than the limit of {max_records}")
+    records, details = [], []
+    for index, item in enumerate(doc):
+        try:
+            records.append(_batch_record(item, index))
+        except HttpError as exc:
+            details.append({"index": index, "field": exc.extra.get("field"), "message": exc.message})
+    if details:
+        first = details[0]
+        message = f"{len(details)} of {len(doc)} records are invalid; nothing was stored (first: record {first['index']}: {first['message']})"
+        raise HttpError(400, "invalid_batch", message, extra={"details": details})
+    return records
+
+
+def _batch_record(item, index: int) -> BatchRecord:
+    def bad(name: str, message: str) -> HttpError:
+        return HttpError(400, "invalid_batch", message, extra={"field": name})
+
+    if not isinstance(item, dict):
+        raise bad(None, f"record {index} is a JSON {type(item).__name__}, not an object")
+    unknown = sorted(set(item) - BATCH_FIELDS)
+    if unknown:
+        raise bad(unknown[0], f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(BATCH_FIELDS))}")
+    device_id = item.get("device_id")
+    if not isinstance(device_id, str):
+        raise bad("device_id", "device_id is missing or not a string")
+    try:
+        check_device_id(device_id, "device_id")
+    except DeviceIdError as exc:
+        raise bad("device_id", exc.reason) from None
+    fmt = item.get("format")
+    if fmt not in FORMATS:
+        raise bad("format", f"format {fmt!r} is not one of {', '.join(sorted(FORMATS))}")
+    product_id = item.get("product_id")
+    if product_id is not None:
+        if not isinstance(product_id, str):
+            raise bad("product_id", "product_id is not a string")
+        try:
+            check_device_id(product_id, "product_id")
+        except DeviceIdError as exc:
+            raise bad("product_id", exc.reason.replace("device id", "product id")) from None
+    if "payload" not in item:
+        raise bad("payload", "payload is missing")
+    value = item["payload"]
+    encoding = item.get("payload_encoding", "base64" if fmt == "bin" else "utf8")
+    if encoding not in ("utf8", "base64"):
+        raise bad("payload_encoding", f"payload_encoding {encoding!r} is not utf8 or base64")
+    if fmt == "json" and isinstance(value, dict | list):
+        payload = orjson.dumps(value)
+    elif not isinstance(value, str):
+        raise bad("payload", f"payload is a JSON {type(value).__name__}: send text (or base64), or a JSON object/array for format json")
+    elif encoding == "base64":
+        try:
+            payload = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise bad("payload", f"payload is not valid base64: {exc}") from None
+    else:
+        payload = value.encode("utf-8")
+    try:
+        check_payload(fmt, payload, "payload")
+    except HttpError as exc:
+        raise bad("payload", exc.message) from None
+    return BatchRecord(device_id, fmt, payload, product_id)
+
+
+# --- Kafka reachability --------------------------------------------------------------------------
+
+
+def kafka_answers(bootstrap_servers: str, timeout_s: float = 1.0) -> bool:
+    """True when a bootstrap server answers a Kafka ApiVersions request within ``timeout_s``.
+
+    A TCP connect is not enough: a stalled broker still accepts connections.
+    """
+    request = struct.pack(">hhih", 18, 0, 1, 14) + b"iotlink-health"  # ApiVersions v0, correlation id 1
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s) as sock:
+                sock.settimeout(timeout_s)
+                sock.sendall(struct.pack(">i", len(request)) + request)
+                header = _recv_exact(sock, 8)
+                if header is not None and struct.unpack(">ii", header)[1] == 1:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpCounters(BridgeCounters):
+    """The bridge counters (``received``: records in valid requests) plus per-answer counts."""
+
+    requests: int = 0
+    accepted: int = 0  # requests answered 202
+    client_errors: int = 0  # requests answered 4xx
+    unauthorized: int = 0  # of which 401
+    too_large: int = 0  # of which 413
+    unavailable: int = 0  # requests answered 503 (Kafka did not confirm)
+
+
+@dataclass
+class HttpOptions:
+    """Everything one HTTP ingest run needs."""
+
+    bootstrap_servers: str
+    raw_topic: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    tokens: frozenset[str] = frozenset()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_batch_records: int = DEFAULT_MAX_BATCH_RECORDS
+    ack_timeout_s: float = 10.0
+    retry_after_s: int = 5
+    max_in_flight: int = 10_000
+    drain_timeout_s: float = 30.0
+    producer_config: dict = field(default_factory=dict)
+
+
+class HttpIngest:
+    """The threaded HTTP server and its Kafka producer.
+
+    The producer is created on a background thread, so the server answers (503 until then) even
+    while Kafka is unreachable at start.
+
+    Args:
+        options: The ingest options.
+    """
+
+    def __init__(self, options: HttpOptions):
+        self.options = options
+        self.counters = HttpCounters()
+        self.auth = TokenCheck(options.tokens)
+        self.producer: RawProducer | None = None
+        self.started_at = time.monotonic()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._active = 0
+        self._active_lock = threading.Condition()
+        self._health_cache: tuple[float, bool] = (0.0, False)
+        self._connector = threading.Thread(target=self._connect_producer, name="http-ingest-kafka", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        """Binds the port and serves on background threads."""
+        ingest = self
+
+        class Handler(IngestHandler):
+            server_ingest = ingest
+
+        self._server = ThreadingHTTPServer((self.options.host, self.options.port), Handler)
+        self._server.daemon_threads = True
+        self._connector.start()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-ingest", daemon=True)
+        self._thread.start()
+
+    def _connect_producer(self) -> None:
+        config = {"max_block_ms": int(self.options.ack_timeout_s * 1000), **self.options.producer_config}
+        delay = 1.0
+        while not self._closing.is_set():
+            try:
+                options = self.options
+                self.producer = RawProducer(options.bootstrap_servers, options.raw_topic, options.max_in_flight, self.counters, **config)
+                return
+            except Exception as exc:  # noqa: BLE001 - kafka-python raises several kinds when no broker answers; retried
+                log.warning("http ingest: cannot reach Kafka at %s: %s; retrying in %g s", self.options.bootstrap_servers, exc, delay)
+                self._closing.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def kafka_reachable(self) -> bool:
+        """Whether Kafka answers (probed at most once a second)."""
+        checked_at, answer = self._health_cache
+        if time.monotonic() - checked_at >= 1.0:
+            answer = kafka_answers(self.options.bootstrap_servers, 1.0)
+            self._health_cache = (time.monotonic(), answer)
+        return answer
+
+    def produce(self, envelopes: list[RawEnvelope]) -> list[BaseException | None]:
+        """Produces the records of one request and waits up to the ack timeout for Kafka."""
+        if self.producer is None:
+            return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(envelopes)
+        return self.producer.send_and_wait(envelopes, self.options.ack_timeout_s)
+
+    def request_started(self) -> None:
+        """Counts a request in progress (shutdown waits for them)."""
+        with self._active_lock:
+            self._active += 1
+
+    def request_finished(self) -> None:
+        """Counts a request done."""
+        with self._active_lock:
+            self._active -= 1
+            self._active_lock.notify_all()
+
+    def stop(self) -> bool:
+        """Stops accepting, lets running requests finish (they wait for Kafka), closes the producer.
+
+        Returns:
+            True when every running request finished within the drain timeout.
+        """
+        self._closing.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        with self._active_lock:
+            drained = self._active_lock.wait_for(lambda: self._active == 0, self.options.drain_timeout_s)
+        self._connector.join(35)
+        if self.producer is not None:
+            self.producer.close(10)
+        return drained
+
+    def status(self, before: dict[str, int], interval_s: float) -> str:
+        """The one-line status against an earlier counter snapshot."""
+        return status_line(self.counters.snapshot(), before, interval_s, self.producer.in_flight if self.producer else 0)
+
+
+def status_line(now: dict[str, int], before: dict[str, int], interval_s: float, in_flight: int) -> str:
+    """The one-line status the ingest prints every interval."""
+    rate = (now["requests"] - before["requests"]) / interval_s if interval_s > 0 else 0.0
+    return (
+        f"http ingest: requests {now['requests']} ({rate:.0f}/s)  202 {now['accepted']}  4xx {now['client_errors']} "
+        f"(401 {now['unauthorized']}, 413 {now['too_large']})  503 {now['unavailable']}  records produced {now['produced']}  "
+        f"kafka errors {now['failed']}  in flight {in_flight}"
+    )
+
+
+class IngestHandler(BaseHTTPRequestHandler):
+    """Answers one connection's requests (HTTP/1.1 keep-alive); bound to an :class:`HttpIngest` by subclassing."""
+
+    server_ingest: HttpIngest
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops sending mid-request frees its thread
+    server_version = "iotlink-http-ingest"
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        log.debug("http ingest: %s " + format, self.address_string(), *args)
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self._dispatch("POST")
+
+    def do_PUT(self):  # noqa: N802 - http.server's naming
+        self._dispatch("PUT")
+
+    def do_DELETE(self):  # noqa: N802 - http.server's naming
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        ingest = self.server_ingest
+        self._consumed = False
+        ingest.request_started()
+        ingest.counters.add("requests")
+        try:
+            status, body, headers = self._handle(method)
+        except HttpError as exc:
+            status, body, headers = exc.status, exc.body(), exc.headers
+            if 400 <= exc.status < 500:
+                ingest.counters.add("client_errors")
+                ingest.counters.add("rejected")
+                if exc.status == 401:
+                    ingest.counters.add("unauthorized")
+                elif exc.status == 413:
+                    ingest.counters.add("too_large")
+            elif exc.status == 503:
+                ingest.counters.add("unavailable")
+            if method != "GET" and not self._consumed:
+                # The body was not read: the connection cannot carry another request.
+                self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not drop the connection silently
+            log.exception("http ingest: %s %s failed", method, self.path)
+            status, body, headers = 500, {"error": "internal_error", "message": str(exc)}, {}
+        finally:
+            ingest.request_finished()
+        self._send(status, body, headers)
+
+    def _handle(self, method: str) -> tuple[int, dict, dict]:
+        ingest = self.server_ingest
+        route = match_route(method, self.path)
+        if route.route == "/health":
+            return self._health()
+        if route.route == "/openapi.json":
+            return 200, openapi_document(), {}
+        ingest.auth.check(self.headers.get("Authorization"))
+        length = body_length(self.headers, ingest.options.max_body_bytes)
+        if route.route == BATCH_PATH:
+            if media_type(self.headers.get("Content-Type")) != "application/json":
+                raise HttpError(415, "unsupported_media_type", "a batch is a JSON array: send Content-Type application/json")
+            records = parse_batch(self._body(length), ingest.options.max_batch_records)
+        else:
+            fmt = format_for_content_type(self.headers.get("Content-Type"))
+            body = self._body(length)
+            check_payload(fmt, body)
+            product_id = route.query.get("product_id")
+            if product_id is not None:
+                product_id = _valid_id(product_id, "product_id", "query")
+            records = [BatchRecord(route.device_id, fmt, body, product_id)]
+        ingest.counters.add("received", len(records))
+        received_at = int(time.time() * 1000)
+        envelopes = [
+            RawEnvelope(payload=r.payload, source="http", received_at=received_at, device_id=r.device_id, product_id=r.product_id, format=r.format)
+            for r in records
+        ]
+        outcomes = ingest.produce(envelopes)
+        failed = [i for i, exc in enumerate(outcomes) if exc is not None]
+        if failed:
+            first = outcomes[failed[0]]
+            message = f"Kafka did not confirm {len(failed)} of {len(records)} records ({type(first).__name__}: {first}); resend them"
+            extra = {}
+            if route.route == BATCH_PATH:
+                extra["results"] = [{"index": i, "status": "failed" if exc is not None else "stored"} for i, exc in enumerate(outcomes)]
+            raise HttpError(503, "kafka_unavailable", message, extra=extra, headers={"Retry-After": str(ingest.options.retry_after_s)})
+        ingest.counters.add("accepted")
+        body = {"accepted": len(records), "received_at": received_at}
+        if route.device_id is not None:
+            body["device_id"] = route.device_id
+        return 202, body, {}
+
+    def _body(self, length: int) -> bytes:
+        body = self.rfile.read(length)
+        self._consumed = len(body) == length
+        if len(body) != length:
+            raise HttpError(400, "incomplete_body", f"the connection ended after {len(body)} of {length} body bytes")
+        return body
+
+    def _health(self) -> tuple[int, dict, dict]:
+        ingest = self.server_ingest
+        reachable = ingest.kafka_reachable()
+        body = {
+            "status": "ok" if reachable else "kafka_unreachable",
+            "kafka": {"bootstrap_servers": ingest.options.bootstrap_servers, "reachable": reachable, "topic": ingest.options.raw_topic},
+            "in_flight": ingest.producer.in_flight if ingest.producer else 0,
+            "uptime_s": round(time.monotonic() - ingest.started_at, 1),
+            "counters": ingest.counters.snapshot(),
+        }
+        return (200 if reachable else 503), body, {}
+
+    def _send(self, status: int, body: dict, headers: dict) -> None:
+        data = orjson.dumps(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True  # the client left; nothing to tell it
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    """Adds the ``iotlink bridge http`` options."""
+    group = parser.add_argument_group("HTTP ingest")
+    group.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    group.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0: any free port)")
+    group.add_argument("--token-file", type=Path, metavar="FILE", help="accepted bearer tokens, one per line (# comments)")
+    group.add_argument("--token", action="append", metavar="TOKEN", help="an accepted bearer token (repeatable)")
+    group.add_argument("--no-auth", action="store_true", help="accept requests without a token (testing only)")
+    group.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="BYTES",
+                       help="larger bodies are answered 413 (default 1048576 = 1 MiB)")
+    group.add_argument("--max-batch-records", type=int, default=DEFAULT_MAX_BATCH_RECORDS, metavar="N",
+                       help=f"records per batch request at most (default {DEFAULT_MAX_BATCH_RECORDS})")
+    group.add_argument("--ack-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="how long a request waits for Kafka before it is answered 503 (default 10)")
+    group.add_argument("--retry-after", type=int, default=5, metavar="SECONDS", help="Retry-After of 503 answers (default 5)")
+    group.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on Ctrl-C/SIGTERM, how long to let running requests finish (default 30)")
+    group.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS", help="status line period (default 1; 0: none)")
+
+
+def options_from_args(args, settings) -> HttpOptions:
+    """Builds the ingest options from the command line and the settings.
+
+    Raises:
+        ValueError: naming the option that is missing or wrong.
+    """
+    tokens = load_tokens(args.token_file, args.token)
+    if not tokens and not args.no_auth:
+        raise ValueError("no bearer tokens: give --token-file FILE or --token TOKEN (or --no-auth for tests)")
+    if args.max_body_bytes < 1 or args.max_batch_records < 1:
+        raise ValueError("--max-body-bytes and --max-batch-records must be positive")
+    if args.ack_timeout <= 0:
+        raise ValueError(f"--ack-timeout must be positive, got {args.ack_timeout}")
+    return HttpOptions(
+        bootstrap_servers=settings.bootstrap_servers,
+        raw_topic=settings.topics.raw,
+        host=args.host,
+        port=args.port,
+        tokens=frozenset() if args.no_auth else tokens,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_records=args.max_batch_records,
+        ack_timeout_s=args.ack_timeout,
+        retry_after_s=args.retry_after,
+        drain_timeout_s=args.drain_timeout,
+    )
+
+
+def run(args, settings) -> int:
+    """``iotlink bridge http``: serves until Ctrl-C or SIGTERM, then lets running requests finish and exits 0."""
+    from iotlink.bridge_commands import RunningService, serve_until_stopped
+
+    try:
+        options_from_args(args, settings)  # a bad option stops here, before anything starts
+    except ValueError as exc:
+        print(f"iotlink bridge http: {exc}", flush=True)
+        return 2
+
+    def open_service(settings) -> RunningService:
+        options = options_from_args(args, settings)
+        ingest = HttpIngest(options)
+        ingest.start()
+        auth = f"{len(options.tokens)} bearer token(s)" if options.tokens else "NO authentication"
+
+        def final(drained: bool) -> str:
+            c = ingest.counters.snapshot()
+            return (f"http ingest: stopped: requests {c['requests']}, 202 {c['accepted']}, 503 {c['unavailable']}, "
+                    f"records produced {c['produced']}" + ("" if drained else "; some requests were still running at the drain timeout"))
+
+        return RunningService(
+            banner=f"http ingest: listening on http://{options.host}:{ingest.port} ({auth}; OpenAPI at /openapi.json) "
+            f"-> {options.raw_topic} via {options.bootstrap_servers}",
+            snapshot=ingest.counters.snapshot,
+            status=ingest.status,
+            stop=ingest.stop,
+            final=final,
+        )
+
+    return serve_until_stopped("http ingest", args, settings, ("kafka",), open_service)

@@ -1,0 +1,124 @@
+"""``iotlink bridge mqtt|tcp|http``: long-running ingest services that write raw envelopes to Kafka.
+
+Each bridge module provides ``add_arguments(parser)`` (its own options) and
+``run(args, settings) -> int`` (the service until Ctrl-C / SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from iotlink.config import Settings
+
+# bridge name -> (module, one-line help, description)
+BRIDGES = {
+    "mqtt": (
+        "connectors.bridge_mqtt",
+        "MQTT -> iotlink.raw: subscribe to device topics (QoS 1), ack only after Kafka confirms",
+        "Subscribe to device topics on an MQTT broker (or AWS IoT Core), wrap each message in the raw envelope "
+        "and produce it to iotlink.raw keyed by device id; a message is acknowledged to the broker only after "
+        "Kafka has confirmed it (at-least-once).",
+    ),
+    "tcp": (
+        "connectors.bridge_tcp",
+        "TCP gateway -> iotlink.raw: persistent device connections, configurable framing",
+        "Accept persistent device connections, cut the byte stream into frames (newline, length-prefixed or "
+        "fixed-size), and produce each frame byte-exact to iotlink.raw keyed by device id.",
+    ),
+    "http": (
+        "connectors.bridge_http",
+        "HTTP ingest -> iotlink.raw: POST /v1/telemetry/{device_id}, 202 after Kafka acknowledges",
+        "Serve POST /v1/telemetry/{device_id} (JSON, CSV or binary bodies) and a batch endpoint; answer 202 only "
+        "after Kafka has acknowledged the records.",
+    ),
+}
+
+
+def add_bridge_commands(sub, common: argparse.ArgumentParser) -> None:
+    """Adds ``bridge mqtt|tcp|http`` to the ``iotlink`` sub-command parsers."""
+    bridge = sub.add_parser(
+        "bridge",
+        help="ingest bridges: MQTT, TCP and HTTP into iotlink.raw",
+        description="Run one ingest bridge until Ctrl-C. Every bridge writes the raw envelope (payload byte-exact) "
+        "to iotlink.raw keyed by device id and prints per-second counters.",
+    )
+    kinds = bridge.add_subparsers(dest="bridge_command", required=True, metavar="KIND")
+    for name, (module_name, help_text, description) in BRIDGES.items():
+        parser = kinds.add_parser(name, parents=[common], help=help_text, description=description)
+        importlib.import_module(module_name).add_arguments(parser)
+
+
+def run_bridge_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the bridge the command line names."""
+    module_name = BRIDGES[args.bridge_command][0]
+    return importlib.import_module(module_name).run(args, settings)
+
+
+@dataclass
+class RunningService:
+    """What :func:`serve_until_stopped` needs of a started bridge.
+
+    Attributes:
+        banner: The line printed once it runs (where it listens, where it writes).
+        snapshot: Returns the counters now.
+        status: ``(counters before, seconds since) -> status line``.
+        stop: Stops taking input, waits for Kafka confirmations; False when the drain timed out.
+        final: ``drained -> last line``.
+    """
+
+    banner: str
+    snapshot: Callable[[], dict[str, int]]
+    status: Callable[[dict[str, int], float], str]
+    stop: Callable[[], bool]
+    final: Callable[[bool], str]
+
+
+def serve_until_stopped(label: str, args: argparse.Namespace, settings: Settings, components: tuple[str, ...],
+                        open_service: Callable[[Settings], RunningService]) -> int:
+    """Runs one bridge until Ctrl-C or SIGTERM: the embedded stack if asked, the per-second
+    status line, then a drain and the last line. Exit code 0.
+
+    Args:
+        label: The bridge's name in the lines it prints (``tcp gateway``, ...).
+        args: The parsed command line (``embedded``, ``status_interval``).
+        settings: Platform settings (endpoints of the embedded stack replace them).
+        components: The embedded-stack components the bridge needs.
+        open_service: Starts the bridge for the final settings.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its connection chatter would drown the status lines
+    stack = None
+    if args.embedded:
+        from iotlink.stack import EmbeddedStack
+
+        stack = EmbeddedStack(settings, components)
+        stack.start()
+        settings = stack.settings_with_endpoints()
+        print("embedded stack started: " + ", ".join(f"{name} {address}" for name, address in stack.endpoints.items()), flush=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service = open_service(settings)
+        print(service.banner, flush=True)
+        before, last = service.snapshot(), time.monotonic()
+        interval = args.status_interval if args.status_interval > 0 else 3600.0
+        while not stop.wait(interval):
+            now = time.monotonic()
+            if args.status_interval > 0:
+                print(service.status(before, now - last), flush=True)
+            before, last = service.snapshot(), now
+        print(f"{label}: stopping: waiting for Kafka confirmations", flush=True)
+        print(service.final(service.stop()), flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stack is not None:
+            stack.stop()

@@ -1,0 +1,180 @@
+"""Request logic of the HTTP ingest: routing, content type -> format, payload checks, auth, limits, batch, OpenAPI."""
+
+import base64
+import re
+
+import orjson
+import pytest
+
+from connectors.bridge_http import (
+    ROUTES,
+    HttpError,
+    TokenCheck,
+    body_length,
+    check_payload,
+    format_for_content_type,
+    load_tokens,
+    match_route,
+    parse_batch,
+)
+from connectors.http_openapi import openapi_document
+
+
+def error_of(call, *args, **kwargs) -> HttpError:
+    with pytest.raises(HttpError) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+def test_routes_with_device_id_and_query():
+    match = match_route("POST", "/v1/telemetry/dev-1?product_id=prod-a")
+    assert (match.route, match.device_id, match.query) == ("/v1/telemetry/{device_id}", "dev-1", {"product_id": "prod-a"})
+    assert match_route("POST", "/v1/telemetry/hub%3A7").device_id == "hub:7"
+    assert match_route("POST", "/v1/telemetry:batch").route == "/v1/telemetry:batch"
+    assert match_route("GET", "/health").route == "/health"
+    assert match_route("GET", "/openapi.json").route == "/openapi.json"
+
+
+def test_unknown_paths_wrong_methods_and_bad_ids():
+    assert error_of(match_route, "GET", "/v2/telemetry/x").status == 404
+    assert error_of(match_route, "POST", "/v1/telemetry/").status == 404
+    wrong = error_of(match_route, "GET", "/v1/telemetry/dev-1")
+    assert wrong.status == 405 and wrong.headers == {"Allow": "POST"}
+    assert error_of(match_route, "POST", "/health").headers == {"Allow": "GET"}
+    bad = error_of(match_route, "POST", "/v1/telemetry/a%20b")
+    assert (bad.status, bad.code) == (400, "invalid_device_id")
+    assert "'a b'" in bad.message
+    assert error_of(match_route, "POST", "/v1/telemetry/a/b").status == 400
+
+
+@pytest.mark.parametrize(
+    "content_type, fmt",
+    [
+        ("application/json", "json"),
+        ("application/json; charset=utf-8", "json"),
+        ("Text/CSV", "csv"),
+        ("application/octet-stream", "bin"),
+        ("text/plain; charset=us-ascii", "hex"),
+    ],
+)
+def test_content_type_decides_the_format(content_type, fmt):
+    assert format_for_content_type(content_type) == fmt
+
+
+@pytest.mark.parametrize("content_type", [None, "", "application/xml", "multipart/form-data; boundary=x"])
+def test_other_content_types_are_415(content_type):
+    error = error_of(format_for_content_type, content_type)
+    assert (error.status, error.code) == (415, "unsupported_media_type")
+    assert "application/octet-stream (bin)" in error.message
+
+
+def test_payload_checks_name_the_problem():
+    check_payload("json", b'{"a": 1}')
+    check_payload("csv", b"ts,t\n1,2\n")
+    check_payload("hex", b"01 02 ff\n")
+    check_payload("bin", b"\x00\n\xff")
+    assert error_of(check_payload, "bin", b"").code == "empty_payload"
+    error = error_of(check_payload, "json", b'{"a": ')
+    assert error.code == "invalid_json" and "not valid JSON" in error.message
+    error = error_of(check_payload, "csv", b"a,b\n\xff")
+    assert error.code == "invalid_csv" and "byte 4 is 0xff" in error.message
+    assert error_of(check_payload, "hex", b"0g").code == "invalid_hex"
+
+
+def test_body_length_limits():
+    assert body_length({"Content-Length": "10"}, 10) == 10
+    assert error_of(body_length, {}, 10).status == 411
+    assert error_of(body_length, {"Content-Length": "-1"}, 10).status == 400
+    assert error_of(body_length, {"Content-Length": "ten"}, 10).code == "invalid_content_length"
+    too_large = error_of(body_length, {"Content-Length": "11"}, 10)
+    assert (too_large.status, too_large.code) == (413, "payload_too_large")
+
+
+def test_bearer_tokens(tmp_path):
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# fleet A\nalpha-123\n\n  beta-456  \n")
+    tokens = load_tokens(token_file, ["gamma"])
+    assert tokens == {"alpha-123", "beta-456", "gamma"}
+    auth = TokenCheck(tokens)
+    auth.check("Bearer alpha-123")
+    auth.check("bearer beta-456")
+    for header, words in ((None, "missing"), ("Basic abc", "not 'Bearer"), ("Bearer ", "not 'Bearer"), ("Bearer alpha-12", "unknown")):
+        error = error_of(auth.check, header)
+        assert error.status == 401 and words in error.message
+        assert error.headers == {"WWW-Authenticate": 'Bearer realm="iotlink"'}
+    TokenCheck(frozenset()).check(None)  # no tokens configured: authentication is off
+    with pytest.raises(ValueError, match="whitespace"):
+        load_tokens(None, ["two words"])
+    with pytest.raises(ValueError, match="token file"):
+        load_tokens(tmp_path / "missing", None)
+
+
+def test_batch_records_decode_text_base64_and_embedded_json():
+    body = orjson.dumps([
+        {"device_id": "d1", "format": "json", "payload": {"data": {"metrics": {"t": 1}}}},
+        {"device_id": "d2", "format": "bin", "payload": base64.b64encode(b"\x00\n\xff").decode()},
+        {"device_id": "d3", "format": "hex", "payload": "0102ff", "product_id": "prod-b"},
+        {"device_id": "d4", "format": "csv", "payload": "ts,t\n1,2\n"},
+        {"device_id": "d5", "format": "json", "payload": '{"x": 1}'},
+        {"device_id": "d6", "format": "csv", "payload": base64.b64encode(b"a,b\n").decode(), "payload_encoding": "base64"},
+    ])
+    records = parse_batch(body)
+    assert [(r.device_id, r.format, r.payload, r.product_id) for r in records] == [
+        ("d1", "json", b'{"data":{"metrics":{"t":1}}}', None),
+        ("d2", "bin", b"\x00\n\xff", None),
+        ("d3", "hex", b"0102ff", "prod-b"),
+        ("d4", "csv", b"ts,t\n1,2\n", None),
+        ("d5", "json", b'{"x": 1}', None),
+        ("d6", "csv", b"a,b\n", None),
+    ]
+
+
+def test_batch_validation_is_all_or_nothing_and_lists_every_bad_record():
+    body = orjson.dumps([
+        {"device_id": "ok", "format": "json", "payload": "{}"},
+        {"device_id": "bad id", "format": "json", "payload": "{}"},
+        {"device_id": "d", "format": "xml", "payload": "<a/>"},
+        {"device_id": "d", "format": "bin", "payload": "not base64!"},
+        {"device_id": "d", "format": "json", "payload": "{"},
+        {"device_id": "d", "format": "json", "payload": "{}", "colour": "red"},
+        {"format": "json", "payload": "{}"},
+        "text",
+        {"device_id": "d", "format": "bin", "payload": 5},
+    ])
+    error = error_of(parse_batch, body)
+    assert (error.status, error.code) == (400, "invalid_batch")
+    assert error.message.startswith("8 of 9 records are invalid; nothing was stored")
+    assert [(d["index"], d["field"]) for d in error.extra["details"]] == [
+        (1, "device_id"), (2, "format"), (3, "payload"), (4, "payload"), (5, "colour"), (6, "device_id"), (7, None), (8, "payload"),
+    ]
+    assert "not valid base64" in error.extra["details"][2]["message"]
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [(b"{", "not valid JSON"), (b'{"a":1}', "JSON array"), (b"[]", "empty"), (orjson.dumps([{}] * 3), "limit of 2")],
+)
+def test_batch_body_shape(body, words):
+    error = error_of(parse_batch, body, max_records=2)
+    assert error.status == 400 and words in error.message
+
+
+def test_openapi_document_describes_exactly_the_served_routes():
+    doc = orjson.loads(orjson.dumps(openapi_document()))  # what /openapi.json serves parses as JSON
+    assert re.fullmatch(r"3\.\d+\.\d+", doc["openapi"])
+    assert doc["info"]["title"] and doc["info"]["version"]
+    documented = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+    assert documented == set(ROUTES)
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            assert operation["responses"], path
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path":
+                    assert "{" + parameter["name"] + "}" in path
+    single = doc["paths"]["/v1/telemetry/{device_id}"]["post"]
+    assert set(single["requestBody"]["content"]) == {"application/json", "text/csv", "application/octet-stream", "text/plain"}
+    assert {"202", "400", "401", "413", "415", "503"} <= set(single["responses"])
+    assert "Retry-After" in single["responses"]["503"]["headers"]
+    # every $ref points at a defined schema
+    refs = re.findall(r'"\$ref":"#/components/schemas/([A-Za-z]+)"', orjson.dumps(doc).decode())
+    assert refs and set(refs) <= set(doc["components"]["schemas"])
