@@ -285,17 +285,11 @@ def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int =
     Returns:
         Topic -> partition -> end offset (0 for an empty partition).
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        max_poll_records=50000,
-    )
+    from connectors.kafka import read_ends_until_idle, reading_consumer
+
+    consumer = reading_consumer(bootstrap_servers, read_committed=True)
     try:
         parts = []
         for topic in topics:
@@ -314,7 +308,7 @@ def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int =
                 consumer.seek(tp, 0 if from_start else max(0, reported[tp] - tail))
             consumer.pause(*[tp for tp in parts if tp not in pending])
             consumer.resume(*pending)
-            _read_to_end(consumer, ends, deadline)
+            read_ends_until_idle(consumer, ends, deadline)
             # Nothing committed in the tail: the partition's last records are older, read it whole.
             pending = [tp for tp in pending if ends[tp] == 0 and not from_start and reported[tp] > tail]
             from_start = True
@@ -325,14 +319,3 @@ def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int =
     finally:
         consumer.close()
 
-
-def _read_to_end(consumer, ends: dict, deadline: float) -> None:
-    idle_polls = 0
-    while idle_polls < 3 and time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=500)
-        if not any(batch.values()):
-            idle_polls += 1
-            continue
-        idle_polls = 0
-        for tp, records in batch.items():
-            ends[tp] = max(ends[tp], records[-1].offset + 1)

@@ -585,14 +585,14 @@ def append_file_telemetry(catalog, digest: str, name: str, records: list[dict], 
     if not records:
         raise ValueError("append_file_telemetry needs at least one record")
     identifier = f"{namespace}.telemetry"
-    schema = catalog.load_table(identifier).schema()
     stats = ArchiveStats()
 
     def prepare(table):
         if digest in loaded_files(table):
             return None, {}, 0, len(records)
         rows = [telemetry_row(orjson.dumps(r).decode(), f"file:{name}", 0, seq) for seq, r in enumerate(records, 1)]
-        return rows_to_arrow(schema, rows, _TIMESTAMP_COLUMNS["telemetry"]), {FILE_PROPERTY: digest, "iotlink.file-name": name}, len(rows), 0
+        properties = {FILE_PROPERTY: digest, "iotlink.file-name": name}
+        return rows_to_arrow(table.schema(), rows, _TIMESTAMP_COLUMNS["telemetry"]), properties, len(rows), 0
 
     append_checked(catalog, identifier, prepare, stats, max_attempts=20)
     return stats.written > 0

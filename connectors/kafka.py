@@ -104,11 +104,12 @@ def partition_counts(bootstrap_servers: str, topic: str) -> int:
         consumer.close()
 
 
-def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: bool):
-    """A consumer assigned every partition of ``topic`` and positioned at its beginning."""
-    from kafka import KafkaConsumer, TopicPartition
+def reading_consumer(bootstrap_servers: str, read_committed: bool):
+    """An unassigned consumer for reading topics through (no group, no auto-commit; records up
+    to the 8 MiB topic limit)."""
+    from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(
+    return KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -117,6 +118,13 @@ def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: b
         max_partition_fetch_bytes=16 * 1024 * 1024,  # records up to the 8 MiB topic limit (big dead letters)
         max_poll_records=50000,
     )
+
+
+def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: bool):
+    """A consumer assigned every partition of ``topic`` and positioned at its beginning."""
+    from kafka import TopicPartition
+
+    consumer = reading_consumer(bootstrap_servers, read_committed)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(parts)
@@ -127,6 +135,20 @@ def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: b
     return consumer, parts
 
 
+def read_ends_until_idle(consumer, ends: dict, deadline: float) -> None:
+    """Polls until three polls in a row return nothing (or the deadline), raising ``ends[tp]``
+    to the offset after the last record read of each partition."""
+    idle_polls = 0
+    while idle_polls < 3 and time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=700)
+        if not any(batch.values()):
+            idle_polls += 1
+            continue
+        idle_polls = 0
+        for tp, records in batch.items():
+            ends[tp] = max(ends[tp], records[-1].offset + 1)
+
+
 def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> dict[int, int]:
     """Finds each partition's end offset (last offset + 1) by reading the topic to its end.
 
@@ -135,18 +157,9 @@ def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0
     """
     consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed=False)
     try:
-        ends = {tp.partition: 0 for tp in parts}
-        deadline = time.monotonic() + timeout_s
-        idle_polls = 0
-        while idle_polls < 3 and time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=700)
-            if not any(batch.values()):
-                idle_polls += 1
-                continue
-            idle_polls = 0
-            for tp, records in batch.items():
-                ends[tp.partition] = max(ends[tp.partition], records[-1].offset + 1)
-        return ends
+        ends = {tp: 0 for tp in parts}
+        read_ends_until_idle(consumer, ends, time.monotonic() + timeout_s)
+        return {tp.partition: end for tp, end in ends.items()}
     finally:
         consumer.close()
 

@@ -103,11 +103,10 @@ def _csv_header_expected(registry, device_id: str, product_id: str | None) -> bo
     return bool(getattr(conv, "header", True))
 
 
-def decode_file(path: Path, relative: str, registry, pattern: str, now_ms: int) -> tuple[FileReport, list[dict], list[dict]]:
-    """Decodes one file: its report, its records in file order, and its dead letters (each with
-    ``file`` and ``line``)."""
-    data = path.read_bytes()
-    report = FileReport(file=relative, status="loaded", sha256=file_digest(data))
+def decode_file(data: bytes, digest: str, relative: str, registry, pattern: str, now_ms: int) -> tuple[FileReport, list[dict], list[dict]]:
+    """Decodes one file's bytes: its report, its records in file order, and its dead letters
+    (each with ``file`` and ``line``)."""
+    report = FileReport(file=relative, status="loaded", sha256=digest)
     device_id, product_id = identity_from_path(relative, pattern)
     report.device_id = device_id
     records: list[dict] = []
@@ -218,11 +217,12 @@ def run_batch(settings: Settings, options: BatchOptions, now_ms: int | None = No
     for path, relative in list_input_files(list(options.inputs)):
         file_started = time.monotonic()
         try:
-            digest = file_digest(path.read_bytes())
+            data = path.read_bytes()
+            digest = file_digest(data)
             if digest in done:
                 file_report = FileReport(file=relative, status="already loaded", sha256=digest)
             else:
-                file_report, records, letters = decode_file(path, relative, registry, options.device_pattern, now_ms)
+                file_report, records, letters = decode_file(data, digest, relative, registry, options.device_pattern, now_ms)
                 error_file = errors_dir / f"{relative}.errors.jsonl"
                 if letters:
                     error_file.parent.mkdir(parents=True, exist_ok=True)
