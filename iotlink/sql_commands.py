@@ -155,6 +155,11 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
     """A streaming TableEnvironment on the local MiniCluster."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
+    from jobs.telemetry_job import export_python_path
+
+    # This may start the process's JVM; a job run later in the same process (thread mode)
+    # embeds Python in that JVM and only finds pyflink through the PYTHONPATH it started with.
+    export_python_path()
     table_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = table_env.get_config()
     conf = {

@@ -142,3 +142,30 @@ def test_sql_command_options():
 def test_format_table_aligns_columns_and_prints_null():
     assert format_table(["a", "bb"], [(1, None), ("xyz", 2.5)]).splitlines() == [
         "a   | bb", "----+-----", "1   | NULL", "xyz | 2.5"]
+
+
+def test_the_sql_session_starts_its_jvm_with_the_python_path_a_later_job_needs(monkeypatch):
+    # A thread-mode job run later in the same process embeds Python in this JVM and finds
+    # pyflink only through the PYTHONPATH the JVM started with.
+    import site
+
+    from pyflink.table import TableEnvironment
+
+    from iotlink.sql_commands import create_table_env
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def create(_settings):
+        import os
+
+        seen["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+        raise Started
+
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setattr(TableEnvironment, "create", staticmethod(create))
+    with pytest.raises(Started):
+        create_table_env()
+    assert set(site.getsitepackages()) <= set(seen["PYTHONPATH"].split(":"))
