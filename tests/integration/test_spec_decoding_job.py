@@ -146,11 +146,15 @@ def test_job_decodes_every_shipped_spec_and_dead_letters_the_rest(spec_settings)
         dead_values = [v for v in read_topic(settings.bootstrap_servers, topics.dlq, idle_s=1) if orjson.loads(v)["received_at"] in ours]
         return Counter(_telemetry_key(r) for r in records if r["ingest_ts"] in ours), dead_values
 
+    def committed():
+        telemetry, dead_values = outputs()
+        return telemetry == want_telemetry and Counter(_dead_key(orjson.loads(v)) for v in dead_values) == want_dead
+
     partitions = sorted(before) or [0, 1, 2, 3]
     options = RunOptions(start_offsets={p: before.get(p, 0) for p in partitions}, job_name="it-specs")
-    # Cancel only once the output is visibly committed (a cancel can overtake the last commit).
-    metric_counts = run_until_caught_up(settings, options, len(values), while_running=spec_counters_settled,
-                                        until=lambda: outputs()[0] == want_telemetry)
+    # Cancel only once all output is visibly committed: a cancel can overtake the last commit, and
+    # the DLQ sink commits its own transactions, a moment after the telemetry sink.
+    metric_counts = run_until_caught_up(settings, options, len(values), while_running=spec_counters_settled, until=committed)
 
     got_telemetry, dead_values = outputs()
     got_dead = Counter(_dead_key(orjson.loads(v)) for v in dead_values)
