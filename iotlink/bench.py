@@ -220,7 +220,7 @@ def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
     reader.start()
     sim_args = argparse.Namespace(
         devices=min(args.devices, int(args.rate)), rate=args.rate, duration=args.duration, count=None,
-        profile="normal", forms="json", seed=args.seed, target="kafka", mqtt_env="dev",
+        profile="normal", forms="json", seed=args.seed, target="kafka", mqtt_env="dev", repeat=0.0,
     )
     stats = PublishStats()
     print(f"publishing {args.rate:.0f} msg/s for {args.duration:.0f}s (checkpoint interval {settings.flink.checkpoint_interval_ms} ms) …")

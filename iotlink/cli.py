@@ -183,12 +183,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             print("iotlink simulate: --target file needs --output FILE", file=sys.stderr)
             return 2
         stats = write_simulation_file(args, args.output)
-        print(f"wrote {stats.sent} envelopes ({stats.invalid} deliberately malformed) to {args.output}")
+        print(f"wrote {stats.sent} envelopes ({stats.invalid} deliberately malformed, {stats.repeated} repeated) to {args.output}")
         return 0
     stack, settings = _with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" else ("kafka",))
     try:
         stats = run_simulation(settings, args, progress=True)
-        print(f"sent {stats.sent} messages ({stats.invalid} deliberately malformed), {stats.errors} send errors")
+        print(f"sent {stats.sent} messages ({stats.invalid} deliberately malformed, {stats.repeated} repeated), {stats.errors} send errors")
         return 0 if stats.errors == 0 else 1
     except KeyboardInterrupt:
         print("\nsimulation stopped")
@@ -360,6 +360,11 @@ def _add_simulation_options(parser: argparse.ArgumentParser, default_duration: f
         "--profile", default="normal=85,overheat=5,garbage=4,late=4,nodata=2", metavar="MIX",
         help="device behaviours with percent weights: normal, overheat, nodata, garbage, late "
         "(default normal=85,overheat=5,garbage=4,late=4,nodata=2)",
+    )
+    sim.add_argument(
+        "--repeat", type=float, default=0.0, metavar="PCT",
+        help="percent of messages sent a second time, as a device or bridge retrying an unacknowledged send "
+        "(the job drops them as duplicates; default 0)",
     )
     sim.add_argument(
         "--forms", default="json", metavar="LIST",

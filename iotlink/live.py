@@ -14,6 +14,7 @@ COUNTERS = {
     "decoded": "iotlink.decoded",
     "dlq": "iotlink.rejected",
     "late": "iotlink.late",
+    "duplicates": "iotlink.duplicates_dropped",
     "alarms": "iotlink.alarms_raised",
 }
 
@@ -101,6 +102,7 @@ class CounterLine:
             f"in {counters['records_in']:>8}",
             f"decoded {counters['decoded']:>8}",
             f"dlq {counters['dlq']:>6}",
+            f"dup {counters['duplicates']:>5}",
             f"late {counters['late']:>5}",
             f"alarms {counters['alarms']:>4}",
             f"{rate:8.0f} rec/s",

@@ -301,8 +301,26 @@ class PublishStats:
 
     sent: int = 0
     invalid: int = 0
+    repeated: int = 0  # messages sent a second time (included in sent)
     errors: int = 0
     applied: int = 0  # shadow commands the devices applied
+
+
+def with_repeats(messages, percent: float, seed: int) -> Iterator[tuple[SimMessage, bool]]:
+    """Yields ``(message, repeated)``: every message, and right after it, for about ``percent``
+    of them, the same message again, as a device or a bridge does when it retries a send whose
+    acknowledgement it did not see. The job drops the second one as a duplicate.
+
+    Args:
+        messages: The messages in sending order.
+        percent: Share of messages sent twice, 0 to 100.
+        seed: Random seed; same seed, same repeats.
+    """
+    rng = random.Random(seed)
+    for message in messages:
+        yield message, False
+        if percent and rng.random() * 100 < percent:
+            yield message, True
 
 
 def kafka_publisher(bootstrap_servers: str, topic: str):
@@ -367,12 +385,14 @@ def write_simulation_file(args, path: str, start_ts: int | None = None) -> Publi
     start = int(time.time() * 1000) if start_ts is None else start_ts
     stats = PublishStats()
     with open(path, "wb") as out:
-        for message in FleetSimulator(fleet, seed=args.seed, interval_ms=tick_ms).messages(start, steps):
+        messages = FleetSimulator(fleet, seed=args.seed, interval_ms=tick_ms).messages(start, steps)
+        for message, repeated in with_repeats(messages, args.repeat, args.seed):
             if args.count and stats.sent >= args.count:
                 break
             out.write(build_envelope(message.envelope(message.device_ts + 500)) + b"\n")
             stats.sent += 1
             stats.invalid += not message.valid
+            stats.repeated += repeated
     return stats
 
 
@@ -426,7 +446,7 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
             if stop is not None and stop.is_set():
                 break
             now_ms = int(time.time() * 1000)
-            for message in sim.tick(now_ms, step % horizon, horizon):
+            for message, repeated in with_repeats(sim.tick(now_ms, step % horizon, horizon), args.repeat, args.seed + step):
                 if args.count and stats.sent >= args.count:
                     break
                 try:
@@ -436,6 +456,7 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
                     continue
                 stats.sent += 1
                 stats.invalid += not message.valid
+                stats.repeated += repeated
             step += 1
             next_tick = started + step * tick_s
             now = time.monotonic()

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
+from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix, with_repeats
 from operators.decode import DecoderRegistry, decode_raw_record
 from operators.topic import parse_device_topic
 
@@ -55,3 +55,17 @@ def test_unknown_profile_or_form_is_refused():
         parse_profile_mix("normal,angry")
     with pytest.raises(ValueError, match="unknown payload form"):
         build_fleet(3, forms=("xml",))
+
+
+def test_repeats_follow_their_original_at_about_the_asked_share():
+    sent = messages(5, devices=50, steps=40)
+    out = list(with_repeats(sent, 10, seed=1))
+    originals = [m for m, repeated in out if not repeated]
+    assert originals == sent
+    for i, (message, repeated) in enumerate(out):
+        if repeated:
+            assert out[i - 1] == (message, False)
+    share = sum(repeated for _, repeated in out) / len(sent)
+    assert 0.07 < share < 0.13, share
+    assert list(with_repeats(sent, 10, seed=1)) == out
+    assert not any(repeated for _, repeated in with_repeats(sent, 0, seed=1))
