@@ -722,12 +722,6 @@ def run(args, settings) -> int:
     """``iotlink bridge http``: serves until Ctrl-C or SIGTERM, then lets running requests finish and exits 0."""
     from iotlink.bridge_commands import RunningService, serve_until_stopped
 
-    try:
-        options_from_args(args, settings)  # a bad option stops here, before anything starts
-    except ValueError as exc:
-        print(f"iotlink bridge http: {exc}", flush=True)
-        return 2
-
     def open_service(settings) -> RunningService:
         options = options_from_args(args, settings)
         ingest = HttpIngest(options)
@@ -748,4 +742,4 @@ def run(args, settings) -> int:
             final=final,
         )
 
-    return serve_until_stopped("http ingest", args, settings, ("kafka",), open_service)
+    return serve_until_stopped("http ingest", args, settings, ("kafka",), open_service, lambda s: options_from_args(args, s))

@@ -400,9 +400,9 @@ def options_from_args(args, settings) -> TcpOptions:
     rule = DeviceIdRule.parse(args.device_id)
     for name, value in (("--max-connections", args.max_connections), ("--window", args.window)):
         if value < 1:
-            raise ValueError(f"bridge tcp: {name} must be positive, got {value}")
+            raise ValueError(f"{name} must be positive, got {value}")
     if args.idle_timeout <= 0:
-        raise ValueError(f"bridge tcp: --idle-timeout must be positive, got {args.idle_timeout}")
+        raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     return TcpOptions(
         bootstrap_servers=settings.bootstrap_servers,
         raw_topic=settings.topics.raw,
@@ -425,12 +425,6 @@ def run(args, settings) -> int:
     """``iotlink bridge tcp``: serves until Ctrl-C or SIGTERM, then drains and exits 0."""
     from iotlink.bridge_commands import RunningService, serve_until_stopped
 
-    try:
-        options_from_args(args, settings)  # a bad option stops here, before anything starts
-    except ValueError as exc:
-        print(f"iotlink bridge tcp: {exc}", flush=True)
-        return 2
-
     def open_service(settings) -> RunningService:
         options = options_from_args(args, settings)
         gateway = TcpGateway(options)
@@ -450,4 +444,4 @@ def run(args, settings) -> int:
             final=final,
         )
 
-    return serve_until_stopped("tcp gateway", args, settings, ("kafka",), open_service)
+    return serve_until_stopped("tcp gateway", args, settings, ("kafka",), open_service, lambda s: options_from_args(args, s))

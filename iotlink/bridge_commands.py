@@ -81,17 +81,26 @@ class RunningService:
 
 
 def serve_until_stopped(label: str, args: argparse.Namespace, settings: Settings, components: tuple[str, ...],
-                        open_service: Callable[[Settings], RunningService]) -> int:
+                        open_service: Callable[[Settings], RunningService],
+                        check_options: Callable[[Settings], object] | None = None) -> int:
     """Runs one bridge until Ctrl-C or SIGTERM: the embedded stack if asked, the per-second
-    status line, then a drain and the last line. Exit code 0.
+    status line, then a drain and the last line. Exit code 0, or 2 for a bad option.
 
     Args:
         label: The bridge's name in the lines it prints (``tcp gateway``, ...).
-        args: The parsed command line (``embedded``, ``status_interval``).
+        args: The parsed command line (``bridge_command``, ``embedded``, ``status_interval``).
         settings: Platform settings (endpoints of the embedded stack replace them).
         components: The embedded-stack components the bridge needs.
         open_service: Starts the bridge for the final settings.
+        check_options: Builds the bridge's options from ``settings``, raising ValueError for a
+            bad one; called before anything starts, so a bad option costs no start-up.
     """
+    if check_options is not None:
+        try:
+            check_options(settings)
+        except ValueError as exc:
+            print(f"iotlink bridge {args.bridge_command}: {exc}", flush=True)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its connection chatter would drown the status lines
     stack = None

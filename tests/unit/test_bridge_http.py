@@ -178,3 +178,20 @@ def test_openapi_document_describes_exactly_the_served_routes():
     # every $ref points at a defined schema
     refs = re.findall(r'"\$ref":"#/components/schemas/([A-Za-z]+)"', orjson.dumps(doc).decode())
     assert refs and set(refs) <= set(doc["components"]["schemas"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bridge", "http", "--embedded"], "iotlink bridge http: no bearer tokens"),
+    (["bridge", "http", "--no-auth", "--max-body-bytes", "0"], "iotlink bridge http: --max-body-bytes and --max-batch-records must be positive"),
+    (["bridge", "tcp", "--embedded", "--idle-timeout", "0"], "iotlink bridge tcp: --idle-timeout must be positive"),
+])
+def test_a_bad_bridge_option_exits_2_before_anything_starts(argv, message, capsys, monkeypatch):
+    import iotlink.stack
+    from iotlink.cli import main
+
+    def no_stack(*_args, **_kwargs):
+        raise AssertionError("the embedded stack was started for a bad option")
+
+    monkeypatch.setattr(iotlink.stack, "EmbeddedStack", no_stack)
+    assert main(argv) == 2
+    assert capsys.readouterr().out.startswith(message)
