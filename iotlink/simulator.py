@@ -218,16 +218,21 @@ class FleetSimulator:
             steps: Number of ticks.
         """
         for step in range(steps):
-            yield from self.tick(start_ts, step, steps)
+            yield from self.tick(start_ts + step * self.interval_ms, step, steps)
 
-    def tick(self, start_ts: int, step: int, total_steps: int) -> Iterator[SimMessage]:
-        """Yields the messages of one tick (silent devices yield nothing)."""
+    def tick(self, tick_ts: int, step: int, total_steps: int) -> Iterator[SimMessage]:
+        """Yields the messages of one tick (silent devices yield nothing).
+
+        Args:
+            tick_ts: Device time of this tick, epoch ms (``late`` devices send earlier times).
+            step: The tick's number, which moves the profiles along (overheat ramp, nodata).
+            total_steps: Ticks the profiles play out over.
+        """
         self._step = step
-        base_ts = start_ts + step * self.interval_ms
         for device in self.devices:
             if device.profile == "nodata" and step >= max(total_steps // 3, 1):
                 continue
-            ts = base_ts
+            ts = tick_ts
             if device.profile == "late":
                 ts -= self._rng.randint(0, 120_000)
             temp, hum = self._reading(device, step, total_steps)

@@ -69,7 +69,7 @@ def test_overheat_critical_command_cool_down_auto_resolved(stack, settings, tmp_
     resolved_at_step = None
     try:
         for step in range(240):
-            for message in sim.tick(start_ts, step, RAMP_STEPS):
+            for message in sim.tick(start_ts + step * sim.interval_ms, step, RAMP_STEPS):
                 key, value = encode_for_kafka(message, int(time.time() * 1000))
                 producer.send(topics.raw, key=key, value=value)
             producer.flush()

@@ -69,3 +69,19 @@ def test_repeats_follow_their_original_at_about_the_asked_share():
     assert 0.07 < share < 0.13, share
     assert list(with_repeats(sent, 10, seed=1)) == out
     assert not any(repeated for _, repeated in with_repeats(sent, 0, seed=1))
+
+
+def test_live_device_times_follow_the_wall_clock(monkeypatch):
+    import argparse
+
+    import iotlink.simulator as simulator
+    from iotlink.config import Settings
+
+    sent = []
+    monkeypatch.setattr(simulator, "kafka_publisher", lambda *_: (lambda message, received_at: sent.append((message, received_at)), lambda: None))
+    args = argparse.Namespace(devices=10, rate=50.0, duration=1.0, count=None, profile="normal", forms="json", seed=1,
+                              target="kafka", mqtt_env="dev", repeat=0.0)
+    stats = simulator.run_simulation(Settings(), args)
+    assert stats.sent == len(sent) == 50
+    # each reading carries the time it was sent at (a tick's messages go out within a few ms)
+    assert max(abs(message.device_ts - received_at) for message, received_at in sent) < 150
