@@ -134,9 +134,9 @@ def _with_stack(args, settings, components):
 
     if not args.embedded:
         return None, settings
-    stack = EmbeddedStack(settings, components)
+    stack = EmbeddedStack(settings, components, share=True)
     stack.start()
-    print("embedded stack started:")
+    print(f"using the embedded stack of process {stack.shared_from}:" if stack.shared_from else "embedded stack started:")
     _print_endpoints(stack.endpoints)
     return stack, stack.settings_with_endpoints()
 
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
-        "up", parents=[common], help="start the embedded stack (Kafka-protocol broker, PostgreSQL, Iceberg, MQTT) until Ctrl-C",
+        "up", parents=[common], help="start the embedded stack (Kafka-protocol broker, PostgreSQL, Iceberg, MQTT, MongoDB) until Ctrl-C",
         description="Start the embedded stack on 127.0.0.1, create the topics, print every endpoint; Ctrl-C stops it all.",
     )
     run = sub.add_parser(

@@ -15,6 +15,7 @@ together.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -183,24 +184,69 @@ def _mqtt_command(port: int, work_dir: Path) -> list[str]:
     return [str(amqtt), "-c", str(conf)]
 
 
+STACK_FILE = "stack.json"  # in the data directory while a stack runs: its owner's pid and endpoints
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _endpoint_port(endpoint: str) -> int | None:
+    from urllib.parse import urlparse
+
+    if endpoint.startswith(("sqlite:", "file:")):
+        return None
+    return urlparse(endpoint if "://" in endpoint else f"tcp://{endpoint}").port
+
+
+def running_stack(data_dir: Path) -> dict | None:
+    """The stack running on ``data_dir`` (``{"pid", "endpoints"}``), or None when none runs
+    there: no file, its owner is gone, or a service of it no longer listens."""
+    try:
+        running = json.loads((data_dir / STACK_FILE).read_text())
+        pid, endpoints = int(running["pid"]), dict(running["endpoints"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ports = [port for port in map(_endpoint_port, endpoints.values()) if port]
+    if not _pid_alive(pid) or any(port_is_free(port) for port in ports):
+        return None
+    return {"pid": pid, "endpoints": endpoints}
+
+
+def _endpoint_keys(component: str) -> tuple[str, ...]:
+    return ("iceberg_catalog", "iceberg_warehouse") if component == "iceberg" else (component,)
+
+
 class EmbeddedStack:
     """Starts and stops the embedded services for a set of settings.
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. With ``share=True`` a
+    stack already running on the same data directory (``iotlink up``, ``iotlink demo``) is used
+    instead when it has every component asked for, so commands can run alongside it; such a
+    stack is left running by :meth:`stop`.
     """
 
-    def __init__(self, settings: Settings, components: tuple[str, ...] = COMPONENTS, quiet: bool = True):
+    def __init__(self, settings: Settings, components: tuple[str, ...] = COMPONENTS, quiet: bool = True, share: bool = False):
         unknown = set(components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown stack components: {sorted(unknown)}")
         self.settings = settings
         self.components = components
         self.quiet = quiet
+        self.share = share
         self.data_dir = settings.data_dir.resolve()
         self._procs: dict[str, subprocess.Popen] = {}
         self.mqtt_broker: str | None = None  # "mosquitto" or "amqtt" once started
         self._postgres: EmbeddedPostgres | None = None
         self.endpoints: dict[str, str] = {}
+        self.shared_from: int | None = None  # pid of the process whose stack is used, when shared
+        self._owns_stack_file = False
 
     def _spawn(self, name: str, args: list[str], port: int, timeout_s: float = 30) -> None:
         if not port_is_free(port):
@@ -218,12 +264,25 @@ class EmbeddedStack:
         Returns:
             Endpoint name -> address.
         """
+        running = running_stack(self.data_dir)
+        if running is not None:
+            keys = [key for component in self.components for key in _endpoint_keys(component)]
+            if self.share and all(key in running["endpoints"] for key in keys):
+                self.shared_from = running["pid"]
+                self.endpoints = {key: running["endpoints"][key] for key in keys}
+                return self.endpoints
+            raise StackError(
+                f"an embedded stack already runs on {self.data_dir} (pid {running['pid']}, "
+                f"{', '.join(running['endpoints'])}): stop it, or give this command another --data-dir"
+            )
         atexit.register(self.stop)  # an interpreter exit must not leave services behind
         try:
             self._start()
         except BaseException:
             self.stop()
             raise
+        (self.data_dir / STACK_FILE).write_text(json.dumps({"pid": os.getpid(), "endpoints": self.endpoints}))
+        self._owns_stack_file = True
         return self.endpoints
 
     def _start(self) -> None:
@@ -305,7 +364,11 @@ class EmbeddedStack:
         return pids
 
     def stop(self) -> None:
-        """Stops every started component; safe to call twice."""
+        """Stops every started component (a shared stack is left to its owner); safe to call twice."""
+        if self._owns_stack_file:
+            (self.data_dir / STACK_FILE).unlink(missing_ok=True)
+            self._owns_stack_file = False
+        self.shared_from = None
         for name in ("mongo", "mqtt", "kafka"):
             proc = self._procs.pop(name, None)
             if proc is not None:

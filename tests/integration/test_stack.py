@@ -53,7 +53,17 @@ def test_stop_leaves_nothing_running(tmp_path):
     stack.start()
     pids = stack.pids()
     assert set(pids) == {"kafka", "postgres", "mqtt", "mongo"}
+    # A command run alongside (iotlink sql --embedded during a demo) uses the running services
+    # and leaves them running; a second owner is refused with the reason.
+    shared = EmbeddedStack(settings, ("kafka", "iceberg", "mongo"), share=True)
+    assert shared.start() == {k: v for k, v in stack.endpoints.items() if k in ("kafka", "iceberg_catalog", "iceberg_warehouse", "mongo")}
+    assert shared.shared_from == os.getpid() and shared.pids() == {}
+    shared.stop()
+    assert stack.pids() == pids and not port_is_free(settings.ports.mongo)
+    with pytest.raises(StackError, match=f"an embedded stack already runs on {tmp_path} \\(pid {os.getpid()}"):
+        EmbeddedStack(settings, ("kafka",)).start()
     stack.stop()
+    assert not (tmp_path / "stack.json").exists()
     for name, pid in pids.items():
         try:
             os.kill(pid, 0)
