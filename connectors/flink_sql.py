@@ -3,7 +3,7 @@
 The DDL files hold placeholders such as ``${bootstrap_servers}`` or ``${scan_telemetry}``;
 :func:`render_catalog` fills them from the same :class:`iotlink.config.Settings` the jobs use,
 so no host, topic or password is ever written into a DDL file by hand. Rendering is pure (no
-network); only :func:`committed_end_offsets` talks to Kafka, to bound reads explicitly.
+network); only :func:`readable_end_offsets` talks to Kafka, to bound reads explicitly.
 
 Placeholders (every one a DDL file may use is in :data:`PLACEHOLDERS`):
 
@@ -27,9 +27,10 @@ CATALOG_DIR = Path(__file__).resolve().parent.parent / "sql" / "flink"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "sql" / "examples"
 KAFKA_TABLE_TOPICS = ("raw", "telemetry", "alarms", "dlq", "notifications")
 PLACEHOLDERS = frozenset(
-    {"bootstrap_servers", "jdbc_options"} | {f"topic_{t}" for t in KAFKA_TABLE_TOPICS} | {f"scan_{t}" for t in KAFKA_TABLE_TOPICS}
+    {"bootstrap_servers", "isolation_level", "jdbc_options"} | {f"topic_{t}" for t in KAFKA_TABLE_TOPICS} | {f"scan_{t}" for t in KAFKA_TABLE_TOPICS}
 )
 STARTUP_MODES = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "group-offsets"}
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 DEFAULT_GROUP_ID = "iotlink-sql"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
@@ -48,15 +49,21 @@ class KafkaScan:
         group_id: Consumer group of the reads.
         end_offsets: Topic name -> partition -> end offset (exclusive). A topic listed here is
             read bounded (``scan.bounded.mode = specific-offsets``) and its queries finish.
+        isolation: ``read_committed`` (only committed transactions: the jobs write their
+            topics exactly-once) or ``read_uncommitted`` (for the embedded broker, whose
+            read_committed view stops at a transaction it failed to close).
     """
 
     startup: str = "earliest"
     group_id: str = DEFAULT_GROUP_ID
     end_offsets: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    isolation: str = "read_committed"
 
     def __post_init__(self) -> None:
         if self.startup not in STARTUP_MODES:
             raise ValueError(f"startup mode must be one of {', '.join(STARTUP_MODES)}, got {self.startup!r}")
+        if self.isolation not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATION_LEVELS)}, got {self.isolation!r}")
 
 
 def sql_string(value: str) -> str:
@@ -130,7 +137,7 @@ def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | N
     """
     scan = scan or KafkaScan()
     topics = settings.topics
-    values: dict[str, str | None] = {"bootstrap_servers": settings.bootstrap_servers}
+    values: dict[str, str | None] = {"bootstrap_servers": settings.bootstrap_servers, "isolation_level": scan.isolation}
     for name in KAFKA_TABLE_TOPICS:
         topic = getattr(topics, name)
         values[f"topic_{name}"] = topic
@@ -266,19 +273,23 @@ def without_comments(statement: str) -> str:
     return text
 
 
-def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int = 1000, timeout_s: float = 60.0) -> dict[str, dict[int, int]]:
-    """Each partition's end offset (last committed record + 1) of every topic, found by reading.
+def readable_end_offsets(bootstrap_servers: str, topics: list[str], read_committed: bool = True, tail: int = 1000,
+                         timeout_s: float = 60.0) -> dict[str, dict[int, int]]:
+    """Each partition's end offset (last readable record + 1) of every topic, found by reading.
 
     The embedded broker's ListOffsets(latest) answer is at or before the real end (it reports
     the last batch's base offset + 1), so it is only where reading starts: each partition is
-    read from ``tail`` offsets before that answer to its end, instead of the whole topic. Only
-    committed records count (``read_committed``, like the tables), so a bounded query never
-    waits on an open transaction. A partition whose tail holds no committed record is read from
-    its beginning.
+    read from ``tail`` offsets before that answer to its end, instead of the whole topic. The
+    answer is asked for the whole log: asked with read_committed it is 0 while a transaction is
+    open, which a running job's transactional sink nearly always has. With ``read_committed``
+    only committed records count, like the tables read them, so a bounded query never waits on
+    an open transaction. A partition whose tail holds no readable record is read from its
+    beginning.
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         topics: Topic names (each must exist).
+        read_committed: Count committed records only (the tables' isolation level).
         tail: How far before the reported end to start reading.
         timeout_s: Hard limit for the whole scan.
 
@@ -289,7 +300,7 @@ def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int =
 
     from connectors.kafka import read_ends_until_idle, reading_consumer
 
-    consumer = reading_consumer(bootstrap_servers, read_committed=True)
+    consumer = reading_consumer(bootstrap_servers, read_committed=read_committed)
     try:
         parts = []
         for topic in topics:
@@ -298,7 +309,11 @@ def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int =
                 raise ValueError(f"topic {topic!r} does not exist on {bootstrap_servers}")
             parts.extend(TopicPartition(topic, p) for p in sorted(found))
         consumer.assign(parts)
-        reported = consumer.end_offsets(parts)
+        log_ends = reading_consumer(bootstrap_servers, read_committed=False)
+        try:
+            reported = log_ends.end_offsets(parts)
+        finally:
+            log_ends.close()
         ends = {tp: 0 for tp in parts}
         pending = [tp for tp in parts if reported.get(tp, 0) > 0]
         from_start = False
@@ -309,7 +324,7 @@ def committed_end_offsets(bootstrap_servers: str, topics: list[str], tail: int =
             consumer.pause(*[tp for tp in parts if tp not in pending])
             consumer.resume(*pending)
             read_ends_until_idle(consumer, ends, deadline)
-            # Nothing committed in the tail: the partition's last records are older, read it whole.
+            # Nothing readable in the tail: the partition's last records are older, read it whole.
             pending = [tp for tp in pending if ends[tp] == 0 and not from_start and reported[tp] > tail]
             from_start = True
         result: dict[str, dict[int, int]] = {topic: {} for topic in topics}

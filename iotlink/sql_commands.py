@@ -27,9 +27,10 @@ from pathlib import Path
 
 from connectors.flink_sql import (
     DEFAULT_GROUP_ID,
+    ISOLATION_LEVELS,
     KAFKA_TABLE_TOPICS,
     KafkaScan,
-    committed_end_offsets,
+    readable_end_offsets,
     render_catalog,
     split_statements,
     without_comments,
@@ -176,15 +177,16 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
     return table_env
 
 
-def kafka_scan(settings: Settings, startup: str = "earliest", group_id: str = DEFAULT_GROUP_ID, bounded: bool = False) -> KafkaScan:
-    """Where the Kafka tables read: with ``bounded``, up to each topic's committed end right now."""
+def kafka_scan(settings: Settings, startup: str = "earliest", group_id: str = DEFAULT_GROUP_ID, bounded: bool = False,
+               isolation: str = "read_committed") -> KafkaScan:
+    """Where and how the Kafka tables read: with ``bounded``, up to each topic's readable end right now."""
     if bounded and startup == "latest":
         raise ValueError("--bounded reads up to the current end, so it needs --startup earliest or group")
     ends = {}
     if bounded:
         topics = [getattr(settings.topics, name) for name in KAFKA_TABLE_TOPICS]
-        ends = committed_end_offsets(settings.bootstrap_servers, topics)
-    return KafkaScan(startup=startup, group_id=group_id, end_offsets=ends)
+        ends = readable_end_offsets(settings.bootstrap_servers, topics, read_committed=isolation == "read_committed")
+    return KafkaScan(startup=startup, group_id=group_id, end_offsets=ends, isolation=isolation)
 
 
 def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_port: int | None = None,
@@ -333,6 +335,10 @@ def add_sql_command(sub, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup", choices=("earliest", "latest", "group"), default="earliest",
                         help="where Kafka reads start: the topic's beginning (default), new records only, or the consumer group's offsets")
     parser.add_argument("--group-id", default=DEFAULT_GROUP_ID, help=f"Kafka consumer group of the reads (default {DEFAULT_GROUP_ID})")
+    parser.add_argument("--isolation", choices=ISOLATION_LEVELS,
+                        help="Kafka isolation level of the tables (default read_committed; read_uncommitted with --embedded: "
+                        "the embedded broker's committed view can stop at a transaction it failed to close, and it shows "
+                        "aborted records either way)")
     parser.add_argument("--max-rows", type=int, metavar="N", help="stop each query after N rows (streaming queries run until Ctrl-C otherwise)")
 
 
@@ -346,7 +352,8 @@ def run_sql_command(args: argparse.Namespace, settings: Settings) -> int:
             from connectors.postgres import apply_migrations
 
             apply_migrations(settings.postgres_url)  # the embedded database starts empty
-        scan = kafka_scan(settings, args.startup, args.group_id, args.bounded)
+        isolation = args.isolation or ("read_uncommitted" if args.embedded else "read_committed")
+        scan = kafka_scan(settings, args.startup, args.group_id, args.bounded, isolation)
         if args.print_catalog:
             catalog = render_catalog(settings, scan)
             for path, reason in catalog.skipped:

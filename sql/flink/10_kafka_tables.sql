@@ -31,7 +31,7 @@ CREATE TABLE raw_envelopes (
   'connector' = 'kafka',
   'topic' = '${topic_raw}',
   'properties.bootstrap.servers' = '${bootstrap_servers}',
-  'properties.isolation.level' = 'read_committed',
+  'properties.isolation.level' = '${isolation_level}',
   ${scan_raw},
   'format' = 'json',
   'json.ignore-parse-errors' = 'true'
@@ -66,7 +66,7 @@ CREATE TABLE telemetry (
   'connector' = 'kafka',
   'topic' = '${topic_telemetry}',
   'properties.bootstrap.servers' = '${bootstrap_servers}',
-  'properties.isolation.level' = 'read_committed',
+  'properties.isolation.level' = '${isolation_level}',
   ${scan_telemetry},
   'format' = 'json',
   'json.ignore-parse-errors' = 'true'
@@ -105,7 +105,7 @@ CREATE TABLE alarms (
   'connector' = 'kafka',
   'topic' = '${topic_alarms}',
   'properties.bootstrap.servers' = '${bootstrap_servers}',
-  'properties.isolation.level' = 'read_committed',
+  'properties.isolation.level' = '${isolation_level}',
   ${scan_alarms},
   'format' = 'json',
   'json.ignore-parse-errors' = 'true'
@@ -141,7 +141,7 @@ CREATE TABLE dlq (
   'connector' = 'kafka',
   'topic' = '${topic_dlq}',
   'properties.bootstrap.servers' = '${bootstrap_servers}',
-  'properties.isolation.level' = 'read_committed',
+  'properties.isolation.level' = '${isolation_level}',
   ${scan_dlq},
   'format' = 'json',
   'json.ignore-parse-errors' = 'true'
@@ -170,7 +170,7 @@ CREATE TABLE notifications (
   'connector' = 'kafka',
   'topic' = '${topic_notifications}',
   'properties.bootstrap.servers' = '${bootstrap_servers}',
-  'properties.isolation.level' = 'read_committed',
+  'properties.isolation.level' = '${isolation_level}',
   ${scan_notifications},
   'format' = 'json',
   'json.ignore-parse-errors' = 'true'

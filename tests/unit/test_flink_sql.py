@@ -105,6 +105,17 @@ def test_bounded_catalog_renders_explicit_end_offsets_per_topic():
     assert text.count("scan.bounded.mode") == 1
 
 
+def test_every_kafka_table_reads_at_the_scan_isolation_level():
+    settings = Settings(postgres_url=None)
+    committed = render_catalog(settings, KafkaScan()).text()
+    uncommitted = render_catalog(settings, KafkaScan(isolation="read_uncommitted")).text()
+    assert committed.count("'properties.isolation.level' = 'read_committed'") == 5
+    assert uncommitted.count("'properties.isolation.level' = 'read_uncommitted'") == 5
+    assert "read_committed" not in uncommitted.replace("read_uncommitted", "")
+    with pytest.raises(ValueError, match="isolation"):
+        KafkaScan(isolation="serializable")
+
+
 def test_split_statements_respects_strings_comments_and_quoted_names():
     script = """-- header; with a semicolon
 SET 'a' = 'x;y';
