@@ -152,8 +152,9 @@ class SqlSession:
         return outcome
 
 
-def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: dict[str, str] | None = None):
-    """A streaming TableEnvironment on the local MiniCluster."""
+def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: dict[str, str] | None = None,
+                     batch: bool = False):
+    """A TableEnvironment on the local MiniCluster: streaming, or batch for bounded reads."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     from jobs.telemetry_job import export_python_path
@@ -161,7 +162,7 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
     # This may start the process's JVM; a job run later in the same process (thread mode)
     # embeds Python in that JVM and only finds pyflink through the PYTHONPATH it started with.
     export_python_path()
-    table_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    table_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode() if batch else EnvironmentSettings.in_streaming_mode())
     config = table_env.get_config()
     conf = {
         "parallelism.default": str(parallelism),
@@ -205,7 +206,8 @@ def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_p
         # Group offsets are committed on checkpoints only.
         checkpoints = (settings.data_dir / "sql-checkpoints").resolve()
         extra = {"execution.checkpointing.interval": "10 s", "execution.checkpointing.dir": checkpoints.as_uri()}
-    session = SqlSession(create_table_env(parallelism, ui_port, extra))
+    # Bounded reads run in batch mode: final tables only (no changelog), and ORDER BY holds.
+    session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=bool(scan.end_offsets)))
     catalog = render_catalog(settings, scan)
     for path, reason in catalog.skipped:
         if report is not None:

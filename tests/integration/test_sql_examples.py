@@ -305,3 +305,21 @@ def test_cli_prints_a_bounded_query_as_a_table(sql_setup, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     readings = sum(r["device_id"] == "dev-d" for r in data["telemetry"])
     assert lines[-4:] == ["device_id | readings", "----------+---------", f"dev-d     | {readings}", "(1 rows)"]
+
+
+
+@pytest.mark.parametrize("direction", ["ASC", "DESC"])
+def test_a_bounded_query_keeps_its_order_by(sql_setup, direction):
+    _settings, session, data = sql_setup
+    result = session.execute(
+        "SELECT device_id, COUNT(*) AS readings, MAX(CAST(metrics['tempC'] AS DOUBLE)) AS max_temp "
+        f"FROM telemetry GROUP BY device_id ORDER BY max_temp {direction}, device_id"
+    )
+    hottest = {}
+    for record in data["telemetry"]:
+        temp = record["metrics"].get("tempC")
+        if temp is not None:
+            hottest[record["device_id"]] = max(hottest.get(record["device_id"], float("-inf")), float(temp))
+    counts = {d: sum(r["device_id"] == d for r in data["telemetry"]) for d in hottest}
+    want = sorted(hottest, key=lambda d: (hottest[d] if direction == "ASC" else -hottest[d], d))
+    assert result.rows == [(d, counts[d], hottest[d]) for d in want]
