@@ -36,6 +36,13 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -
     || echo "bootstrap: could not install mosquitto-clients; the bridge test publishes with paho instead" >&2
 fi
 
+# nc: the README's copy-paste TCP gateway example.
+if ! command -v nc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing netcat (netcat-openbsd) for the TCP example…"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends netcat-openbsd >/dev/null) \
+    || echo "bootstrap: could not install netcat-openbsd; 'sudo apt-get install netcat-openbsd' for the README's nc example" >&2
+fi
+
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   for candidate in python3.11 python3; do
