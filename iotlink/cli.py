@@ -27,7 +27,9 @@ def _connection_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("platform endpoints")
     group.add_argument("--config", metavar="FILE", help="YAML config file (default $IOTLINK_CONFIG)")
-    group.add_argument("--embedded", action="store_true", help="use the embedded stack: the one iotlink up or demo runs on --data-dir, else start one for this command and stop it after")
+    group.add_argument("--embedded", action="store_true",
+                       help="use the embedded stack: the one iotlink up or demo runs on --data-dir, "
+                       "else start one for this command and stop it after")
     group.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
     group.add_argument("--postgres-url", metavar="URL", help="PostgreSQL URL, postgresql://user@host:port/db")
     group.add_argument("--iceberg-catalog", metavar="URI", help="Iceberg catalog: sqlite:///path (SQL catalog) or REST URL")
