@@ -58,7 +58,8 @@ CREATE TABLE devices (
 );
 
 -- Windowed aggregates, one row per (scope, key, metric, window): scope 'device' (key = device id)
--- or 'product' (key = product id). The agg_*_device / agg_*_product views split them.
+-- or 'product' (key = product id). The agg_*_device / agg_*_product views split them. agg_5m and
+-- agg_1h have agg_1m's columns (LIKE copies them; only the table name differs).
 CREATE TABLE agg_1m (
   `scope` STRING,
   `key` STRING,
@@ -83,53 +84,9 @@ CREATE TABLE agg_1m (
   'table-name' = 'agg_1m'
 );
 
-CREATE TABLE agg_5m (
-  `scope` STRING,
-  `key` STRING,
-  metric STRING,
-  window_start BIGINT,
-  product_id STRING,
-  `count` BIGINT,
-  `min` DOUBLE,
-  `max` DOUBLE,
-  `sum` DOUBLE,
-  `avg` DOUBLE,
-  stddev DOUBLE,
-  `first` DOUBLE,
-  first_ts BIGINT,
-  `last` DOUBLE,
-  last_ts BIGINT,
-  window_time AS TO_TIMESTAMP_LTZ(window_start, 3),
-  PRIMARY KEY (`scope`, `key`, metric, window_start) NOT ENFORCED
-) WITH (
-  'connector' = 'jdbc',
-  ${jdbc_options},
-  'table-name' = 'agg_5m'
-);
+CREATE TABLE agg_5m WITH ('table-name' = 'agg_5m') LIKE agg_1m;
 
-CREATE TABLE agg_1h (
-  `scope` STRING,
-  `key` STRING,
-  metric STRING,
-  window_start BIGINT,
-  product_id STRING,
-  `count` BIGINT,
-  `min` DOUBLE,
-  `max` DOUBLE,
-  `sum` DOUBLE,
-  `avg` DOUBLE,
-  stddev DOUBLE,
-  `first` DOUBLE,
-  first_ts BIGINT,
-  `last` DOUBLE,
-  last_ts BIGINT,
-  window_time AS TO_TIMESTAMP_LTZ(window_start, 3),
-  PRIMARY KEY (`scope`, `key`, metric, window_start) NOT ENFORCED
-) WITH (
-  'connector' = 'jdbc',
-  ${jdbc_options},
-  'table-name' = 'agg_1h'
-);
+CREATE TABLE agg_1h WITH ('table-name' = 'agg_1h') LIKE agg_1m;
 
 -- Communication quality per device and 5-minute / 1-hour window of device time.
 CREATE TABLE comm_quality_5m (
@@ -149,22 +106,7 @@ CREATE TABLE comm_quality_5m (
   'table-name' = 'comm_quality_5m'
 );
 
-CREATE TABLE comm_quality_1h (
-  device_id STRING,
-  window_start BIGINT,
-  product_id STRING,
-  received INT,
-  expected INT,
-  missing INT,
-  longest_gap_ms BIGINT,
-  rejected INT,
-  window_time AS TO_TIMESTAMP_LTZ(window_start, 3),
-  PRIMARY KEY (device_id, window_start) NOT ENFORCED
-) WITH (
-  'connector' = 'jdbc',
-  ${jdbc_options},
-  'table-name' = 'comm_quality_1h'
-);
+CREATE TABLE comm_quality_1h WITH ('table-name' = 'comm_quality_1h') LIKE comm_quality_5m;
 
 -- Alarm lifecycle events as stored by the job (the same events as the alarms topic).
 CREATE TABLE alarm_events (

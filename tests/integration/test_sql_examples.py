@@ -323,3 +323,19 @@ def test_a_bounded_query_keeps_its_order_by(sql_setup, direction):
     counts = {d: sum(r["device_id"] == d for r in data["telemetry"]) for d in hottest}
     want = sorted(hottest, key=lambda d: (hottest[d] if direction == "ASC" else -hottest[d], d))
     assert result.rows == [(d, counts[d], hottest[d]) for d in want]
+
+
+def test_each_aggregate_table_reads_its_own_postgresql_table(sql_setup):
+    sql_settings, session, _data = sql_setup
+    aggregates, quality = ("agg_1m", "agg_5m", "agg_1h"), ("comm_quality_5m", "comm_quality_1h")
+    with psycopg.connect(sql_settings.postgres_url, autocommit=True) as conn:
+        for n, table in enumerate(aggregates):
+            conn.execute(f"INSERT INTO {table} (scope, key, metric, window_start, product_id, count, min, max, sum, avg) "
+                         "VALUES ('device', 'like-dev', 'tempC', %s, 'prod-l', %s, 1, 2, 3, 1.5)", (n * 60_000, n + 1))
+        for n, table in enumerate(quality):
+            conn.execute(f"INSERT INTO {table} (device_id, window_start, product_id, received, expected, missing, longest_gap_ms) "
+                         "VALUES ('like-dev', %s, 'prod-l', %s, 10, 1, 5)", (n * 60_000, n + 1))
+    for n, table in enumerate(aggregates):
+        assert session.execute(f"SELECT window_start, `count` FROM {table} WHERE `key` = 'like-dev'").rows == [(n * 60_000, n + 1)]
+    for n, table in enumerate(quality):
+        assert session.execute(f"SELECT window_start, received FROM {table} WHERE device_id = 'like-dev'").rows == [(n * 60_000, n + 1)]
