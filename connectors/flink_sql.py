@@ -323,7 +323,8 @@ def readable_end_offsets(bootstrap_servers: str, topics: list[str], read_committ
                 consumer.seek(tp, 0 if from_start else max(0, reported[tp] - tail))
             consumer.pause(*[tp for tp in parts if tp not in pending])
             consumer.resume(*pending)
-            read_ends_until_idle(consumer, ends, deadline)
+            # Up to the log's end at the start: a running job keeps writing, the end is as of now.
+            read_ends_until_idle(consumer, ends, deadline, targets={tp: reported[tp] for tp in pending})
             # Nothing readable in the tail: the partition's last records are older, read it whole.
             pending = [tp for tp in pending if ends[tp] == 0 and not from_start and reported[tp] > tail]
             from_start = True

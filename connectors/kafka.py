@@ -135,18 +135,28 @@ def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: b
     return consumer, parts
 
 
-def read_ends_until_idle(consumer, ends: dict, deadline: float) -> None:
+def read_ends_until_idle(consumer, ends: dict, deadline: float, targets: Mapping | None = None) -> None:
     """Polls until three polls in a row return nothing (or the deadline), raising ``ends[tp]``
-    to the offset after the last record read of each partition."""
+    to the offset after the last record read of each partition.
+
+    With ``targets`` (partition -> offset), a partition read up to its target is paused, so a
+    topic that is still being written (a running job) does not keep the read going until the
+    deadline.
+    """
+    open_targets = dict(targets or {})
     idle_polls = 0
     while idle_polls < 3 and time.monotonic() < deadline:
         batch = consumer.poll(timeout_ms=700)
-        if not any(batch.values()):
-            idle_polls += 1
-            continue
-        idle_polls = 0
         for tp, records in batch.items():
             ends[tp] = max(ends[tp], records[-1].offset + 1)
+        idle_polls = 0 if any(batch.values()) else idle_polls + 1
+        reached = [tp for tp, target in open_targets.items() if ends[tp] >= target]
+        if reached:
+            consumer.pause(*reached)
+            for tp in reached:
+                del open_targets[tp]
+            if not open_targets:
+                return
 
 
 def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> dict[int, int]:

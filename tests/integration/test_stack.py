@@ -79,3 +79,42 @@ def test_port_in_use_is_a_clear_error(tmp_path, settings):
     busy = Settings(data_dir=tmp_path, ports=StackPorts(kafka=settings.ports.kafka))
     with pytest.raises(StackError, match=f"port {settings.ports.kafka} .* already in use"):
         EmbeddedStack(busy, ("kafka",)).start()
+
+
+def test_end_offsets_of_a_topic_still_being_written_are_found_before_the_deadline(settings):
+    """A bounded SQL query beside a running job: the topic grows while its end is looked for."""
+    import time
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from connectors.flink_sql import readable_end_offsets
+    from connectors.kafka import ensure_topics
+
+    topic = f"growing-{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings.bootstrap_servers, [topic])
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    for i in range(500):
+        producer.send(topic, value=b"%d" % i)
+    producer.flush()
+    stop = threading.Event()
+
+    def keep_writing():
+        while not stop.is_set():
+            producer.send(topic, value=b"more")
+            time.sleep(0.002)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        deadline_s = 40.0
+        started = time.monotonic()
+        ends = readable_end_offsets(settings.bootstrap_servers, [topic], read_committed=False, timeout_s=deadline_s)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        writer.join()
+        producer.close()
+    assert ends[topic][0] >= 500
+    # It stops at the end it found at the start instead of chasing the writer until the deadline.
+    assert took < deadline_s / 2, took
