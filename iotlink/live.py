@@ -83,18 +83,31 @@ class FlinkRest:
 
 @dataclass
 class CounterLine:
-    """Formats one progress line with per-second rates."""
+    """Formats one progress line with per-second rates.
+
+    Flink's REST API refreshes metrics every few seconds, so a counter can read the same twice
+    while records flow: the rate is measured between readings that changed, and a reading that
+    did not change keeps the last rate until it has stood still for ``idle_after_s``.
+    """
 
     started: float = field(default_factory=time.monotonic)
+    idle_after_s: float = 12.0
     _last: tuple[float, int] | None = None
+    _rate: float = 0.0
 
-    def render(self, counters: dict[str, int], completed_checkpoints: int | None, sent: int | None = None) -> str:
-        """Returns the line for the current counters."""
-        now = time.monotonic()
-        rate = 0.0
-        if self._last is not None and now > self._last[0]:
-            rate = (counters["records_in"] - self._last[1]) / (now - self._last[0])
-        self._last = (now, counters["records_in"])
+    def render(self, counters: dict[str, int], completed_checkpoints: int | None, sent: int | None = None,
+               now: float | None = None) -> str:
+        """Returns the line for the current counters (``now``: monotonic seconds, for tests)."""
+        now = time.monotonic() if now is None else now
+        records_in = counters["records_in"]
+        if self._last is None:
+            self._last = (now, records_in)
+        elif records_in != self._last[1] and now > self._last[0]:
+            self._rate = (records_in - self._last[1]) / (now - self._last[0])
+            self._last = (now, records_in)
+        elif now - self._last[0] >= self.idle_after_s:
+            self._rate = 0.0
+        rate = self._rate
         parts = [f"[{now - self.started:6.0f}s]"]
         if sent is not None:
             parts.append(f"sent {sent:>8}")

@@ -94,6 +94,9 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         "rest.port": str(settings.flink.rest_port),
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
+        # The web UI and the live counters read metrics through the REST API, which refreshes
+        # them every 10 s by default: too coarse for a status line printed every 2 s.
+        "metrics.fetcher.update-interval": "2000",
         # A slot per subtask of the widest operator (the source runs one subtask per partition).
         "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, source_parallelism or 1)),
     }
