@@ -110,8 +110,7 @@ def serve_until_stopped(label: str, args: argparse.Namespace, settings: Settings
         stack = EmbeddedStack(settings, components, share=True)
         stack.start()
         settings = stack.settings_with_endpoints()
-        started = "using the embedded stack: " if stack.shared_from else "embedded stack started: "
-        print(started + ", ".join(f"{name} {address}" for name, address in stack.endpoints.items()), flush=True)
+        print(f"{stack.origin}: " + ", ".join(f"{name} {address}" for name, address in stack.endpoints.items()), flush=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

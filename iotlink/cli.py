@@ -138,7 +138,7 @@ def _with_stack(args, settings, components):
         return None, settings
     stack = EmbeddedStack(settings, components, share=True)
     stack.start()
-    print(f"using the embedded stack of process {stack.shared_from}:" if stack.shared_from else "embedded stack started:")
+    print(f"{stack.origin}:")
     _print_endpoints(stack.endpoints)
     return stack, stack.settings_with_endpoints()
 

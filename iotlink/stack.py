@@ -248,6 +248,11 @@ class EmbeddedStack:
         self.shared_from: int | None = None  # pid of the process whose stack is used, when shared
         self._owns_stack_file = False
 
+    @property
+    def origin(self) -> str:
+        """Where the endpoints come from, for the line a command prints before them."""
+        return f"using the embedded stack of process {self.shared_from}" if self.shared_from else "embedded stack started"
+
     def _spawn(self, name: str, args: list[str], port: int, timeout_s: float = 30) -> None:
         if not port_is_free(port):
             raise StackError(f"{name}: port {port} on 127.0.0.1 is already in use (choose another with the port options)")

@@ -58,6 +58,7 @@ def test_stop_leaves_nothing_running(tmp_path):
     shared = EmbeddedStack(settings, ("kafka", "iceberg", "mongo"), share=True)
     assert shared.start() == {k: v for k, v in stack.endpoints.items() if k in ("kafka", "iceberg_catalog", "iceberg_warehouse", "mongo")}
     assert shared.shared_from == os.getpid() and shared.pids() == {}
+    assert shared.origin == f"using the embedded stack of process {os.getpid()}" and stack.origin == "embedded stack started"
     shared.stop()
     assert stack.pids() == pids and not port_is_free(settings.ports.mongo)
     with pytest.raises(StackError, match=f"an embedded stack already runs on {tmp_path} \\(pid {os.getpid()}"):
