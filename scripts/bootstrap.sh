@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Prepares a machine for iotlink: Java 17, the mosquitto MQTT broker, a Python 3.11 virtualenv with
-# the pinned dependencies.
-# Idempotent: does nothing when the venv is already in sync with setup.py and requirements.lock.
+# Prepares a machine for iotlink: Java 17, Maven, the mosquitto MQTT broker, the Java jars of
+# jvm/pom.xml (Apache Kafka, Flink's Kafka/JDBC connectors, Iceberg's Flink runtime) and a Python
+# 3.11 virtualenv with the pinned dependencies.
+# Idempotent: does nothing when the jars match jvm/ and the venv matches setup.py and requirements.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
-if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 11 ]; then
+if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing Java 17 (openjdk-17-jre-headless)…"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
@@ -15,6 +16,31 @@ if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 11 ]; then
     echo "bootstrap: Java 17 is required: run 'sudo apt-get install openjdk-17-jre-headless' (or install any JDK 17 and put java on PATH)" >&2
     exit 1
   fi
+fi
+
+# Maven resolves the jars of jvm/pom.xml from Maven Central.
+if ! command -v mvn >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Maven…"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends maven >/dev/null
+  else
+    echo "bootstrap: Maven 3 is required to fetch the Java jars: run 'sudo apt-get install maven' (or put mvn on PATH)" >&2
+    exit 1
+  fi
+fi
+
+# The jars, into jvm/lib/<module>/ (Maven's cache in jvm/.m2: offline once fetched). A changed
+# pom replaces the whole copy, so no jar of an older version is left beside the new one.
+jar_stamp="jvm/lib/.iotlink-jars"
+jar_want=$(cat jvm/pom.xml jvm/*/pom.xml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$jar_stamp" ] || [ "$(cat "$jar_stamp")" != "$jar_want" ]; then
+  echo "bootstrap: fetching the Java jars of jvm/pom.xml with Maven (first run downloads ~170 MB)…"
+  rm -rf jvm/lib
+  if ! mvn -q -B -Dstyle.color=never -f jvm/pom.xml -Dmaven.repo.local="$PWD/jvm/.m2" package; then
+    echo "bootstrap: 'mvn -f jvm/pom.xml package' failed: Maven Central must be reachable (see the output above)" >&2
+    exit 1
+  fi
+  echo "$jar_want" > "$jar_stamp"
 fi
 
 # Mosquitto is the embedded stack's MQTT broker; without it the stack falls back to amqtt,

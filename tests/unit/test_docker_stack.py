@@ -1,25 +1,29 @@
 """The docker cluster's files, checked without a docker engine: images pinned, every mounted or
 copied file present, ports distinct, Prometheus scraping the Flink reporter, the Grafana
-dashboard reading metrics the job exports, and the connector jars those PyFlink runs with."""
+dashboard reading metrics the job exports, and the Java side (jvm/pom.xml) shared with the embedded stack."""
 
 import ast
-import hashlib
 import json
 import re
-import zipfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pyflink
 import pytest
 import yaml
+
+from connectors.jars import jars_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 OPERATIONS = ROOT / "docs" / "operations.md"
-PYFLINK_LIB = Path(pyflink.__file__).parent / "lib"
-# Jars the job needs on the cluster beyond the Flink distribution: the Kafka connector and its
-# client (with zstd compression), the JDBC connector and the PostgreSQL driver (Flink SQL).
-NEEDED_JARS = {"flink-connector-kafka", "kafka-clients", "zstd-jni", "flink-connector-jdbc-core", "flink-connector-jdbc-postgres", "postgresql"}
+JVM = ROOT / "jvm"
+POM = "{http://maven.apache.org/POM/4.0.0}"
+# Jars the job needs beyond the Flink distribution: the Kafka connector, the JDBC connector and
+# the PostgreSQL driver (Flink SQL), Iceberg's Flink runtime with the Hadoop client, SQLite JDBC.
+NEEDED_ARTIFACTS = {
+    "flink-connector-kafka", "flink-connector-jdbc-core", "flink-connector-jdbc-postgres", "postgresql",
+    "iceberg-flink-runtime-2.0", "hadoop-client-api", "hadoop-client-runtime", "sqlite-jdbc",
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def test_every_mounted_and_copied_file_exists(compose):
     assert mounts >= 4
     dockerfile = dockerfile_of(compose["services"]["jobmanager"])
     context = (DOCKER / compose["services"]["jobmanager"]["build"]["context"]).resolve()
-    copies = re.findall(r"^COPY\s+(.+?)\s+\S+$", dockerfile.read_text(), re.M)
+    copies = re.findall(r"^COPY\s+(?!--from=)(.+?)\s+\S+$", dockerfile.read_text(), re.M)  # not from a build stage
     assert copies
     for sources in copies:
         for source in sources.split():
@@ -146,36 +150,45 @@ def test_dashboard_panels_use_provisioned_datasources_and_exported_metrics():
     assert tables and all(re.search(rf"CREATE TABLE IF NOT EXISTS {t}\b", schema) for t in tables), tables
 
 
-def connector_jars() -> list[tuple[str, str]]:
-    """(sha256, url) per line of docker/flink/connector-jars.txt."""
-    lines = (DOCKER / "flink" / "connector-jars.txt").read_text().splitlines()
-    return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]
+def pom_properties() -> dict[str, str]:
+    root = ET.parse(JVM / "pom.xml").getroot()
+    return {child.tag.removeprefix(POM): child.text for child in root.find(f"{POM}properties")}
 
 
-def jar_version_text(jar: Path) -> str:
-    with zipfile.ZipFile(jar) as archive:
-        return "\n".join(archive.read(n).decode(errors="replace") for n in archive.namelist()
-                         if n == "META-INF/MANIFEST.MF" or n.endswith("version.properties"))
+def pom_dependencies(module: str) -> dict[str, str]:
+    """artifactId -> resolved version of one module's direct dependencies."""
+    properties = pom_properties()
+    root = ET.parse(JVM / module / "pom.xml").getroot()
+    versions = {}
+    for dependency in root.iter(f"{POM}dependency"):
+        version = dependency.find(f"{POM}version").text
+        versions[dependency.find(f"{POM}artifactId").text] = re.sub(r"\$\{([^}]+)\}", lambda m: properties[m[1]], version)
+    return versions
 
 
-def test_connector_jars_are_the_ones_pyflink_runs_with_and_are_checksummed():
-    jars = connector_jars()
-    artifacts = set()
-    for sha256, url in jars:
-        match = re.fullmatch(r"https://repo1\.maven\.org/maven2/(?:[\w.-]+/)+([\w.-]+)/([\w.-]+)/\1-\2\.jar", url)
-        assert match, url
-        artifact, version = match.groups()
-        local = PYFLINK_LIB / f"{artifact}.jar"
-        assert local.is_file(), f"{artifact} is not in {PYFLINK_LIB}"
-        assert re.search(rf"(?:Version: |version=){re.escape(version)}\b", jar_version_text(local)), f"{artifact}: local jar is not {version}"
-        assert hashlib.sha256(local.read_bytes()).hexdigest() == sha256, artifact
-        artifacts.add(artifact)
-    assert artifacts == NEEDED_JARS
+def test_the_pom_pins_every_connector_and_the_bootstrap_copied_exactly_those_jars():
+    wanted = pom_dependencies("flink")
+    assert set(wanted) == NEEDED_ARTIFACTS
+    assert all(re.fullmatch(r"[\w.-]+", version) and "SNAPSHOT" not in version for version in wanted.values()), wanted
+    copied = {jar.name for jar in jars_dir("flink").glob("*.jar")}
+    for artifact, version in wanted.items():
+        assert f"{artifact}-{version}.jar" in copied, f"{artifact} {version} not in {jars_dir('flink')}"
+    # Flink's own classes stay Flink's: no second flink-dist, connector base or Flink core in the job's jars.
+    assert not [name for name in copied if re.match(r"flink-(dist|core|streaming|table|connector-base|runtime)", name)]
+    assert pom_properties()["flink.version"] == "2.0.0" and "apache-flink==2.0.0" in (ROOT / "requirements.lock").read_text()
+
+
+def test_the_docker_image_gets_the_jars_from_the_same_pom_and_kafka_runs_the_same_version(compose):
     dockerfile = (DOCKER / "flink" / "Dockerfile").read_text()
-    assert "COPY docker/flink/connector-jars.txt" in dockerfile and 'sha256sum -c -' in dockerfile
-    # Every download in the Dockerfile goes through the checked list.
-    assert len(re.findall(r"\b(?:curl|wget)\s+-", dockerfile)) == 1 and "https://" not in dockerfile
-    assert re.search(r"^FROM flink:2\.0\.0-", dockerfile, re.M) and "apache-flink==2.0.0" in (ROOT / "requirements.lock").read_text()
+    assert re.search(r"^FROM maven:[\w.-]+ AS jars$", dockerfile, re.M)
+    assert "mvn -q -B -f /build/jvm/pom.xml -pl flink -am package" in dockerfile
+    assert "COPY --from=jars /build/jvm/lib/flink/ /opt/iotlink/jvm/lib/flink/" in dockerfile
+    for pom in ("jvm/pom.xml", "jvm/broker/pom.xml", "jvm/flink/pom.xml"):
+        assert f"COPY {pom} /build/{pom}" in dockerfile
+    assert "https://" not in dockerfile and not re.search(r"\b(?:curl|wget)\s+-", dockerfile)
+    assert re.search(r"^FROM flink:2\.0\.0-", dockerfile, re.M)
+    broker = pom_dependencies("broker")
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{broker['kafka_2.13']}"
 
 
 def test_job_submission_command_references_existing_files(compose):

@@ -1,0 +1,57 @@
+"""Where the platform's Java jars are: the ones ``jvm/pom.xml`` names, copied by the bootstrap
+(``mvn ... package``) into ``jvm/lib/<module>/``.
+
+- ``broker``: Apache Kafka for the embedded stack (a classpath for ``java -cp``);
+- ``flink``: the connector jars every job runs with (``pipeline.jars``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+JVM_DIR = Path(__file__).resolve().parent.parent / "jvm"
+JARS_ENV_VAR = "IOTLINK_JARS_DIR"  # another jvm/lib (a cluster image puts its copy elsewhere)
+SETUP_HINT = "run 'make setup' (scripts/bootstrap.sh resolves jvm/pom.xml with Maven)"
+
+
+class MissingJarsError(RuntimeError):
+    """The jars of a module were never copied (or were removed)."""
+
+
+def jars_dir(module: str) -> Path:
+    """The directory holding one module's jars.
+
+    Args:
+        module: ``broker`` or ``flink`` (a module of ``jvm/pom.xml``).
+    """
+    base = Path(os.environ[JARS_ENV_VAR]) if os.environ.get(JARS_ENV_VAR) else JVM_DIR / "lib"
+    return base / module
+
+
+def module_jars(module: str) -> list[Path]:
+    """Every jar of one module, sorted by name.
+
+    Raises:
+        MissingJarsError: none is there, with the command that fetches them.
+    """
+    jars = sorted(jars_dir(module).glob("*.jar"))
+    if not jars:
+        raise MissingJarsError(f"no {module} jars in {jars_dir(module)}: {SETUP_HINT}")
+    return jars
+
+
+def kafka_broker_classpath() -> str:
+    """The ``java -cp`` value that runs Apache Kafka (``kafka.Kafka``, ``kafka.tools.StorageTool``)."""
+    return os.pathsep.join(str(jar) for jar in module_jars("broker"))
+
+
+def flink_connector_jars() -> list[str]:
+    """The connector jars as ``file://`` URIs, for ``pipeline.jars`` (Kafka, JDBC + PostgreSQL,
+    Iceberg with its Hadoop client, SQLite JDBC)."""
+    return [jar.as_uri() for jar in module_jars("flink")]
+
+
+def pipeline_jars_option() -> str:
+    """The ``pipeline.jars`` value: the connector jars, ``;``-separated as Flink lists them."""
+    return ";".join(flink_connector_jars())
