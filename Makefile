@@ -15,7 +15,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q --durations=15 tests
 
 bench: setup
 	$(VENV)/bin/iotlink bench $(BENCH_ARGS)

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     elapsed, latencies = bench_http(stack, topic, args.messages, args.devices, args.clients)
                     what = f"{args.clients} keep-alive clients; latency request -> 202 after Kafka"
-                stored = len(read_topic(bootstrap, topic, idle_s=5.0, read_committed=False))
+                stored = len(read_topic(bootstrap, topic))
                 print(f"{name}: {args.messages} messages from {args.devices} devices in {elapsed:.1f} s = "
                       f"{args.messages / elapsed:,.0f} msgs/s ({what}); latency {percentiles(latencies)}; "
                       f"in iotlink.raw: {stored}", flush=True)

@@ -3,23 +3,22 @@
 The DDL files hold placeholders such as ``${bootstrap_servers}`` or ``${scan_telemetry}``;
 :func:`render_catalog` fills them from the same :class:`iotlink.config.Settings` the jobs use,
 so no host, topic or password is ever written into a DDL file by hand. Rendering is pure (no
-network); only :func:`readable_end_offsets` talks to Kafka, to bound reads explicitly.
+network).
 
 Placeholders (every one a DDL file may use is in :data:`PLACEHOLDERS`):
 
 - ``${bootstrap_servers}``: Kafka bootstrap servers.
 - ``${topic_<name>}``: the topic names of :class:`iotlink.config.Topics` (raw, telemetry, alarms, dlq, notifications).
 - ``${scan_<name>}``: the Kafka table options that say where a read starts and, for bounded
-  reads, where it ends (``scan.startup.mode``, ``scan.bounded.mode = specific-offsets``, ...).
+  reads, where it ends (``scan.startup.mode``, ``scan.bounded.mode = latest-offset``, ...).
 - ``${jdbc_options}``: ``'url' = 'jdbc:postgresql://…'`` plus the credentials of ``postgres_url``.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -47,16 +46,16 @@ class KafkaScan:
         startup: ``earliest`` (whole topic), ``latest`` (only new records) or ``group``
             (the consumer group's committed offsets, else earliest).
         group_id: Consumer group of the reads.
-        end_offsets: Topic name -> partition -> end offset (exclusive). A topic listed here is
-            read bounded (``scan.bounded.mode = specific-offsets``) and its queries finish.
+        bounded: Every table stops at each partition's end when the query starts
+            (``scan.bounded.mode = latest-offset``: the last stable offset under read_committed),
+            so queries finish.
         isolation: ``read_committed`` (only committed transactions: the jobs write their
-            topics exactly-once) or ``read_uncommitted`` (for the embedded broker, whose
-            read_committed view stops at a transaction it failed to close).
+            topics exactly-once) or ``read_uncommitted`` (also what open transactions hold).
     """
 
     startup: str = "earliest"
     group_id: str = DEFAULT_GROUP_ID
-    end_offsets: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    bounded: bool = False
     isolation: str = "read_committed"
 
     def __post_init__(self) -> None:
@@ -104,24 +103,16 @@ def jdbc_options(postgres_url: str) -> dict[str, str]:
     return options
 
 
-def kafka_scan_options(topic: str, scan: KafkaScan) -> dict[str, str]:
-    """The Kafka table options for where a read of ``topic`` starts and ends.
-
-    A bounded read ends at explicit offsets: the embedded broker reports a wrong end offset for
-    ``latest`` (see DESIGN.md), so ``scan.bounded.mode = latest-offset`` would stop early.
-    """
+def kafka_scan_options(scan: KafkaScan) -> dict[str, str]:
+    """The Kafka table options for where a read starts and ends."""
     options = {
         "scan.startup.mode": STARTUP_MODES[scan.startup],
         "properties.group.id": scan.group_id,
     }
     if scan.startup == "group":
         options["properties.auto.offset.reset"] = "earliest"
-    ends = scan.end_offsets.get(topic)
-    if ends is not None:
-        # Partition 0 at offset 0 when the topic is empty, so the bound is never left open.
-        ends = dict(ends) or {0: 0}
-        options["scan.bounded.mode"] = "specific-offsets"
-        options["scan.bounded.specific-offsets"] = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(ends.items()))
+    if scan.bounded:
+        options["scan.bounded.mode"] = "latest-offset"
     return options
 
 
@@ -141,7 +132,7 @@ def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | N
     for name in KAFKA_TABLE_TOPICS:
         topic = getattr(topics, name)
         values[f"topic_{name}"] = topic
-        values[f"scan_{name}"] = _option_lines(kafka_scan_options(topic, scan))
+        values[f"scan_{name}"] = _option_lines(kafka_scan_options(scan))
     values["jdbc_options"] = _option_lines(jdbc_options(settings.postgres_url)) if settings.postgres_url else None
     return values
 
@@ -271,67 +262,4 @@ def without_comments(statement: str) -> str:
     while text.startswith("/*") and "*/" in text:
         text = text[text.index("*/") + 2 :].strip()
     return text
-
-
-def readable_end_offsets(bootstrap_servers: str, topics: list[str], read_committed: bool = True, tail: int = 1000,
-                         timeout_s: float = 60.0) -> dict[str, dict[int, int]]:
-    """Each partition's end offset (last readable record + 1) of every topic, found by reading.
-
-    The embedded broker's ListOffsets(latest) answer is at or before the real end (it reports
-    the last batch's base offset + 1), so it is only where reading starts: each partition is
-    read from ``tail`` offsets before that answer to its end, instead of the whole topic. The
-    answer is asked for the whole log: asked with read_committed it is 0 while a transaction is
-    open, which a running job's transactional sink nearly always has. With ``read_committed``
-    only committed records count, like the tables read them, so a bounded query never waits on
-    an open transaction. A partition whose tail holds no readable record is read from its
-    beginning.
-
-    Args:
-        bootstrap_servers: Kafka bootstrap servers.
-        topics: Topic names (each must exist).
-        read_committed: Count committed records only (the tables' isolation level).
-        tail: How far before the reported end to start reading.
-        timeout_s: Hard limit for the whole scan.
-
-    Returns:
-        Topic -> partition -> end offset (0 for an empty partition).
-    """
-    from kafka import TopicPartition
-
-    from connectors.kafka import read_ends_until_idle, reading_consumer
-
-    consumer = reading_consumer(bootstrap_servers, read_committed=read_committed)
-    try:
-        parts = []
-        for topic in topics:
-            found = consumer.partitions_for_topic(topic)
-            if not found:
-                raise ValueError(f"topic {topic!r} does not exist on {bootstrap_servers}")
-            parts.extend(TopicPartition(topic, p) for p in sorted(found))
-        consumer.assign(parts)
-        log_ends = reading_consumer(bootstrap_servers, read_committed=False)
-        try:
-            reported = log_ends.end_offsets(parts)
-        finally:
-            log_ends.close()
-        ends = {tp: 0 for tp in parts}
-        pending = [tp for tp in parts if reported.get(tp, 0) > 0]
-        from_start = False
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            for tp in pending:
-                consumer.seek(tp, 0 if from_start else max(0, reported[tp] - tail))
-            consumer.pause(*[tp for tp in parts if tp not in pending])
-            consumer.resume(*pending)
-            # Up to the log's end at the start: a running job keeps writing, the end is as of now.
-            read_ends_until_idle(consumer, ends, deadline, targets={tp: reported[tp] for tp in pending})
-            # Nothing readable in the tail: the partition's last records are older, read it whole.
-            pending = [tp for tp in pending if ends[tp] == 0 and not from_start and reported[tp] > tail]
-            from_start = True
-        result: dict[str, dict[int, int]] = {topic: {} for topic in topics}
-        for tp, end in ends.items():
-            result[tp.topic][tp.partition] = end
-        return result
-    finally:
-        consumer.close()
 

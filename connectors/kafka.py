@@ -15,6 +15,9 @@ DEFAULT_PARTITIONS = {"iotlink.raw": 4}
 # a dead letter repeats the payload: both topics accept records of up to 8 MiB.
 LARGE_RECORD_TOPICS = frozenset({"iotlink.raw", "iotlink.dlq"})
 LARGE_RECORD_BYTES = 8 * 1024 * 1024
+# Records carry the device's time (the jobs' sinks stamp the event time); retention must count from
+# when the broker appended them, or a replay of last month's readings is deleted as it is written.
+TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 
 
 def ensure_platform_topics(bootstrap_servers: str, topics, raw_partitions: int = 4) -> list[str]:
@@ -55,7 +58,9 @@ def ensure_topics(
         created = []
         for name in wanted:
             try:
-                configs = {"max.message.bytes": str(LARGE_RECORD_BYTES)} if name in large_topics else None
+                configs = dict(TOPIC_CONFIGS)
+                if name in large_topics:
+                    configs["max.message.bytes"] = str(LARGE_RECORD_BYTES)
                 admin.create_topics([NewTopic(name, num_partitions=counts.get(name, 1), replication_factor=1, topic_configs=configs)])
                 created.append(name)
             except TopicAlreadyExistsError:
@@ -135,41 +140,21 @@ def _consumer_at_beginning(bootstrap_servers: str, topic: str, read_committed: b
     return consumer, parts
 
 
-def read_ends_until_idle(consumer, ends: dict, deadline: float, targets: Mapping | None = None) -> None:
-    """Polls until three polls in a row return nothing (or the deadline), raising ``ends[tp]``
-    to the offset after the last record read of each partition.
+def end_offsets(bootstrap_servers: str, topic: str, read_committed: bool = False) -> dict[int, int]:
+    """Each partition's end offset now (ListOffsets latest).
 
-    With ``targets`` (partition -> offset), a partition read up to its target is paused, so a
-    topic that is still being written (a running job) does not keep the read going until the
-    deadline.
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topic: The topic.
+        read_committed: The last stable offset instead of the high watermark: where a
+            read_committed reader stops (before the first open transaction).
+
+    Returns:
+        Partition -> offset (an empty topic's partitions map to 0).
     """
-    open_targets = dict(targets or {})
-    idle_polls = 0
-    while idle_polls < 3 and time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=700)
-        for tp, records in batch.items():
-            ends[tp] = max(ends[tp], records[-1].offset + 1)
-        idle_polls = 0 if any(batch.values()) else idle_polls + 1
-        reached = [tp for tp, target in open_targets.items() if ends[tp] >= target]
-        if reached:
-            consumer.pause(*reached)
-            for tp in reached:
-                del open_targets[tp]
-            if not open_targets:
-                return
-
-
-def scan_end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> dict[int, int]:
-    """Finds each partition's end offset (last offset + 1) by reading the topic to its end.
-
-    The embedded broker reports a wrong end offset from ListOffsets(latest), so this reads
-    instead: it stops when a partition returns nothing for a while.
-    """
-    consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed=False)
+    consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed)
     try:
-        ends = {tp: 0 for tp in parts}
-        read_ends_until_idle(consumer, ends, time.monotonic() + timeout_s)
-        return {tp.partition: end for tp, end in ends.items()}
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(parts).items()}
     finally:
         consumer.close()
 
@@ -298,8 +283,8 @@ def string_source_from_start(bootstrap_servers: str, topic: str, group_id: str, 
         .set_starting_offsets(KafkaOffsetsInitializer.earliest())
     )
     if bounded:
-        # Partition 0 at offset 0 when the topic is still empty, so the bound is never open.
-        builder.set_bounded(_offsets_initializer(topic, {0: 0, **scan_end_offsets(bootstrap_servers, topic)}))
+        # The last stable offset of each partition when the job starts.
+        builder.set_bounded(KafkaOffsetsInitializer.latest())
     return builder.build()
 
 
@@ -336,44 +321,35 @@ def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_i
     )
 
 
-READ_STALL_S = 15.0  # longest pause of the broker read_topic waits out before the end it knows of
+def read_topic(bootstrap_servers: str, topic: str, read_committed: bool = True, timeout_s: float = 60.0) -> list[bytes]:
+    """Reads every record value of a topic, from the beginning to its end as of now.
 
-
-def read_topic(
-    bootstrap_servers: str, topic: str, idle_s: float = 2.0, timeout_s: float = 120.0, read_committed: bool = True
-) -> list[bytes]:
-    """Reads every record value of a topic from the beginning (committed only, by default).
-
-    Offsets cannot be counted instead: transaction markers occupy offsets too.
+    Offsets cannot be counted instead: transaction markers occupy offsets too. With
+    ``read_committed`` the end is the last stable offset, so records of open or aborted
+    transactions are neither returned nor waited for.
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         topic: Topic to read.
-        idle_s: Stop after this long without new records.
-        timeout_s: Hard limit.
-        read_committed: Skip records of open or aborted transactions.
+        read_committed: Committed records only (the jobs write their topics exactly-once).
+        timeout_s: Hard limit for reading up to the end.
 
     Returns:
         The record values in partition order.
+
+    Raises:
+        TimeoutError: the end was not reached in time.
     """
     consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed)
     try:
-        # A lower bound of where the log ends: the embedded broker reports the base offset of
-        # the last batch + 1. Until every partition is read that far, a pause of the broker
-        # (a busy machine) is waited out up to READ_STALL_S rather than taken for the end.
-        floor = {tp: offset for tp, offset in consumer.end_offsets(parts).items() if offset}
+        ends = {tp: offset for tp, offset in consumer.end_offsets(parts).items() if offset}
         values: list[bytes] = []
         deadline = time.monotonic() + timeout_s
-        last_data = time.monotonic()
-        while time.monotonic() < deadline:
-            quiet = time.monotonic() - last_data
-            behind = any(consumer.position(tp) < offset for tp, offset in floor.items())
-            if quiet >= (READ_STALL_S if behind else idle_s):
-                break
-            batch = consumer.poll(timeout_ms=500)
-            for records in batch.values():
+        while any(consumer.position(tp) < offset for tp, offset in ends.items()):
+            for records in consumer.poll(timeout_ms=500).values():
                 values.extend(r.value for r in records)
-                last_data = time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: not read to its end {ends} within {timeout_s:.0f}s")
         return values
     finally:
         consumer.close()

@@ -128,12 +128,38 @@ def _start_job(settings: Settings, extra: list[str], log_name: str):
     return start_job_process(settings, extra, settings.data_dir.resolve() / "logs" / log_name)
 
 
+def java_only_ceiling(settings: Settings, start: dict[int, int], stop: dict[int, int], parallelism: int) -> tuple[int, float]:
+    """The same raw offsets read by a Java-only Flink job (Kafka source -> COUNT, batch mode, no
+    Python operator): how fast this machine moves the input at all, the platform's ceiling.
+
+    Returns:
+        (records counted, seconds from submission to the result; the JVM is already up).
+    """
+    from iotlink.sql_commands import create_table_env
+
+    table_env = create_table_env(parallelism=parallelism, batch=True)
+    offsets = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(start.items()))
+    ends = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(stop.items()))
+    table_env.execute_sql(
+        f"""CREATE TEMPORARY TABLE raw_ceiling (payload BYTES) WITH (
+          'connector' = 'kafka', 'topic' = '{settings.topics.raw}',
+          'properties.bootstrap.servers' = '{settings.bootstrap_servers}', 'properties.group.id' = 'iotlink-bench-ceiling',
+          'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{offsets}',
+          'scan.bounded.mode' = 'specific-offsets', 'scan.bounded.specific-offsets' = '{ends}',
+          'format' = 'raw')"""
+    )
+    started = time.monotonic()
+    with table_env.execute_sql("SELECT COUNT(*) FROM raw_ceiling").collect() as rows:
+        counted = next(iter(rows))[0]
+    return counted, time.monotonic() - started
+
+
 def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     """Preloads the raw topic and times the bounded job over it."""
-    from connectors.kafka import scan_end_offsets
+    from connectors.kafka import end_offsets
 
     print(f"machine: {_machine()}")
-    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
     telemetry_before = count_topic(settings.bootstrap_servers, settings.topics.telemetry)
     dlq_before = count_topic(settings.bootstrap_servers, settings.topics.dlq)
     print(f"preloading {args.messages} messages from {args.devices} devices ({args.forms}) …", flush=True)
@@ -163,6 +189,10 @@ def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     telemetry = count_topic(settings.bootstrap_servers, settings.topics.telemetry) - telemetry_before
     dlq = count_topic(settings.bootstrap_servers, settings.topics.dlq) - dlq_before
+    print("running the Java-only pass-through (Kafka source -> COUNT) over the same offsets …", flush=True)
+    counted, ceiling_s = java_only_ceiling(
+        settings, {p: before.get(p, 0) for p in ends}, ends, max(settings.flink.parallelism, len(ends))
+    )
     print()
     print(f"messages           {sent}")
     print(f"telemetry records  {telemetry}")
@@ -172,20 +202,22 @@ def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     print(f"job running time   {job_s:.1f} s (RUNNING -> finished)")
     print(f"throughput         {sent / job_s:.0f} msgs/s while running, {sent / wall:.0f} msgs/s over the whole run")
     print(f"peak memory        {memory.peak_bytes / 2**20:.0f} MiB (job process tree RSS)")
-    return 0 if telemetry + dlq == sent else 1
+    print(f"Java-only ceiling  {counted / ceiling_s:.0f} msgs/s ({counted} records counted in {ceiling_s:.1f} s); "
+          f"the job runs at {sent / job_s / (counted / ceiling_s):.1%} of it")
+    return 0 if telemetry + dlq == sent and counted == sent else 1
 
 
 def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
     """Streams at a fixed rate and reports receive -> telemetry-visible latency percentiles."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from connectors.kafka import scan_end_offsets
+    from connectors.kafka import end_offsets
     from iotlink.cli import stop_job_process
     from iotlink.live import FlinkRest
     from iotlink.simulator import PublishStats, run_simulation
 
     print(f"machine: {_machine()}")
-    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
     start = ",".join(f"{p}={o}" for p, o in sorted(before.items()))
     job_name = f"iotlink-latency-{int(time.time())}"
     proc = _start_job(settings, ["--start-offsets", start, "--job-name", job_name], "bench-latency-job.log")
@@ -199,9 +231,8 @@ def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
         time.sleep(0.5)
     latencies: list[int] = []
     stop = threading.Event()
-    # Start reading telemetry where it ends now (found by scanning: the embedded broker's
-    # "latest" offset is wrong), so every record published from here on is measured.
-    telemetry_ends = scan_end_offsets(settings.bootstrap_servers, settings.topics.telemetry)
+    # Start reading telemetry where it ends now, so every record published from here on is measured.
+    telemetry_ends = end_offsets(settings.bootstrap_servers, settings.topics.telemetry)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False,
     )

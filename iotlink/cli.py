@@ -38,7 +38,12 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--mongo-url", metavar="URL", help="MongoDB/DocumentDB hot layer, mongodb://host:port/database[?options]")
     group.add_argument("--data-dir", metavar="DIR", help="embedded stack data, checkpoints and logs (default ./.iotlink)")
     ports = parent.add_argument_group("embedded stack ports (127.0.0.1)")
-    ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Kafka-protocol broker port (default 19092)")
+    ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Apache Kafka broker port (default 19092)")
+    ports.add_argument(
+        "--kafka-controller-port", type=int, metavar="PORT",
+        help="Kafka's KRaft controller port (default: a free port chosen on the first start, then kept in the data dir)",
+    )
+    ports.add_argument("--kafka-heap", type=int, metavar="MB", help="heap of the embedded Kafka broker in MiB (default 512)")
     ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
     ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
     ports.add_argument("--mongo-port", type=int, metavar="PORT", help="MongoDB wire-protocol server port (default 27117)")
@@ -71,9 +76,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "specs_dir": args.specs_dir,
         "device_registry": args.device_registry,
         "rules_dir": args.rules_dir,
+        "kafka_heap_mb": args.kafka_heap,
     }
     ports = {
-        k: v for k, v in {"kafka": args.kafka_port, "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mongo": args.mongo_port}.items() if v
+        k: v
+        for k, v in {
+            "kafka": args.kafka_port, "kafka_controller": args.kafka_controller_port,
+            "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mongo": args.mongo_port,
+        }.items()
+        if v
     }
     if ports:
         overrides["ports"] = ports

@@ -78,6 +78,8 @@ class StackPorts(_Strict):
     """Ports of the embedded stack on 127.0.0.1."""
 
     kafka: int = Field(19092, ge=1, le=65535)
+    # KRaft controller listener; None: a free port chosen on the first start, then kept.
+    kafka_controller: int | None = Field(None, ge=1, le=65535)
     postgres: int = Field(15432, ge=1, le=65535)
     mqtt: int = Field(11883, ge=1, le=65535)
     mongo: int = Field(27117, ge=1, le=65535)
@@ -145,6 +147,7 @@ class Settings(_Strict):
     rules_dir: Path = Path(__file__).resolve().parent.parent / "rules"
     topics: Topics = Topics()
     ports: StackPorts = StackPorts()
+    kafka_heap_mb: int = Field(512, ge=128, description="heap of the embedded Kafka broker's JVM")
     flink: FlinkSettings = FlinkSettings()
     shadow: ShadowSettings = ShadowSettings()
 

@@ -208,7 +208,7 @@ def _push(args: argparse.Namespace, settings: Settings, metrics) -> int:
     if args.wait > 0:
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
-            for status in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status, idle_s=1, timeout_s=args.wait)):
+            for status in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status)):
                 if status.get("product_id") == loaded.product_id and status.get("version") == loaded.compiled.version:
                     print(f"job: {status['status']}")
                     return EXIT_OK if status["status"] == "accepted" else EXIT_BAD_RULES

@@ -28,13 +28,12 @@ from pathlib import Path
 from connectors.flink_sql import (
     DEFAULT_GROUP_ID,
     ISOLATION_LEVELS,
-    KAFKA_TABLE_TOPICS,
     KafkaScan,
-    readable_end_offsets,
     render_catalog,
     split_statements,
     without_comments,
 )
+from connectors.jars import pipeline_jars_option
 from iotlink.config import Settings
 
 _SET = re.compile(r"^SET\s+'([^']+)'\s*=\s*'((?:[^']|'')*)'\s*$", re.I | re.S)
@@ -171,6 +170,7 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
         "pipeline.name": "iotlink-sql",
+        "pipeline.jars": pipeline_jars_option(),  # the Kafka and JDBC connectors of jvm/pom.xml
         **(extra or {}),
     }
     for key, value in conf.items():
@@ -180,14 +180,10 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
 
 def kafka_scan(settings: Settings, startup: str = "earliest", group_id: str = DEFAULT_GROUP_ID, bounded: bool = False,
                isolation: str = "read_committed") -> KafkaScan:
-    """Where and how the Kafka tables read: with ``bounded``, up to each topic's readable end right now."""
+    """Where and how the Kafka tables read: with ``bounded``, up to each partition's end when the query starts."""
     if bounded and startup == "latest":
         raise ValueError("--bounded reads up to the current end, so it needs --startup earliest or group")
-    ends = {}
-    if bounded:
-        topics = [getattr(settings.topics, name) for name in KAFKA_TABLE_TOPICS]
-        ends = readable_end_offsets(settings.bootstrap_servers, topics, read_committed=isolation == "read_committed")
-    return KafkaScan(startup=startup, group_id=group_id, end_offsets=ends, isolation=isolation)
+    return KafkaScan(startup=startup, group_id=group_id, bounded=bounded, isolation=isolation)
 
 
 def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_port: int | None = None,
@@ -207,7 +203,7 @@ def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_p
         checkpoints = (settings.data_dir / "sql-checkpoints").resolve()
         extra = {"execution.checkpointing.interval": "10 s", "execution.checkpointing.dir": checkpoints.as_uri()}
     # Bounded reads run in batch mode: final tables only (no changelog), and ORDER BY holds.
-    session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=bool(scan.end_offsets)))
+    session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=scan.bounded))
     catalog = render_catalog(settings, scan)
     for path, reason in catalog.skipped:
         if report is not None:
@@ -333,14 +329,14 @@ def add_sql_command(sub, common: argparse.ArgumentParser) -> None:
     what.add_argument("--print-catalog", action="store_true",
                       help="print the rendered catalog DDL (an init file for a Flink distribution's sql-client.sh -i) and exit")
     parser.add_argument("--bounded", action="store_true",
-                        help="read every Kafka topic up to its end at start (explicit offsets): queries finish and print a table")
+                        help="read every Kafka topic up to its end when the query starts (the last committed record under "
+                        "read_committed): queries finish and print a table")
     parser.add_argument("--startup", choices=("earliest", "latest", "group"), default="earliest",
                         help="where Kafka reads start: the topic's beginning (default), new records only, or the consumer group's offsets")
     parser.add_argument("--group-id", default=DEFAULT_GROUP_ID, help=f"Kafka consumer group of the reads (default {DEFAULT_GROUP_ID})")
-    parser.add_argument("--isolation", choices=ISOLATION_LEVELS,
-                        help="Kafka isolation level of the tables (default read_committed; read_uncommitted with --embedded: "
-                        "the embedded broker's committed view can stop at a transaction it failed to close, and it shows "
-                        "aborted records either way)")
+    parser.add_argument("--isolation", choices=ISOLATION_LEVELS, default="read_committed",
+                        help="Kafka isolation level of the tables: read_committed (default: what the jobs' transactions "
+                        "committed) or read_uncommitted (also records of open and aborted transactions)")
     parser.add_argument("--max-rows", type=int, metavar="N", help="stop each query after N rows (streaming queries run until Ctrl-C otherwise)")
 
 
@@ -354,8 +350,7 @@ def run_sql_command(args: argparse.Namespace, settings: Settings) -> int:
             from connectors.postgres import apply_migrations
 
             apply_migrations(settings.postgres_url)  # the embedded database starts empty
-        isolation = args.isolation or ("read_uncommitted" if args.embedded else "read_committed")
-        scan = kafka_scan(settings, args.startup, args.group_id, args.bounded, isolation)
+        scan = kafka_scan(settings, args.startup, args.group_id, args.bounded, args.isolation)
         if args.print_catalog:
             catalog = render_catalog(settings, scan)
             for path, reason in catalog.skipped:

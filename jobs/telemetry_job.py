@@ -28,6 +28,7 @@ if __package__ in (None, ""):
     # Submitted as a file (`flink run -py jobs/telemetry_job.py`): make the project importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from connectors.jars import pipeline_jars_option  # noqa: E402
 from iotlink.config import Settings  # noqa: E402
 
 JOB_NAME = "iotlink-telemetry"
@@ -73,6 +74,8 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
     checkpoint_dir = settings.checkpoint_dir
     conf = {
         "pipeline.name": options.job_name,
+        # Apache's connector jars of jvm/pom.xml; a cluster submission uploads them with the job.
+        "pipeline.jars": pipeline_jars_option(),
         "parallelism.default": str(settings.flink.parallelism),
         "execution.checkpointing.interval": f"{settings.flink.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",

@@ -79,9 +79,11 @@ def stop_with_savepoint(rest, job_id: str, directory, timeout_s: float = 60) -> 
 def with_own_topics(settings, name: str, raw_partitions: int = 4):
     """Settings whose topics are this test's own (``<name>.iotlink.raw`` …), created now.
 
-    The embedded broker never times out a transaction a cancelled job left open, and an open
-    transaction hides every later record of its partition from read_committed readers; tests
-    that share topics could hide each other's output. Own topics keep each test's result its own.
+    A job cancelled while a checkpoint is in flight leaves that checkpoint's pre-committed Kafka
+    transaction open until ``transaction.timeout.ms`` (Kafka's rule: only a producer with the same
+    transactional id fences it sooner), and an open transaction holds back every later record of
+    its partition from read_committed readers. Tests that cancel jobs on shared topics could
+    delay each other's output; own topics keep each test's result its own.
     """
     from connectors.kafka import ensure_platform_topics
     from iotlink.config import Topics

@@ -8,7 +8,7 @@ import pytest
 from job_runs import with_own_topics
 from kafka import KafkaProducer
 
-from connectors.kafka import read_topic, scan_end_offsets
+from connectors.kafka import end_offsets, read_topic
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from jobs.telemetry_job import RunOptions, rules_factory_for, run_telemetry_job
 from operators.rule_loading import load_rule_sets, replay
@@ -21,7 +21,7 @@ RECEIVED = START + 200_000
 def test_overheating_devices_raise_the_same_alarms_in_flink_and_in_replay(settings, tmp_path):
     settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path}), "it-alarms")
     assert rules_factory_for(settings) is not None
-    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
     fleet = build_fleet(24, profiles=parse_profile_mix("normal=50,overheat=25,late=25"), forms=("json",), seed=3)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
     ends = dict(before)

@@ -26,7 +26,7 @@ from job_runs import run_until_caught_up, stop_with_savepoint, with_own_topics
 from kafka import KafkaProducer
 
 from connectors.iceberg import committed_markers, open_catalog
-from connectors.kafka import scan_end_offsets
+from connectors.kafka import end_offsets
 from connectors.mongo import init_collections, open_database
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from jobs.telemetry_job import RunOptions, run_telemetry_job
@@ -139,7 +139,7 @@ def test_stop_with_savepoint_and_resume_without_loss_or_duplicates(settings, mon
     start = 1_756_653_767_000 + 41 * 86_400_000
     fleet = build_fleet(30, forms=("json", "hex", "csv"), profiles=parse_profile_mix("normal=60,overheat=10,late=20,garbage=10"), seed=43)
     first, ends = produce(settings, fleet, start, 60, seed=43)
-    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
     partitions = sorted(set(before) | set(ends))
     savepoint = run_until_caught_up(
         settings, RunOptions(start_offsets={p: 0 for p in partitions}, job_name="it-eo-savepoint"), len(first),

@@ -8,7 +8,7 @@ import pytest
 from job_runs import run_until_caught_up, with_own_topics
 from kafka import KafkaProducer
 
-from connectors.kafka import read_topic, scan_end_offsets
+from connectors.kafka import end_offsets, read_topic
 from iotlink.cli import main
 from jobs.telemetry_job import RunOptions
 from operators.envelope import RawEnvelope, build_envelope
@@ -45,7 +45,7 @@ def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp
     config = tmp_path / "iotlink.yaml"
     config.write_text(orjson.dumps({"topics": settings.topics.model_dump()}).decode())
     device = "push-dev-1"
-    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
     # A device's records are evaluated once its newer records are 5 s (the bound) past them, so
     # each batch ends with a cool reading that moves the device's time on.
     first = send_readings(settings, device, [(0, 70.0), (1, 70.0), (2, 70.0), (3, 70.0), (20, 20.0)])
@@ -57,7 +57,7 @@ def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp
     endpoint = ["--bootstrap-servers", settings.bootstrap_servers, "--config", str(config)]
 
     def ours():
-        return [e for e in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.alarms, idle_s=1)) if e["device_id"] == device]
+        return [e for e in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.alarms)) if e["device_id"] == device]
 
     def while_running(rest, job_id):
         # Under the file's rule (tempC > 80) the first readings raise nothing.
@@ -68,7 +68,7 @@ def test_pushed_rule_set_takes_over_and_an_invalid_one_is_rejected(settings, tmp
         producer.send(settings.topics.rules, key=b"prod-a", value=orjson.dumps(bad)).get(30)
         producer.close()
         rejected = wait_for(
-            lambda: [s for s in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status, idle_s=1))
+            lambda: [s for s in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status))
                      if s["status"] == "rejected" and b"bad-3" in s["message"].encode()],
             90, "the rejected status",
         )

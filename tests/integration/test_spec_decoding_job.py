@@ -1,4 +1,4 @@
-"""The telemetry job decoding every shipped spec on the MiniCluster and the embedded broker.
+"""The telemetry job decoding every shipped spec on the MiniCluster and the embedded Apache Kafka.
 
 Payloads of all client formats (length-based, key-value, hybrid with separator bytes inside
 data, CSV with bad rows, the fire sensor's binary frame with CRC and its JSON form) plus
@@ -16,7 +16,7 @@ import pytest
 from job_runs import run_until_caught_up, with_own_topics
 from kafka import KafkaProducer
 
-from connectors.kafka import read_topic, scan_end_offsets
+from connectors.kafka import end_offsets, read_topic
 from jobs.telemetry_job import RunOptions, decoder_registry_factory
 from operators.checksums import crc16_modbus
 from operators.decode import decode_raw_record
@@ -99,7 +99,7 @@ def _dead_key(letter):
 def test_job_decodes_every_shipped_spec_and_dead_letters_the_rest(spec_settings):
     settings = spec_settings
     topics = settings.topics
-    before = scan_end_offsets(settings.bootstrap_servers, topics.raw)
+    before = end_offsets(settings.bootstrap_servers, topics.raw)
 
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10, max_request_size=8 * 1024 * 1024)
     values = []
@@ -142,8 +142,8 @@ def test_job_decodes_every_shipped_spec_and_dead_letters_the_rest(spec_settings)
     ours = range(RECEIVED, RECEIVED + len(values))
 
     def outputs():
-        records = [orjson.loads(v) for v in read_topic(settings.bootstrap_servers, topics.telemetry, idle_s=1)]
-        dead_values = [v for v in read_topic(settings.bootstrap_servers, topics.dlq, idle_s=1) if orjson.loads(v)["received_at"] in ours]
+        records = [orjson.loads(v) for v in read_topic(settings.bootstrap_servers, topics.telemetry)]
+        dead_values = [v for v in read_topic(settings.bootstrap_servers, topics.dlq) if orjson.loads(v)["received_at"] in ours]
         return Counter(_telemetry_key(r) for r in records if r["ingest_ts"] in ours), dead_values
 
     def committed():
@@ -152,8 +152,8 @@ def test_job_decodes_every_shipped_spec_and_dead_letters_the_rest(spec_settings)
 
     partitions = sorted(before) or [0, 1, 2, 3]
     options = RunOptions(start_offsets={p: before.get(p, 0) for p in partitions}, job_name="it-specs")
-    # Cancel only once all output is visibly committed: a cancel can overtake the last commit, and
-    # the DLQ sink commits its own transactions, a moment after the telemetry sink.
+    # Cancel once all output is committed (the DLQ sink commits its own transactions, a moment
+    # after the telemetry sink).
     metric_counts = run_until_caught_up(settings, options, len(values), while_running=spec_counters_settled, until=committed)
 
     got_telemetry, dead_values = outputs()

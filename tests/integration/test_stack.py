@@ -82,40 +82,75 @@ def test_port_in_use_is_a_clear_error(tmp_path, settings):
         EmbeddedStack(busy, ("kafka",)).start()
 
 
-def test_end_offsets_of_a_topic_still_being_written_are_found_before_the_deadline(settings):
-    """A bounded SQL query beside a running job: the topic grows while its end is looked for."""
-    import time
+def test_read_committed_sees_the_committed_transaction_only(settings):
+    """A transactional producer aborts one transaction and commits another: a read_committed
+    reader gets the committed records only, and the topic's readable end is found at once."""
     import uuid
 
     from kafka import KafkaProducer
 
-    from connectors.flink_sql import readable_end_offsets
-    from connectors.kafka import ensure_topics
+    from connectors.kafka import end_offsets, ensure_topics, read_topic
 
-    topic = f"growing-{uuid.uuid4().hex[:8]}"
+    topic = f"transactions-{uuid.uuid4().hex[:8]}"
     ensure_topics(settings.bootstrap_servers, [topic])
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
-    for i in range(500):
-        producer.send(topic, value=b"%d" % i)
-    producer.flush()
-    stop = threading.Event()
-
-    def keep_writing():
-        while not stop.is_set():
-            producer.send(topic, value=b"more")
-            time.sleep(0.002)
-
-    writer = threading.Thread(target=keep_writing)
-    writer.start()
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, transactional_id=f"{topic}-producer")
     try:
-        deadline_s = 40.0
-        started = time.monotonic()
-        ends = readable_end_offsets(settings.bootstrap_servers, [topic], read_committed=False, timeout_s=deadline_s)
-        took = time.monotonic() - started
+        producer.init_transactions()
+        producer.begin_transaction()
+        for i in range(5):
+            producer.send(topic, value=b"aborted-%d" % i)
+        producer.flush()
+        producer.abort_transaction()
+        producer.begin_transaction()
+        for i in range(3):
+            producer.send(topic, value=b"committed-%d" % i)
+        producer.commit_transaction()
+        # An open transaction after them: neither read nor waited for by read_committed readers.
+        producer.begin_transaction()
+        producer.send(topic, value=b"open").get(10)
+        producer.flush()
+        assert read_topic(settings.bootstrap_servers, topic, timeout_s=20) == [b"committed-0", b"committed-1", b"committed-2"]
+        everything = read_topic(settings.bootstrap_servers, topic, read_committed=False, timeout_s=20)
+        assert everything == [*(b"aborted-%d" % i for i in range(5)), b"committed-0", b"committed-1", b"committed-2", b"open"]
+        # Log end: 5 aborted + marker + 3 committed + marker + 1 open = 11; stable end before the open one.
+        assert end_offsets(settings.bootstrap_servers, topic) == {0: 11}
+        assert end_offsets(settings.bootstrap_servers, topic, read_committed=True) == {0: 10}
+        producer.abort_transaction()
     finally:
-        stop.set()
-        writer.join()
         producer.close()
-    assert ends[topic][0] >= 500
-    # It stops at the end it found at the start instead of chasing the writer until the deadline.
-    assert took < deadline_s / 2, took
+
+
+def test_a_restarted_stack_keeps_its_topics_and_records(tmp_path):
+    """The broker's log lives in the data directory: topics, records and committed group offsets
+    survive a stop and a start (the same ports, chosen again from the remembered controller port)."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from connectors.kafka import read_topic
+
+    settings = Settings(data_dir=tmp_path, ports=StackPorts(kafka=free_port()))
+    stack = EmbeddedStack(settings, ("kafka",))
+    stack.start()
+    try:
+        bootstrap = stack.endpoints["kafka"]
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        for i in range(100):
+            producer.send(settings.topics.telemetry, value=b"%d" % i)
+        producer.close()
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="keeps-offsets", enable_auto_commit=False)
+        consumer.commit({TopicPartition(settings.topics.telemetry, 0): OffsetAndMetadata(42, "", -1)})
+        consumer.close()
+        controller = (tmp_path / "kafka" / "controller.port").read_text().strip()
+    finally:
+        stack.stop()
+    assert port_is_free(settings.ports.kafka)
+    stack = EmbeddedStack(settings, ("kafka",))
+    stack.start()
+    try:
+        assert (tmp_path / "kafka" / "controller.port").read_text().strip() == controller
+        assert read_topic(stack.endpoints["kafka"], settings.topics.telemetry) == [b"%d" % i for i in range(100)]
+        consumer = KafkaConsumer(bootstrap_servers=stack.endpoints["kafka"], group_id="keeps-offsets", enable_auto_commit=False)
+        assert consumer.committed(TopicPartition(settings.topics.telemetry, 0)) == 42
+        consumer.close()
+    finally:
+        stack.stop()

@@ -11,7 +11,7 @@ from aggregate_checks import aggregate_differences, decoded_records, expected_ag
 from job_runs import with_own_topics
 from kafka import KafkaProducer
 
-from connectors.kafka import read_topic, scan_end_offsets
+from connectors.kafka import end_offsets, read_topic
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from jobs.telemetry_job import RunOptions, decoder_registry_factory, run_telemetry_job
 from operators.comm_quality import COMM_SIZES
@@ -58,7 +58,7 @@ def test_postgres_aggregates_equal_an_independent_computation(settings, tmp_path
         for d in fleet
     ))
     settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path, "device_registry": str(registry)}), "it-windows")
-    before = scan_end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
     values, futures = [], []
     messages = list(FleetSimulator(fleet, seed=31, interval_ms=INTERVAL_MS).messages(START, 200))  # 400 s of device time

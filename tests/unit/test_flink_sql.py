@@ -82,27 +82,25 @@ def test_jdbc_options_without_password_put_the_user_in_the_url():
 
 
 def test_scan_options_for_each_startup_mode_and_bounded_reads():
-    assert kafka_scan_options("t", KafkaScan()) == {"scan.startup.mode": "earliest-offset", "properties.group.id": "iotlink-sql"}
-    assert kafka_scan_options("t", KafkaScan(startup="latest"))["scan.startup.mode"] == "latest-offset"
-    group = kafka_scan_options("t", KafkaScan(startup="group", group_id="g1"))
+    assert kafka_scan_options(KafkaScan()) == {"scan.startup.mode": "earliest-offset", "properties.group.id": "iotlink-sql"}
+    assert kafka_scan_options(KafkaScan(startup="latest"))["scan.startup.mode"] == "latest-offset"
+    group = kafka_scan_options(KafkaScan(startup="group", group_id="g1"))
     assert group == {"scan.startup.mode": "group-offsets", "properties.group.id": "g1", "properties.auto.offset.reset": "earliest"}
-    bounded = kafka_scan_options("t", KafkaScan(end_offsets={"t": {1: 7, 0: 42}, "u": {0: 1}}))
-    assert bounded["scan.bounded.mode"] == "specific-offsets"
-    assert bounded["scan.bounded.specific-offsets"] == "partition:0,offset:42;partition:1,offset:7"
-    empty = kafka_scan_options("t", KafkaScan(end_offsets={"t": {}}))
-    assert empty["scan.bounded.specific-offsets"] == "partition:0,offset:0"
-    assert "scan.bounded.mode" not in kafka_scan_options("other", KafkaScan(end_offsets={"t": {0: 1}}))
+    bounded = kafka_scan_options(KafkaScan(bounded=True))
+    assert bounded["scan.bounded.mode"] == "latest-offset"
+    assert "scan.bounded.mode" not in kafka_scan_options(KafkaScan())
     with pytest.raises(ValueError, match="startup mode"):
         KafkaScan(startup="timestamp")
 
 
-def test_bounded_catalog_renders_explicit_end_offsets_per_topic():
+def test_bounded_catalog_bounds_every_kafka_table_at_its_latest_offset():
     settings = Settings(postgres_url=None)
-    text = render_catalog(settings, KafkaScan(end_offsets={"iotlink.dlq": {0: 5}})).text()
+    text = render_catalog(settings, KafkaScan(bounded=True)).text()
     dlq = text[text.index("CREATE TABLE dlq"):]
     dlq = dlq[: dlq.index(");")]
-    assert "'scan.bounded.specific-offsets' = 'partition:0,offset:5'" in dlq
-    assert text.count("scan.bounded.mode") == 1
+    assert "'scan.bounded.mode' = 'latest-offset'" in dlq
+    assert text.count("'scan.bounded.mode' = 'latest-offset'") == 5
+    assert "scan.bounded" not in render_catalog(settings, KafkaScan()).text()
 
 
 def test_every_kafka_table_reads_at_the_scan_isolation_level():
