@@ -532,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     from iotlink.sql_commands import add_sql_command
 
     add_sql_command(sub, common)
+    add_cluster_commands(sub, common)
     return parser
 
 
@@ -813,6 +814,108 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"iotlink {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def add_cluster_commands(sub, common: argparse.ArgumentParser) -> None:
+    """Adds ``iotlink cluster up`` and ``iotlink cluster down`` (a local standalone Flink cluster)."""
+    from iotlink.cluster import DEFAULT_JOBMANAGER_MEMORY, DEFAULT_SLOTS, DEFAULT_TASKMANAGER_MEMORY, DEFAULT_TASKMANAGERS
+
+    cluster = sub.add_parser(
+        "cluster", help="a local standalone Flink cluster (JobManager + TaskManagers) for 'flink run -py' submissions",
+        description="Run a standalone Flink session cluster from the PyFlink distribution on 127.0.0.1 (one JobManager "
+        "and separate TaskManager processes), to submit the telemetry job with 'flink run -py' as on a real cluster.",
+    )
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    up = cluster_sub.add_parser(
+        "up", parents=[common], help="start the cluster, print the web UI and the flink run command; Ctrl-C stops it",
+        description="Start the JobManager and the TaskManagers with a configuration generated under "
+        "<data-dir>/cluster (conf/config.yaml, logs in log/), wait until every TaskManager registered, then print "
+        "the web UI address and the exact 'flink run -py' command lines that submit, stop (with a savepoint) and "
+        "resubmit the telemetry job against the current settings. Runs until Ctrl-C or 'iotlink cluster down'. "
+        "The REST API and web UI listen on --ui-port; checkpoints go to <data-dir>/checkpoints, savepoints to "
+        "<data-dir>/savepoints. With --embedded the job's Kafka is the embedded broker (the one 'iotlink up' runs "
+        "on --data-dir, else one started for as long as the cluster runs).",
+    )
+    up.add_argument("--taskmanagers", type=int, default=DEFAULT_TASKMANAGERS, metavar="N",
+                    help=f"TaskManager processes (default {DEFAULT_TASKMANAGERS})")
+    up.add_argument("--slots", type=int, default=DEFAULT_SLOTS, metavar="N",
+                    help=f"task slots per TaskManager (default {DEFAULT_SLOTS}; the telemetry job needs one slot per raw "
+                    "partition, 4 by default, in all)")
+    up.add_argument("--taskmanager-memory", default=DEFAULT_TASKMANAGER_MEMORY, metavar="SIZE",
+                    help=f"process memory of each TaskManager, e.g. 2048m or 3g (default {DEFAULT_TASKMANAGER_MEMORY})")
+    up.add_argument("--jobmanager-memory", default=DEFAULT_JOBMANAGER_MEMORY, metavar="SIZE",
+                    help=f"process memory of the JobManager (default {DEFAULT_JOBMANAGER_MEMORY})")
+    up.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
+                    help="give up when the cluster is not ready after S seconds (default 120)")
+    down = cluster_sub.add_parser(
+        "down", help="stop the cluster that 'iotlink cluster up' runs on --data-dir",
+        description="Stop the cluster started by 'iotlink cluster up' on the same data directory: its process is asked "
+        "to stop (SIGTERM), and any JobManager or TaskManager of it still running afterwards is terminated. "
+        "Running jobs end with it (stop them with a savepoint first to resume them later).",
+    )
+    down.add_argument("--data-dir", metavar="DIR", help="the data directory of the running cluster (default $IOTLINK_DATA_DIR or ./.iotlink)")
+    down.add_argument("--config", metavar="FILE", help="YAML config file whose data_dir to use (default $IOTLINK_CONFIG)")
+    down.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                      help="seconds to wait for each step of the shutdown before killing what is left (default 30)")
+
+
+def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    """Starts a local standalone Flink cluster until Ctrl-C (``up``), or stops the one running (``down``)."""
+    from iotlink.cluster import ClusterError, FlinkCluster, shell_line, stop_running_cluster, telemetry_job_arguments
+    from jobs.telemetry_job import JOB_NAME
+
+    if args.cluster_command == "down":
+        data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir
+        stopped = stop_running_cluster(data_dir, timeout_s=args.timeout)
+        if stopped is None:
+            print(f"no Flink cluster runs on {data_dir.resolve()}")
+            return 1
+        print(f"stopped the Flink cluster of process {stopped['pid']} ({stopped['rest_url']}): "
+              f"{', '.join(f'{name} {pid}' for name, pid in stopped['processes'].items())}")
+        return 0
+    stack, settings = _with_stack(args, settings, ("kafka",))
+    cluster = FlinkCluster(
+        settings.data_dir, rest_port=settings.flink.rest_port, taskmanagers=args.taskmanagers, slots=args.slots,
+        jobmanager_memory=args.jobmanager_memory, taskmanager_memory=args.taskmanager_memory, startup_timeout_s=args.startup_timeout,
+    )
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        try:
+            cluster.start()
+        except ClusterError as exc:
+            print(f"iotlink cluster up: {exc}", file=sys.stderr)
+            return 1
+        job_args = telemetry_job_arguments(settings, config_file=args.config, job_name=JOB_NAME)
+        script = str(Path(__file__).resolve().parent.parent / "jobs" / "telemetry_job.py")
+        print(f"Flink cluster is up: 1 JobManager, {args.taskmanagers} TaskManagers x {args.slots} slots "
+              f"(pids {', '.join(map(str, cluster.pids().values()))})")
+        print(f"  web UI      {cluster.rest_url}")
+        print(f"  config      {cluster.conf_dir / 'config.yaml'}")
+        print(f"  logs        {cluster.log_dir}")
+        print(f"  savepoints  {cluster.savepoint_dir}")
+        print("Submit the telemetry job:")
+        print(f"  {shell_line(cluster.flink_command('run', '-d', '-py', script, *job_args))}")
+        print("Stop it with a savepoint (prints the savepoint path):")
+        print(f"  {shell_line(cluster.flink_command('stop', '--savepointPath', cluster.savepoint_dir.as_uri()))} <job-id>")
+        print("Resubmit from that savepoint:")
+        print(f"  {shell_line(cluster.flink_command('run', '-d', '-s', '<savepoint-path>', '-py', script, *job_args))}")
+        print(f"Press Ctrl-C to stop the cluster (or: iotlink cluster down --data-dir {cluster.data_dir}).", flush=True)
+        expected = len(cluster.pids())
+        while len(cluster.pids()) == expected:
+            time.sleep(1)
+        print(f"iotlink cluster up: a cluster process exited; logs in {cluster.log_dir}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nstopping the Flink cluster…")
+    finally:
+        cluster.stop()
+        if stack is not None:
+            stack.stop()
+    print("stopped: no JobManager or TaskManager left running")
+    return 0
+
+
+COMMANDS["cluster"] = cmd_cluster
 
 
 if __name__ == "__main__":

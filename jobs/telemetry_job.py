@@ -103,6 +103,11 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         # A slot per subtask of the widest operator (the source runs one subtask per partition).
         "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, source_parallelism or 1)),
     }
+    if submitted_by_flink_cli():
+        # The cluster's own config.yaml says where its REST API is and how many slots it has;
+        # these keys are for the local MiniCluster only.
+        for key in ("rest.port", "rest.address", "rest.bind-address", "metrics.fetcher.update-interval", "taskmanager.numberOfTaskSlots"):
+            del conf[key]
     if options.prometheus_port is not None:
         # Locally the reporter jar comes from pyflink/plugins (export_reporter_classpath); a
         # cluster configures its reporter in its own config.yaml instead (docker/).
@@ -114,6 +119,14 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", options.restore_from) is not None
         conf["execution.state-recovery.path"] = options.restore_from if has_scheme else path.resolve().as_uri()
     return conf
+
+
+def submitted_by_flink_cli() -> bool:
+    """True when this program runs under ``flink run -py`` (the Flink CLI starts the JVM gateway
+    and hands its port to Python), False on the local MiniCluster (``iotlink run``)."""
+    import os
+
+    return "PYFLINK_GATEWAY_PORT" in os.environ
 
 
 def build_telemetry_pipeline(
@@ -762,10 +775,29 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``flink run -py jobs/telemetry_job.py [options]``."""
+    """Entry point for ``flink run -py jobs/telemetry_job.py [options]``.
+
+    Attached (``flink run``) the client waits for the job as ``iotlink run`` does; detached
+    (``flink run -d``) it returns once the job is submitted.
+    """
     from iotlink.cli import main as cli_main
 
-    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
+    args = sys.argv[1:] if argv is None else argv
+    if submitted_by_flink_cli():
+        from pyflink.datastream import StreamExecutionEnvironment
+
+        from iotlink.cli import build_parser, settings_from_args
+
+        cli_conf = StreamExecutionEnvironment.get_execution_environment()._j_stream_execution_environment.getConfiguration()
+        if cli_conf.toMap().get("execution.attached") == "false":
+            # run_telemetry_job would wait for the job's end (the CLI process with it), and a
+            # Ctrl-C there would cancel the job that was meant to run detached.
+            parsed = build_parser().parse_args(["run", *args])
+            options = options_from_args(parsed)
+            client = create_job(settings_from_args(parsed), options).execute_async(options.job_name)
+            print(f"telemetry job '{options.job_name}' submitted (detached): {client.get_job_id()}", flush=True)
+            return 0
+    return cli_main(["run", *args])
 
 
 if __name__ == "__main__":
