@@ -1,5 +1,9 @@
 """One embedded stack (broker, PostgreSQL, Iceberg catalog, MQTT, MongoDB wire protocol) shared by the integration tests."""
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from iotlink.config import Settings, StackPorts
@@ -7,17 +11,23 @@ from iotlink.stack import EmbeddedStack, free_port
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("iotlink-stack")
+def stack():
+    # Not under pytest's own temporary root: every pytest session that starts (another run on the
+    # same machine) makes /tmp/pytest-of-<user> private again, and the PostgreSQL server, which
+    # runs as an unprivileged user when the tests run as root, then loses its data directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="iotlink-stack-"))
     settings = Settings(
         data_dir=data_dir,
         ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port(), mongo=free_port()),
         flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2},
     )
     embedded = EmbeddedStack(settings)
-    embedded.start()
-    yield embedded
-    embedded.stop()
+    try:
+        embedded.start()
+        yield embedded
+    finally:
+        embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

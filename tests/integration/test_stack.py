@@ -154,3 +154,20 @@ def test_a_restarted_stack_keeps_its_topics_and_records(tmp_path):
         consumer.close()
     finally:
         stack.stop()
+
+
+def test_the_shared_postgres_survives_another_pytest_session(settings):
+    """Another pytest run on the machine (unit tests beside the suite) makes pytest's temporary
+    root private again; the shared stack's PostgreSQL, an unprivileged user's server, must not
+    lose its data directory to that."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    other = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/test_config.py"],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stdout[-2000:]
+    for _ in range(3):  # a checkpoint makes the server open its control file by its full path
+        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
