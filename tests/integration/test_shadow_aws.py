@@ -16,8 +16,8 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from connectors.shadow_aws import AwsIotShadowLink
 from iotlink.config import ShadowSettings
-from iotlink.shadow_aws import AwsIotShadowLink
 from iotlink.shadow_service import ShadowService
 from iotlink.stack import free_port, wait_for_port
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from connectors.shadow_aws import AwsIotShadowLink
+from connectors.shadow_link import ShadowLink
 from iotlink.config import ShadowSettings
-from iotlink.control_sink import ShadowLink
-from iotlink.shadow_aws import AwsIotShadowLink
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The connection uses mutual TLS through ``awsiotsdk`` (the client certificate registered with
 AWS IoT identifies the sink); the shadow protocol itself (updates, answers matched by
-clientToken, device reports) is :class:`iotlink.control_sink.ShadowLink`'s.
+clientToken, device reports) is :class:`connectors.shadow_link.ShadowLink`'s.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from iotlink.config import ShadowSettings
-from iotlink.control_sink import ANSWER_TOPICS, ShadowLink
+from connectors.shadow_link import ANSWER_TOPICS, ShadowLink
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class AwsIotShadowLink(ShadowLink):
     """Shadow updates and answers over an MQTT connection to AWS IoT Core.
 
     Connects with the client certificate and key of ``shadow`` and subscribes to the shadow
-    answer topics (:data:`iotlink.control_sink.ANSWER_TOPICS`) before returning, so no answer
+    answer topics (:data:`connectors.shadow_link.ANSWER_TOPICS`) before returning, so no answer
     to a later update is missed.
 
     Args:
@@ -46,7 +45,7 @@ class AwsIotShadowLink(ShadowLink):
             message names the endpoint.
     """
 
-    def __init__(self, shadow: ShadowSettings, on_reported: Callable[[str, dict], None] | None = None):
+    def __init__(self, shadow, on_reported: Callable[[str, dict], None] | None = None):
         from awscrt import mqtt
         from awsiot import mqtt_connection_builder
 
