@@ -35,6 +35,7 @@ from connectors.flink_sql import (
 )
 from connectors.jars import pipeline_jars_option
 from iotlink.config import Settings
+from jobs.connector_classpath import make_connector_jars_visible
 
 _SET = re.compile(r"^SET\s+'([^']+)'\s*=\s*'((?:[^']|'')*)'\s*$", re.I | re.S)
 _QUIT = re.compile(r"^(quit|exit)\s*;?\s*$", re.I)
@@ -175,6 +176,7 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
     }
     for key, value in conf.items():
         config.set(key, value)
+    make_connector_jars_visible()
     return table_env
 
 

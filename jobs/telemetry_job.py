@@ -584,6 +584,7 @@ def create_job(settings: Settings, options: RunOptions):
         raw_kafka_source,
         string_source_from_start,
     )
+    from jobs.connector_classpath import make_connector_jars_visible
     from operators.flink_functions import FailOnceAfter
 
     config = Configuration()
@@ -597,6 +598,7 @@ def create_job(settings: Settings, options: RunOptions):
     for key, value in conf.items():
         config.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(config)
+    make_connector_jars_visible()
     if options.input_files:
         source = raw_file_source(options.input_files)
     else:

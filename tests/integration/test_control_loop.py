@@ -57,17 +57,20 @@ def test_overheat_critical_command_cool_down_auto_resolved(stack, settings, tmp_
     sim = FleetSimulator(fleet, seed=11, interval_ms=int(TICK_S * 1000))
 
     shadows = ShadowService(settings.mqtt_url, tmp_path / "shadows.json", client_id="loop-shadow-service")
-    shadows.start()
-    follower = ShadowFollower(settings.mqtt_url, lambda device, desired: sim.apply_desired(device, desired, RAMP_STEPS))
     stop, control = threading.Event(), ControlStats()
-    sink = threading.Thread(target=run_control_sink, args=(settings, stop, control))
-    sink.start()
-    env = create_job(settings, RunOptions(job_name="it-loop"))
-    client = env.execute_async("it-loop")
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
-    start_ts = int(time.time() * 1000)
+    # Daemon, and stopped in ``finally`` whatever fails first: a sink left running keeps the shadow
+    # topics busy for the tests after this one and pytest from exiting.
+    sink = threading.Thread(target=run_control_sink, args=(settings, stop, control), daemon=True)
+    follower = client = producer = None
     resolved_at_step = None
     try:
+        shadows.start()
+        follower = ShadowFollower(settings.mqtt_url, lambda device, desired: sim.apply_desired(device, desired, RAMP_STEPS))
+        sink.start()
+        env = create_job(settings, RunOptions(job_name="it-loop"))
+        client = env.execute_async("it-loop")
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+        start_ts = int(time.time() * 1000)
         for step in range(240):
             for message in sim.tick(start_ts + step * sim.interval_ms, step, RAMP_STEPS):
                 key, value = encode_for_kafka(message, int(time.time() * 1000))
@@ -79,11 +82,15 @@ def test_overheat_critical_command_cool_down_auto_resolved(stack, settings, tmp_
                 break
             time.sleep(max(0.0, start_ts / 1000 + (step + 1) * TICK_S - time.time()))
     finally:
-        producer.close()
-        client.cancel().result()
+        if producer is not None:
+            producer.close()
+        if client is not None:
+            client.cancel().result()
         stop.set()
-        sink.join(30)
-        follower.close()
+        if sink.is_alive():
+            sink.join(30)
+        if follower is not None:
+            follower.close()
         shadows.stop()
     assert resolved_at_step is not None, f"no AUTO_RESOLVED for {sorted(hot)} in PostgreSQL; control sink {control}"
 

@@ -27,7 +27,7 @@ def test_commands_become_desired_state_once_and_are_recorded(stack, settings, tm
         producer.send(settings.topics.commands, key=b"fire-0100", value=json.dumps(command).encode()).get(30)
     producer.close()
     stop, stats = threading.Event(), ControlStats()
-    worker = threading.Thread(target=run_control_sink, args=(settings, stop, stats))
+    worker = threading.Thread(target=run_control_sink, args=(settings, stop, stats), daemon=True)
     worker.start()
     try:
         deadline = time.monotonic() + 60

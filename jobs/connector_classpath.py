@@ -1,0 +1,47 @@
+"""The connector jars, visible to every thread that serves this process's PyFlink gateway.
+
+PyFlink builds sources and sinks through Py4J, which resolves Java classes with the context class
+loader of the Java thread serving each call, and adds ``pipeline.jars`` to that one thread only.
+Py4J keeps a pool of connections, each served by its own Java thread: when another Python thread
+(a bridge, a sink, a garbage-collected Java reference) uses the gateway at the same moment, the
+next call may be served by a thread that never saw the jars, and ``KafkaSource.builder()`` fails
+with "Could not found the Java class". One class loader for all of them removes the race.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from connectors.jars import flink_connector_jars
+
+_lock = threading.Lock()
+_loader = None  # the process's one connector class loader (a Py4J reference)
+
+
+def make_connector_jars_visible() -> None:
+    """Gives every Py4J thread of the gateway (and the ones it starts later) the connector jars.
+
+    Call it after the gateway is up and before any connector class is used; it is cheap to call
+    again, and a connection thread started afterwards inherits the loader from the gateway's
+    accepting thread.
+    """
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import to_jarray
+
+    global _loader
+    jvm = get_gateway().jvm
+    with _lock:
+        if _loader is None:
+            urls = to_jarray(jvm.java.net.URL, [jvm.java.net.URL(uri) for uri in flink_connector_jars()])
+            _loader = jvm.java.net.URLClassLoader(urls, jvm.java.lang.ClassLoader.getSystemClassLoader())
+        for thread in jvm.java.lang.Thread.getAllStackTraces().keySet():
+            if _runs_py4j(thread):
+                thread.setContextClassLoader(_loader)
+
+
+def _runs_py4j(thread) -> bool:
+    """Whether a Java thread is one of Py4J's: its outermost frames are Py4J's ``run``."""
+    frames = thread.getStackTrace()
+    outermost = [frames[i].getClassName() for i in range(max(0, len(frames) - 3), len(frames))]
+    # The gateway is shaded into flink-python (org.apache.flink.api.python.shaded.py4j).
+    return any("py4j." in name for name in outermost)
