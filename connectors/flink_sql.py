@@ -70,7 +70,7 @@ def sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _option_lines(options: Mapping[str, str]) -> str:
+def option_lines(options: Mapping[str, str]) -> str:
     return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
 
 
@@ -132,8 +132,8 @@ def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | N
     for name in KAFKA_TABLE_TOPICS:
         topic = getattr(topics, name)
         values[f"topic_{name}"] = topic
-        values[f"scan_{name}"] = _option_lines(kafka_scan_options(scan))
-    values["jdbc_options"] = _option_lines(jdbc_options(settings.postgres_url)) if settings.postgres_url else None
+        values[f"scan_{name}"] = option_lines(kafka_scan_options(scan))
+    values["jdbc_options"] = option_lines(jdbc_options(settings.postgres_url)) if settings.postgres_url else None
     return values
 
 

@@ -507,6 +507,7 @@ class IcebergHistoryWriter(_TableAppender):
         """Appends a batch of alarm-event and window-row JSON strings (others are ignored)."""
         emitted_at = int(time.time() * 1000)
         rows: dict[str, dict[tuple, dict]] = {name: {} for name in HISTORY_TABLES}
+        hourly: dict[tuple, dict] = {}
         for value in values:
             doc = orjson.loads(value)
             if "alarm_id" in doc and "event" in doc:
@@ -514,7 +515,10 @@ class IcebergHistoryWriter(_TableAppender):
                 rows["alarm_events"][history_identity("alarm_events", row)] = row
             elif doc.get("size") == "1h" and doc.get("kind") is None and "partial" in doc:
                 for row in agg_1h_rows(doc, emitted_at):
-                    rows["agg_1h"][history_identity("agg_1h", row)] = row
+                    # Versions of one window in one batch share emitted_at: only the newest is kept.
+                    hourly[(row["scope"], row["key"], row["metric"], row["window_start"])] = row
+        for row in hourly.values():
+            rows["agg_1h"][history_identity("agg_1h", row)] = row
         for name, batch in rows.items():
             if batch:
                 self._commit(name, batch)
@@ -534,13 +538,22 @@ class IcebergHistoryWriter(_TableAppender):
             return set()
         rows = found.to_pylist()
         out = set()
+        newest: dict[tuple, dict] = {}
         for row in rows:
             if row[key_column] not in keys:
                 continue
             row = dict(row)
             for ts_column in _HISTORY_TIMESTAMPS[name]:
                 row[ts_column] = _epoch_ms(row[ts_column])
-            out.add(history_identity(name, row))
+            if name == "alarm_events":
+                out.add(history_identity(name, row))
+                continue
+            window = (row["scope"], row["key"], row["metric"], row["window_start"])
+            if window not in newest or row["emitted_at"] >= newest[window]["emitted_at"]:
+                newest[window] = row
+        # An hourly version is skipped only when it is the window's newest already: after a
+        # restore the window may pass through an older state again and must end on its final one.
+        out.update(history_identity(name, row) for row in newest.values())
         return out
 
     def _commit(self, name: str, batch: dict[tuple, dict]) -> None:

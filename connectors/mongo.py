@@ -204,14 +204,18 @@ def summary_ops(rows: list[dict]) -> list[MongoOp]:
             continue
         product_id, start = row["key"], row["start"]
         partial = partial_from_json(row["partial"])
+        # Per metric (dotted paths): a row may carry one metric of the hour, the others stay.
         metrics = {name: stats.result() for name, stats in sorted(partial.items())}
-        hour = {"product_id": product_id, "window_start": _dt(start), "window_start_ts": start, "metrics": metrics}
+        hour = {"product_id": product_id, "window_start": _dt(start), "window_start_ts": start,
+                **{f"metrics.{name}": stats for name, stats in metrics.items()}}
         ops.append(MongoOp("product_summary_1h", "upsert", {"_id": f"{product_id}|{start}"}, {"$set": hour}))
         day = day_of(start)
         day_id = f"{product_id}|{day}"
         hour_key = _dt(start).strftime("%H")
+        in_day = {f"hours.{hour_key}.metrics.{name}": stats for name, stats in metrics.items()}
+        in_day.update({f"hours.{hour_key}.partial.{name}": stats for name, stats in row["partial"].items()})
         ops.append(MongoOp("product_summary_1d", "upsert", {"_id": day_id}, {
-            "$set": {"product_id": product_id, "day": day, f"hours.{hour_key}": {"metrics": metrics, "partial": row["partial"]}},
+            "$set": {"product_id": product_id, "day": day, **in_day},
         }))
         days[day_id] = (product_id, day)
     ops.extend(MongoOp("product_summary_1d", "daily", {"_id": day_id}) for day_id in days)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -65,7 +66,9 @@ class FlinkRest:
             base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
             wanted = [m["id"] for m in self.get(base) if contains in m["id"]]
             for start in range(0, len(wanted), 40):
-                for metric in self.get(base + "?get=" + ",".join(wanted[start : start + 40]) + "&agg=sum"):
+                # Ids carry operator names ("+", "/", spaces): each one URL-encoded, commas between.
+                ids = ",".join(urllib.parse.quote(m, safe="") for m in wanted[start : start + 40])
+                for metric in self.get(base + "?get=" + ids + "&agg=sum"):
                     name = metric["id"]
                     # The group is the last "iotlink." in the id (operator names may hold topic names).
                     key = name[name.rindex("iotlink.") :] if "iotlink." in name else name

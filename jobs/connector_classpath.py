@@ -10,6 +10,7 @@ with "Could not found the Java class". One class loader for all of them removes 
 
 from __future__ import annotations
 
+import os
 import threading
 
 from connectors.jars import flink_connector_jars
@@ -23,8 +24,11 @@ def make_connector_jars_visible() -> None:
 
     Call it after the gateway is up and before any connector class is used; it is cheap to call
     again, and a connection thread started afterwards inherits the loader from the gateway's
-    accepting thread.
+    accepting thread. Under ``flink run -py`` it does nothing: the Flink CLI owns the gateway and
+    gives its threads the job's class loader (flink-python, ``pipeline.jars``) itself.
     """
+    if "PYFLINK_GATEWAY_PORT" in os.environ:
+        return
     from pyflink.java_gateway import get_gateway
     from pyflink.util.java_utils import to_jarray
 
@@ -32,8 +36,10 @@ def make_connector_jars_visible() -> None:
     jvm = get_gateway().jvm
     with _lock:
         if _loader is None:
+            # On top of this thread's loader (which may already hold more than the system one).
+            parent = jvm.java.lang.Thread.currentThread().getContextClassLoader()
             urls = to_jarray(jvm.java.net.URL, [jvm.java.net.URL(uri) for uri in flink_connector_jars()])
-            _loader = jvm.java.net.URLClassLoader(urls, jvm.java.lang.ClassLoader.getSystemClassLoader())
+            _loader = jvm.java.net.URLClassLoader(urls, parent)
         for thread in jvm.java.lang.Thread.getAllStackTraces().keySet():
             if _runs_py4j(thread):
                 thread.setContextClassLoader(_loader)

@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 if __package__ in (None, ""):
     # Submitted as a file (`flink run -py jobs/telemetry_job.py`): make the project importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -149,7 +147,7 @@ def build_telemetry_pipeline(
     alarm_store_factory: Callable | None = None,
     dedup_ttl_ms: int = 0,
     allowed_lateness_ms: int = 300_000,
-    aggregate_sink_factory: Callable | None = None,
+    aggregates=None,
     late_sink=None,
     source_parallelism: int | None = None,
     archive_sink_factory: Callable | None = None,
@@ -188,8 +186,9 @@ def build_telemetry_pipeline(
         dedup_ttl_ms: Drop readings whose (device, device time, payload) was seen within this
             long, before windows and rules (0: no duplicate suppression).
         allowed_lateness_ms: How long after a window's end a record still corrects it.
-        aggregate_sink_factory: Picklable factory of an idempotent batch sink for the 1m/5m/1h
-            window rows of devices and products (PostgreSQL ``agg_*``).
+        aggregates: A :class:`jobs.aggregates.AggregateOutputs`: the 1m/5m/1h aggregates of
+            devices and products and the communication quality, in Flink SQL, upserted into
+            PostgreSQL (``agg_*``, ``comm_quality_*``) through the JDBC connector.
         archive_sink_factory: Picklable factory of the Iceberg archive writer
             (``raw_payloads`` + ``telemetry``); needs ``archive_topic`` and one source subtask
             per raw partition, so each partition's items are numbered in offset order.
@@ -217,7 +216,6 @@ def build_telemetry_pipeline(
         TELEMETRY_TUPLE,
         TIMESTAMPED_TELEMETRY,
         DecodeRawFunction,
-        EmitTelemetryFunction,
     )
 
     def per_partition(stream):
@@ -264,9 +262,7 @@ def build_telemetry_pipeline(
     timed = _assign_device_time(decoded, strategy, source_parallelism)
     # Late check and telemetry sink stay at the source's parallelism (forward, chained): a
     # rebalance here would interleave two producers and break each device's order on the topic.
-    telemetry = per_partition(
-        timed.process(EmitTelemetryFunction(), output_type=Types.STRING()).uid("late-check").name("Late check")
-    )
+    telemetry = per_partition(_telemetry_json(timed))
     per_partition(telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry"))
     readings = timed
     if dedup_ttl_ms:
@@ -284,10 +280,13 @@ def build_telemetry_pipeline(
     hot = []  # streams for the MongoDB hot layer
     if hot_sink_factory is not None:
         hot.append(dead_letters.filter(lambda letter: '"device_id":null' not in letter).uid("hot-dead-letters").name("Dead letters of devices"))
-    if aggregate_sink_factory is not None or late_sink is not None:
-        window_rows = _add_windows(readings, dead_letters, allowed_lateness_ms, aggregate_sink_factory, late_sink, expected_intervals_ms)
-        hourly = window_rows.filter(lambda row: '"size":"1h"' in row and '"kind"' not in row).uid("hourly-windows").name("Hourly windows")
-        history.append(hourly)
+    if aggregates is not None:
+        from jobs.aggregates import add_aggregates
+
+        hourly = add_aggregates(env, readings, dead_letters, aggregates, late_sink,
+                                hourly_rows=history_sink_factory is not None or hot_sink_factory is not None)
+        if history_sink_factory is not None:
+            history.append(hourly)
         if hot_sink_factory is not None:
             hot.append(hourly.filter(lambda row: '"scope":"product"' in row).uid("hot-product-hours").name("Product hours"))
     if rules_factory is not None and alarm_sink is not None:
@@ -383,6 +382,17 @@ def build_telemetry_pipeline(
     return telemetry
 
 
+def _telemetry_json(timed):
+    """The late check and the telemetry JSON in Java (``io.iotlink.flink.TelemetryJson`` of
+    jvm/functions): no Python crossing for a step that holds no logic of ours."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    function = get_gateway().jvm.io.iotlink.flink.TelemetryJson()
+    return DataStream(timed._j_data_stream.process(function, Types.STRING().get_java_type_info())).uid("late-check").name("Late check")
+
+
 def _assign_device_time(decoded, strategy, parallelism: int | None):
     """Event time = device time, watermarks per source subtask, without a Python hop.
 
@@ -407,54 +417,6 @@ def _assign_device_time(decoded, strategy, parallelism: int | None):
         marked.setParallelism(parallelism)
         stripped.setParallelism(parallelism)
     return DataStream(stripped)
-
-
-def _add_windows(readings, dead_letters, allowed_lateness_ms: int, aggregate_sink_factory, late_sink, expected_intervals_ms=None):
-    """Device windows (+ communication quality), product roll-ups from the device minutes,
-    dead letters counted per device, and their sinks; returns the device and product window rows."""
-    from pyflink.common import Types
-
-    from operators.flink_functions import (
-        LATE_RECORDS,
-        BatchedSinkFunction,
-        DeviceWindowFunction,
-        ProductWindowFunction,
-        RejectionCountFunction,
-        aggregate_statements,
-        json_bucket,
-    )
-
-    device_rows = (
-        readings.key_by(lambda t: t[0], key_type=Types.STRING())
-        .process(DeviceWindowFunction(allowed_lateness_ms, expected_intervals_ms), output_type=Types.STRING())
-        .uid("windows-device")
-        .name("Windows 1m/5m/1h per device")
-    )
-    if late_sink is not None:
-        device_rows.get_side_output(LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
-    product_rows = (
-        device_rows.filter(lambda row: '"size":"1m"' in row).uid("device-minutes").name("Device minutes")
-        .key_by(lambda row: orjson.loads(row)["product_id"] or "", key_type=Types.STRING())
-        .process(ProductWindowFunction(allowed_lateness_ms), output_type=Types.STRING())
-        .uid("windows-product")
-        .name("Windows 1m/5m/1h per product")
-    )
-    if aggregate_sink_factory is not None:
-        rejections = (
-            dead_letters.filter(lambda letter: '"device_id":null' not in letter).uid("dead-letters-of-devices").name("Dead letters of known devices")
-            .key_by(lambda letter: orjson.loads(letter)["device_id"], key_type=Types.STRING())
-            .process(RejectionCountFunction(), output_type=Types.STRING())
-            .uid("comm-rejections")
-            .name("Dead letters per device and window")
-        )
-        (
-            device_rows.union(product_rows, rejections)
-            .key_by(json_bucket(16, "scope", "key"), key_type=Types.INT())
-            .process(BatchedSinkFunction(aggregate_sink_factory, aggregate_statements, "aggregates"))
-            .uid("sink-aggregates")
-            .name("PostgreSQL: agg_1m / agg_5m / agg_1h")
-        )
-    return device_rows.union(product_rows)
 
 
 def export_python_path() -> None:
@@ -618,15 +580,23 @@ def create_job(settings: Settings, options: RunOptions):
         status_sink = exactly_once_string_sink(bootstrap, topics.rules_status, f"{options.job_name}-rule-status")
         control_source = string_source_from_start(bootstrap, topics.control, f"{settings.flink.group_id}-control", bounded=bounded)
         notification_sink = exactly_once_string_sink(bootstrap, topics.notifications, f"{options.job_name}-notifications")
-    alarm_store_factory = aggregate_sink_factory = None
+    alarm_store_factory = aggregates = None
     if settings.postgres_url:
         from connectors.postgres import apply_migrations
+        from jobs.aggregates import AggregateOutputs
         from operators.flink_functions import PostgresWriterFactory
 
         apply_migrations(settings.postgres_url)  # a bad URL or schema stops the start, not a task
-        aggregate_sink_factory = PostgresWriterFactory(settings.postgres_url)
+        aggregates = AggregateOutputs(
+            settings.postgres_url,
+            allowed_lateness_ms=settings.flink.allowed_lateness_ms,
+            expected_intervals_ms={
+                device_id: int(info.expected_interval_s * 1000)
+                for device_id, info in registry_factory.devices.items() if info.expected_interval_s
+            },
+        )
         if rules_factory:
-            alarm_store_factory = aggregate_sink_factory
+            alarm_store_factory = PostgresWriterFactory(settings.postgres_url)
     late_sink = exactly_once_string_sink(bootstrap, topics.late, f"{options.job_name}-late")
     archive_sink_factory = history_sink_factory = None
     if settings.iceberg_catalog and not options.input_files:
@@ -675,7 +645,7 @@ def create_job(settings: Settings, options: RunOptions):
         alarm_store_factory=alarm_store_factory,
         dedup_ttl_ms=settings.flink.dedup_ttl_ms,
         allowed_lateness_ms=settings.flink.allowed_lateness_ms,
-        aggregate_sink_factory=aggregate_sink_factory,
+        aggregates=aggregates,
         late_sink=late_sink,
         source_parallelism=source_parallelism,
         archive_sink_factory=archive_sink_factory,

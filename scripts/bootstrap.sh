@@ -32,7 +32,8 @@ fi
 # The jars, into jvm/lib/<module>/ (Maven's cache in jvm/.m2: offline once fetched). A changed
 # pom replaces the whole copy, so no jar of an older version is left beside the new one.
 jar_stamp="jvm/lib/.iotlink-jars"
-jar_want=$(cat jvm/pom.xml jvm/*/pom.xml | sha256sum | cut -d' ' -f1)
+# The poms and the Java sources of jvm/functions: a changed function is compiled again.
+jar_want=$(cat jvm/pom.xml jvm/*/pom.xml $(find jvm/*/src -type f -name '*.java' | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)
 if [ ! -f "$jar_stamp" ] || [ "$(cat "$jar_stamp")" != "$jar_want" ]; then
   echo "bootstrap: fetching the Java jars of jvm/pom.xml with Maven (first run downloads ~170 MB)…"
   rm -rf jvm/lib

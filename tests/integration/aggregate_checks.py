@@ -120,22 +120,20 @@ def iceberg_raw_payloads(table, topic) -> Counter:
 
 def iceberg_hourly(table, since, until):
     """The newest version of each hourly aggregate in Iceberg ``agg_1h`` with window start in
-    [since, until), as {(agg_1h, scope, key, metric, start ms): stats}; and how many rows are
-    exact repeats of another row (a replay appended twice)."""
-    data = table.scan().to_arrow().to_pylist()
-    newest, seen = {}, Counter()
+    [since, until), as {(agg_1h, scope, key, metric, start ms): stats}; and how many rows repeat
+    the version just before them (a replay appended twice)."""
+    data = sorted(table.scan().to_arrow().to_pylist(), key=lambda row: row["emitted_at"])
+    newest, repeats = {}, 0
     for row in data:
         start = int(row["window_start"].timestamp() * 1000)
         if not since <= start < until:
             continue
-        identity = (row["scope"], row["key"], row["metric"], start, row["count"], row["sum"], row["min"], row["max"])
-        seen[identity] += 1
         key = ("agg_1h", row["scope"], row["key"], row["metric"], start)
-        if key not in newest or row["emitted_at"] > newest[key][0]:
-            stats = tuple(row[c] for c in ("count", "min", "max", "sum", "avg", "stddev", "first", "last"))
-            newest[key] = (row["emitted_at"], stats)
-    repeats = sum(n - 1 for n in seen.values())
-    return {k: v for k, (_, v) in newest.items()}, repeats
+        stats = tuple(row[c] for c in ("count", "min", "max", "sum", "avg", "stddev", "first", "last"))
+        if key in newest and newest[key] == stats:
+            repeats += 1  # the same version twice in a row: a replay appended again
+        newest[key] = stats
+    return newest, repeats
 
 
 def hot_layer_differences(db, records, unique, devices, alarm_events, want, since, until) -> str | None:

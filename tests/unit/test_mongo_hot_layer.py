@@ -117,12 +117,13 @@ def test_summaries_come_from_product_hours_only_and_recompute_each_day_once():
     ops = summary_ops(rows)
     hours = [op for op in ops if op.collection == "product_summary_1h"]
     assert [op.filter["_id"] for op in hours] == [f"prod-a|{T}", f"prod-a|{T + HOUR}"]
-    assert hours[0].update["$set"]["metrics"]["t"]["avg"] == 2.0 and hours[0].update["$set"]["metrics"]["t"]["count"] == 2
+    # Per-metric paths: a row with one metric of the hour leaves the hour's other metrics alone.
+    assert hours[0].update["$set"]["metrics.t"]["avg"] == 2.0 and hours[0].update["$set"]["metrics.t"]["count"] == 2
     days = [op for op in ops if op.collection == "product_summary_1d"]
     assert [(op.kind, op.filter["_id"]) for op in days] == [("upsert", "prod-a|2026-03-01"), ("upsert", "prod-a|2026-03-01"),
                                                             ("daily", "prod-a|2026-03-01")]
-    assert set(days[0].update["$set"]) == {"product_id", "day", "hours.10"}
-    assert set(days[1].update["$set"]) == {"product_id", "day", "hours.11"}
+    assert set(days[0].update["$set"]) == {"product_id", "day", "hours.10.metrics.t", "hours.10.partial.t"}
+    assert set(days[1].update["$set"]) == {"product_id", "day", "hours.11.metrics.t", "hours.11.partial.t"}
 
 
 def test_daily_totals_equal_the_statistics_of_all_the_days_readings():

@@ -1,0 +1,203 @@
+"""The telemetry job's aggregates: Python hands flat rows to Flink SQL, which does the rest.
+
+    readings (decoded, de-duplicated) --[ReadingRows: lateness check, flat rows]--+
+    dead letters of known devices ------[RejectionRows]---------------------------+
+        --> view `readings` --> sql/jobs/aggregates.sql (GROUP BY time buckets, Java)
+        --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product), comm_quality_5m / _1h
+    too-late readings --> iotlink.late
+
+The SQL runs in the same Flink job (``StatementSet.attach_as_datastream``), so one checkpoint
+covers the decoder, the aggregates and their sinks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from pyflink.common import Row, RowKind, Types
+from pyflink.datastream import FlatMapFunction, OutputTag, ProcessFunction
+
+from connectors.flink_sql import CATALOG_DIR, jdbc_options, option_lines, render, split_statements
+from operators.aggregate_rows import READING_FIELDS, hourly_window_row, late_letter, reading_rows, rejection_row, too_late
+
+AGGREGATES_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "aggregates.sql"
+POSTGRES_TABLES_SQL = CATALOG_DIR / "20_postgres_tables.sql"
+READING_ROW = Types.ROW_NAMED(
+    list(READING_FIELDS),
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING(), Types.DOUBLE(), Types.LONG()],
+)
+LATE_RECORDS = OutputTag("late-records", Types.STRING())
+BUCKETS_MS = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000}
+METRIC_GROUP = "iotlink"
+
+
+@dataclass(frozen=True)
+class AggregateOutputs:
+    """Where and how the aggregates go.
+
+    Attributes:
+        postgres_url: The PostgreSQL database of the ``agg_*`` and ``comm_quality_*`` tables.
+        allowed_lateness_ms: How long after its minute a reading still corrects the aggregates.
+        expected_intervals_ms: Device id -> expected reporting interval (master data).
+        flush_rows: JDBC rows buffered per sink before a write (also flushed every second and at
+            each checkpoint).
+    """
+
+    postgres_url: str
+    allowed_lateness_ms: int = 300_000
+    expected_intervals_ms: dict[str, int] = field(default_factory=dict)
+    flush_rows: int = 5000
+
+
+class ReadingRows(ProcessFunction):
+    """Telemetry tuples -> flat reading rows; readings later than the allowed lateness go to
+    LATE_RECORDS instead (counted: ``windows_too_late``)."""
+
+    def __init__(self, allowed_lateness_ms: int, expected_intervals_ms: dict[str, int]):
+        self._lateness = allowed_lateness_ms
+        self._intervals = dict(expected_intervals_ms)
+
+    def open(self, runtime_context):
+        self._too_late = runtime_context.get_metrics_group().add_group(METRIC_GROUP).counter("windows_too_late")
+
+    def process_element(self, value, ctx):
+        device_id, device_ts, text = value
+        record = orjson.loads(text)
+        watermark = ctx.timer_service().current_watermark()
+        if too_late(device_ts, watermark, self._lateness):
+            self._too_late.inc()
+            yield LATE_RECORDS, orjson.dumps(late_letter(record, watermark, self._lateness)).decode()
+            return
+        metrics = record.get("metrics")
+        rows = reading_rows(device_id, record.get("product_id"), device_ts, metrics if isinstance(metrics, dict) else {},
+                            self._intervals.get(device_id))
+        for row in rows:
+            yield Row(*row)
+
+
+class RejectionRows(FlatMapFunction):
+    """Dead-letter JSON -> one ``rejected`` row when the letter names a device."""
+
+    def flat_map(self, value):
+        row = rejection_row(orjson.loads(value), int(time.time() * 1000))
+        if row is not None:
+            yield Row(*row)
+
+
+class HourlyWindowRows(FlatMapFunction):
+    """Final hourly aggregate rows -> window-row JSON (retractions, if any, skipped)."""
+
+    def flat_map(self, value):
+        if value.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
+            return
+        yield orjson.dumps(hourly_window_row(*value)).decode()
+
+
+def aggregate_statements(outputs: AggregateOutputs) -> tuple[list[str], list[str]]:
+    """The DDL (tables, functions, views) and the INSERT statements of the aggregates, rendered.
+
+    Returns:
+        (statements to execute first, INSERT statements for one statement set).
+    """
+    jdbc = dict(jdbc_options(outputs.postgres_url))
+    values = {"jdbc_options": option_lines(jdbc)}
+    for name, size in BUCKETS_MS.items():
+        values[f"state_ttl_{name}"] = f"{size + outputs.allowed_lateness_ms} ms"
+    tables = split_statements(render(POSTGRES_TABLES_SQL.read_text(), values, str(POSTGRES_TABLES_SQL)))
+    ddl = [s for s in tables if _code(s).upper().startswith("CREATE TABLE")]
+    inserts = []
+    for statement in split_statements(render(AGGREGATES_SQL.read_text(), values, str(AGGREGATES_SQL))):
+        (inserts if _code(statement).upper().startswith("INSERT") else ddl).append(statement)
+    # Batched JDBC writes: the connector's default (100 rows) makes a round trip per few readings.
+    # Retries wait 1 s, 2 s, … between attempts: ten ride out about a minute of database outage.
+    options = (f"/*+ OPTIONS('sink.buffer-flush.max-rows' = '{outputs.flush_rows}', 'sink.buffer-flush.interval' = '1 s', "
+               "'sink.max-retries' = '10') */")
+    inserts = [_with_sink_options(s, options) for s in inserts]
+    return ddl, inserts
+
+
+def _code(statement: str) -> str:
+    lines = [line for line in statement.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+    return "\n".join(lines).lstrip()
+
+
+def _with_sink_options(insert: str, options: str) -> str:
+    parts = _code(insert).split(None, 3)  # INSERT INTO <table> <query>
+    table, rest = parts[2], parts[3]
+    return f"INSERT INTO {table} {options}\n{rest}"
+
+
+def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_sink=None, hourly_rows: bool = False):
+    """Wires the SQL aggregates onto ``env``.
+
+    Args:
+        env: The job's StreamExecutionEnvironment.
+        readings: Decoded, de-duplicated telemetry tuples ``(device_id, device_ts, json)`` with
+            event time.
+        dead_letters: Dead-letter JSON strings.
+        outputs: The PostgreSQL database and the aggregation settings.
+        late_sink: Sink for readings later than the allowed lateness (None: dropped, counted).
+        hourly_rows: Also return the hourly aggregates as window-row JSON (each window's final
+            version), for the Iceberg history and the MongoDB product summaries.
+
+    Returns:
+        The hourly window-row stream with ``hourly_rows``, else None.
+    """
+    from pyflink.table import StreamTableEnvironment
+
+    rows = readings.process(ReadingRows(outputs.allowed_lateness_ms, outputs.expected_intervals_ms), output_type=READING_ROW)
+    rows = rows.uid("aggregate-rows").name("Lateness check + reading rows")
+    if late_sink is not None:
+        rows.get_side_output(LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
+    rejected = dead_letters.flat_map(RejectionRows(), output_type=READING_ROW).uid("rejection-rows").name("Dead letters of devices")
+    t_env = StreamTableEnvironment.create(env)
+    config = t_env.get_config()
+    config.set("table.local-time-zone", "UTC")
+    # Mini-batches turn each key's updates within a second into one, and let the aggregates run
+    # in two phases (local pre-aggregation before the shuffle).
+    config.set("table.exec.mini-batch.enabled", "true")
+    config.set("table.exec.mini-batch.allow-latency", "1 s")
+    config.set("table.exec.mini-batch.size", "5000")
+    t_env.create_temporary_view("readings", t_env.from_data_stream(rows.union(rejected)))
+    ddl, inserts = aggregate_statements(outputs)
+    for statement in ddl:
+        t_env.execute_sql(statement)
+    statements = t_env.create_statement_set()
+    for insert in inserts:
+        statements.add_insert_sql(insert)
+    statements.attach_as_datastream()
+    if not hourly_rows:
+        return None
+    return _final_hourly_rows(t_env, readings, outputs.allowed_lateness_ms)
+
+
+def _final_hourly_rows(t_env, readings, allowed_lateness_ms: int):
+    """The final version of every hourly aggregate as window-row JSON: the changelog of
+    ``hourly_aggregates`` keyed by window and held in Java (``io.iotlink.flink.FinalWindowRows``)
+    until the watermark passes the hour's end plus the allowed lateness. Python sees one row per
+    window, not every update of it.
+
+    The SQL aggregates' processing-time mini-batches replace device-time watermarks with their
+    batch markers, so the readings' watermarks join in through an empty Java stream
+    (``NoRows``): a union's watermark is the smaller of its inputs'.
+    """
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import to_jarray
+
+    jvm = get_gateway().jvm
+    changes = t_env.to_changelog_stream(t_env.from_path("hourly_aggregates"))._j_data_stream
+    row_type = changes.getType()
+    device_time = readings._j_data_stream.flatMap(jvm.io.iotlink.flink.NoRows(), row_type)
+    device_time.uid("hourly-watermarks").name("Device-time watermarks")
+    changes = changes.union(to_jarray(jvm.org.apache.flink.streaming.api.datastream.DataStream, [device_time]))
+    window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, [0, 1, 2, 3]))  # scope, key, metric, window_start
+    final = changes.keyBy(window_key).process(
+        jvm.io.iotlink.flink.FinalWindowRows(row_type, 3, BUCKETS_MS["1h"], allowed_lateness_ms), row_type
+    )
+    final.uid("hourly-final").name("Hourly aggregates, final versions")
+    rows = DataStream(final).flat_map(HourlyWindowRows(), output_type=Types.STRING())
+    return rows.uid("hourly-rows").name("Hourly aggregates as window rows")

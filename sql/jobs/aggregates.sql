@@ -1,0 +1,108 @@
+-- The telemetry job's stateful aggregation, in Flink SQL (the Java side of the job).
+--
+-- Input: the view `readings`, which the job makes of its decoded, de-duplicated stream (records
+-- later than the allowed lateness are already on iotlink.late). One row per numeric metric of a
+-- reading (kind 'metric'), one per reading (kind 'reading', for communication quality) and one
+-- per dead letter of a known device (kind 'rejected', ts = its receive time):
+--   kind STRING, device_id STRING, product_id STRING, ts BIGINT (device time, epoch ms),
+--   metric STRING, `value` DOUBLE, interval_ms BIGINT (the device's expected reporting interval)
+--
+-- Output: upserts into the PostgreSQL tables of sql/flink/20_postgres_tables.sql (JDBC
+-- connector, primary keys). Each aggregate is a GROUP BY on a floored time bucket: an updating
+-- aggregate, so a late reading corrects its row under the same key. State per bucket lives for
+-- the bucket's length plus the allowed lateness (the STATE_TTL hints; processing time).
+--
+-- Functions of jvm/functions (io.iotlink.flink): first_by_time / last_by_time (value of the
+-- earliest / latest reading, ties by value), sample_stddev (Welford), longest_gap.
+
+CREATE TEMPORARY FUNCTION first_by_time AS 'io.iotlink.flink.FirstByTime' LANGUAGE JAVA;
+CREATE TEMPORARY FUNCTION last_by_time AS 'io.iotlink.flink.LastByTime' LANGUAGE JAVA;
+CREATE TEMPORARY FUNCTION sample_stddev AS 'io.iotlink.flink.SampleStddev' LANGUAGE JAVA;
+CREATE TEMPORARY FUNCTION longest_gap AS 'io.iotlink.flink.LongestGap' LANGUAGE JAVA;
+
+CREATE TEMPORARY VIEW metric_readings AS
+SELECT device_id, COALESCE(product_id, '') AS product_id, ts AS device_ts, metric, `value`
+FROM readings WHERE kind = 'metric';
+
+-- Per device and per product, 1 minute.
+INSERT INTO agg_1m
+SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1m}') */
+  'device', device_id, metric, device_ts - MOD(device_ts, 60000), product_id,
+  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
+  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
+FROM metric_readings GROUP BY device_id, product_id, metric, device_ts - MOD(device_ts, 60000)
+UNION ALL
+SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1m}') */
+  'product', product_id, metric, device_ts - MOD(device_ts, 60000), product_id,
+  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
+  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
+FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 60000);
+
+-- 5 minutes.
+INSERT INTO agg_5m
+SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_5m}') */
+  'device', device_id, metric, device_ts - MOD(device_ts, 300000), product_id,
+  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
+  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
+FROM metric_readings GROUP BY device_id, product_id, metric, device_ts - MOD(device_ts, 300000)
+UNION ALL
+SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_5m}') */
+  'product', product_id, metric, device_ts - MOD(device_ts, 300000), product_id,
+  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
+  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
+FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 300000);
+
+-- 1 hour. The job also hands these rows (their changelog) to the Iceberg agg_1h history and the
+-- MongoDB product summaries.
+CREATE TEMPORARY VIEW hourly_aggregates AS
+SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
+  'device' AS `scope`, device_id AS `key`, metric, device_ts - MOD(device_ts, 3600000) AS window_start, product_id,
+  COUNT(*) AS `count`, MIN(`value`) AS `min`, MAX(`value`) AS `max`, SUM(`value`) AS `sum`, AVG(`value`) AS `avg`,
+  sample_stddev(`value`) AS stddev, first_by_time(`value`, device_ts) AS `first`, MIN(device_ts) AS first_ts,
+  last_by_time(`value`, device_ts) AS `last`, MAX(device_ts) AS last_ts
+FROM metric_readings GROUP BY device_id, product_id, metric, device_ts - MOD(device_ts, 3600000)
+UNION ALL
+SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
+  'product', product_id, metric, device_ts - MOD(device_ts, 3600000), product_id,
+  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
+  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
+FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 3600000);
+
+INSERT INTO agg_1h SELECT * FROM hourly_aggregates;
+
+-- Communication quality per device and 5 minutes / 1 hour: readings by device time, dead letters
+-- by receive time; expected = window length / expected interval (none without an interval or
+-- without readings), missing = expected - received, not below zero.
+CREATE TEMPORARY VIEW comm_counts_5m AS
+SELECT /*+ STATE_TTL('readings' = '${state_ttl_5m}') */
+  device_id, ts - MOD(ts, 300000) AS window_start, MAX(product_id) AS product_id,
+  CAST(COUNT(*) FILTER (WHERE kind = 'reading') AS INT) AS received,
+  MAX(interval_ms) FILTER (WHERE kind = 'reading') AS interval_ms,
+  longest_gap(ts, ts - MOD(ts, 300000), CAST(300000 AS BIGINT)) FILTER (WHERE kind = 'reading') AS longest_gap_ms,
+  CAST(COUNT(*) FILTER (WHERE kind = 'rejected') AS INT) AS rejected
+FROM readings WHERE kind IN ('reading', 'rejected')
+GROUP BY device_id, ts - MOD(ts, 300000);
+
+CREATE TEMPORARY VIEW comm_counts_1h AS
+SELECT /*+ STATE_TTL('readings' = '${state_ttl_1h}') */
+  device_id, ts - MOD(ts, 3600000) AS window_start, MAX(product_id) AS product_id,
+  CAST(COUNT(*) FILTER (WHERE kind = 'reading') AS INT) AS received,
+  MAX(interval_ms) FILTER (WHERE kind = 'reading') AS interval_ms,
+  longest_gap(ts, ts - MOD(ts, 3600000), CAST(3600000 AS BIGINT)) FILTER (WHERE kind = 'reading') AS longest_gap_ms,
+  CAST(COUNT(*) FILTER (WHERE kind = 'rejected') AS INT) AS rejected
+FROM readings WHERE kind IN ('reading', 'rejected')
+GROUP BY device_id, ts - MOD(ts, 3600000);
+
+INSERT INTO comm_quality_5m
+SELECT device_id, window_start, product_id, received,
+  CASE WHEN received > 0 THEN CAST(300000 / interval_ms AS INT) END,
+  CASE WHEN received > 0 THEN GREATEST(0, CAST(300000 / interval_ms AS INT) - received) END,
+  longest_gap_ms, rejected
+FROM comm_counts_5m;
+
+INSERT INTO comm_quality_1h
+SELECT device_id, window_start, product_id, received,
+  CASE WHEN received > 0 THEN CAST(3600000 / interval_ms AS INT) END,
+  CASE WHEN received > 0 THEN GREATEST(0, CAST(3600000 / interval_ms AS INT) - received) END,
+  longest_gap_ms, rejected
+FROM comm_counts_1h;
