@@ -3,6 +3,7 @@
     readings (decoded, de-duplicated) --[ReadingRows: lateness check, flat rows]--+
     dead letters of known devices ------[RejectionRows]---------------------------+
         --> view `readings` --> sql/jobs/aggregates.sql (GROUP BY time buckets, Java)
+        --> each table's changelog fired per window on device time (WindowFirings, Java)
         --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product), comm_quality_5m / _1h
     too-late readings --> iotlink.late
 
@@ -21,13 +22,13 @@ from pyflink.common import Row, RowKind, Types
 from pyflink.datastream import FlatMapFunction, OutputTag, ProcessFunction
 
 from connectors.flink_sql import CATALOG_DIR, jdbc_options, option_lines, render, split_statements
-from operators.aggregate_rows import READING_FIELDS, hourly_window_row, late_letter, reading_rows, rejection_row, too_late
+from operators.aggregate_rows import READING_FIELDS, hourly_window_row, late_letter, reading_row, rejection_row, too_late
 
 AGGREGATES_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "aggregates.sql"
 POSTGRES_TABLES_SQL = CATALOG_DIR / "20_postgres_tables.sql"
 READING_ROW = Types.ROW_NAMED(
     list(READING_FIELDS),
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING(), Types.DOUBLE(), Types.LONG()],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.MAP(Types.STRING(), Types.DOUBLE()), Types.LONG()],
 )
 LATE_RECORDS = OutputTag("late-records", Types.STRING())
 BUCKETS_MS = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000}
@@ -53,7 +54,7 @@ class AggregateOutputs:
 
 
 class ReadingRows(ProcessFunction):
-    """Telemetry tuples -> flat reading rows; readings later than the allowed lateness go to
+    """Telemetry tuples -> one reading row each; readings later than the allowed lateness go to
     LATE_RECORDS instead (counted: ``windows_too_late``)."""
 
     def __init__(self, allowed_lateness_ms: int, expected_intervals_ms: dict[str, int]):
@@ -72,10 +73,8 @@ class ReadingRows(ProcessFunction):
             yield LATE_RECORDS, orjson.dumps(late_letter(record, watermark, self._lateness)).decode()
             return
         metrics = record.get("metrics")
-        rows = reading_rows(device_id, record.get("product_id"), device_ts, metrics if isinstance(metrics, dict) else {},
-                            self._intervals.get(device_id))
-        for row in rows:
-            yield Row(*row)
+        yield Row(*reading_row(device_id, record.get("product_id"), device_ts, metrics if isinstance(metrics, dict) else {},
+                               self._intervals.get(device_id)))
 
 
 class RejectionRows(FlatMapFunction):
@@ -88,12 +87,22 @@ class RejectionRows(FlatMapFunction):
 
 
 class HourlyWindowRows(FlatMapFunction):
-    """Final hourly aggregate rows -> window-row JSON (retractions, if any, skipped)."""
+    """Fired hourly aggregate rows -> window-row JSON (retractions, if any, skipped)."""
 
     def flat_map(self, value):
         if value.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
             return
         yield orjson.dumps(hourly_window_row(*value)).decode()
+
+
+# Each table: (its key fields, the window start's position, the window's length).
+FIRED_TABLES = {
+    "agg_1m": ((0, 1, 2, 3), 3, BUCKETS_MS["1m"]),
+    "agg_5m": ((0, 1, 2, 3), 3, BUCKETS_MS["5m"]),
+    "agg_1h": ((0, 1, 2, 3), 3, BUCKETS_MS["1h"]),
+    "comm_quality_5m": ((0, 1), 1, BUCKETS_MS["5m"]),
+    "comm_quality_1h": ((0, 1), 1, BUCKETS_MS["1h"]),
+}
 
 
 def aggregate_statements(outputs: AggregateOutputs) -> tuple[list[str], list[str]]:
@@ -130,6 +139,37 @@ def _with_sink_options(insert: str, options: str) -> str:
     return f"INSERT INTO {table} {options}\n{rest}"
 
 
+def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
+    """The view ``<table>_fired``: the changelog of ``<table>_updates`` keyed by window in Java
+    (``io.iotlink.flink.WindowFirings``), each window's newest row released when the watermark
+    passes its end and again for each correction.
+
+    The SQL aggregates' processing-time mini-batches replace device-time watermarks with their
+    batch markers, so the readings' watermarks join in through an empty Java stream
+    (``NoRows``): a union's watermark is the smaller of its inputs'.
+
+    Returns:
+        The fired rows as a DataStream.
+    """
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import to_jarray
+
+    jvm = get_gateway().jvm
+    key_fields, start_field, size_ms = FIRED_TABLES[table]
+    changes = t_env.to_changelog_stream(t_env.from_path(f"{table}_updates"))._j_data_stream
+    row_type = changes.getType()
+    device_time = readings._j_data_stream.flatMap(jvm.io.iotlink.flink.NoRows(), row_type)
+    device_time.uid(f"{table}-watermarks").name(f"Device-time watermarks for {table}")
+    changes = changes.union(to_jarray(jvm.org.apache.flink.streaming.api.datastream.DataStream, [device_time]))
+    window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, list(key_fields)))
+    fired = changes.keyBy(window_key).process(jvm.io.iotlink.flink.WindowFirings(row_type, start_field, size_ms, allowed_lateness_ms), row_type)
+    fired.uid(f"{table}-firings").name(f"Fire {table} windows")
+    stream = DataStream(fired)
+    t_env.create_temporary_view(f"{table}_fired", t_env.from_data_stream(stream))
+    return stream
+
+
 def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_sink=None, hourly_rows: bool = False):
     """Wires the SQL aggregates onto ``env``.
 
@@ -140,8 +180,8 @@ def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_
         dead_letters: Dead-letter JSON strings.
         outputs: The PostgreSQL database and the aggregation settings.
         late_sink: Sink for readings later than the allowed lateness (None: dropped, counted).
-        hourly_rows: Also return the hourly aggregates as window-row JSON (each window's final
-            version), for the Iceberg history and the MongoDB product summaries.
+        hourly_rows: Also return the fired hourly aggregates as window-row JSON (at the hour's end
+            and per correction), for the Iceberg history and the MongoDB product summaries.
 
     Returns:
         The hourly window-row stream with ``hourly_rows``, else None.
@@ -165,39 +205,12 @@ def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_
     ddl, inserts = aggregate_statements(outputs)
     for statement in ddl:
         t_env.execute_sql(statement)
+    fired = {table: _fire_windows(t_env, readings, table, outputs.allowed_lateness_ms) for table in FIRED_TABLES}
     statements = t_env.create_statement_set()
     for insert in inserts:
         statements.add_insert_sql(insert)
     statements.attach_as_datastream()
     if not hourly_rows:
         return None
-    return _final_hourly_rows(t_env, readings, outputs.allowed_lateness_ms)
-
-
-def _final_hourly_rows(t_env, readings, allowed_lateness_ms: int):
-    """The final version of every hourly aggregate as window-row JSON: the changelog of
-    ``hourly_aggregates`` keyed by window and held in Java (``io.iotlink.flink.FinalWindowRows``)
-    until the watermark passes the hour's end plus the allowed lateness. Python sees one row per
-    window, not every update of it.
-
-    The SQL aggregates' processing-time mini-batches replace device-time watermarks with their
-    batch markers, so the readings' watermarks join in through an empty Java stream
-    (``NoRows``): a union's watermark is the smaller of its inputs'.
-    """
-    from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
-    from pyflink.util.java_utils import to_jarray
-
-    jvm = get_gateway().jvm
-    changes = t_env.to_changelog_stream(t_env.from_path("hourly_aggregates"))._j_data_stream
-    row_type = changes.getType()
-    device_time = readings._j_data_stream.flatMap(jvm.io.iotlink.flink.NoRows(), row_type)
-    device_time.uid("hourly-watermarks").name("Device-time watermarks")
-    changes = changes.union(to_jarray(jvm.org.apache.flink.streaming.api.datastream.DataStream, [device_time]))
-    window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, [0, 1, 2, 3]))  # scope, key, metric, window_start
-    final = changes.keyBy(window_key).process(
-        jvm.io.iotlink.flink.FinalWindowRows(row_type, 3, BUCKETS_MS["1h"], allowed_lateness_ms), row_type
-    )
-    final.uid("hourly-final").name("Hourly aggregates, final versions")
-    rows = DataStream(final).flat_map(HourlyWindowRows(), output_type=Types.STRING())
+    rows = fired["agg_1h"].flat_map(HourlyWindowRows(), output_type=Types.STRING())
     return rows.uid("hourly-rows").name("Hourly aggregates as window rows")

@@ -1,9 +1,10 @@
-"""The flat rows the Flink SQL aggregates read (``sql/jobs/aggregates.sql``), and the lateness rule.
+"""The rows the Flink SQL aggregates read (``sql/jobs/aggregates.sql``), and the lateness rule.
 
-A decoded reading becomes one ``metric`` row per numeric metric and one ``reading`` row (for the
-communication quality); a dead letter of a known device one ``rejected`` row. The fields, in order:
-``kind, device_id, product_id, ts, metric, value, interval_ms``. Flat, typed rows are the cheapest
-form to hand from Python to Java: no maps, no JSON to parse again.
+A decoded reading becomes one ``reading`` row carrying its numeric metrics as a map (SQL unnests
+it); a dead letter of a known device one ``rejected`` row. The fields, in order:
+``kind, device_id, product_id, ts, metrics, interval_ms``. One typed row per reading is the
+cheapest hand-over from Python to Java that was measured: no JSON to parse again, and one row
+to convert instead of one per metric (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 
 MINUTE_MS = 60_000
-READING_FIELDS = ("kind", "device_id", "product_id", "ts", "metric", "value", "interval_ms")
+READING_FIELDS = ("kind", "device_id", "product_id", "ts", "metrics", "interval_ms")
 
 
 def numeric_value(value) -> float | None:
@@ -26,8 +27,8 @@ def numeric_value(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def reading_rows(device_id: str, product_id: str | None, device_ts: int, metrics: dict, interval_ms: int | None) -> list[tuple]:
-    """The rows of one decoded reading: its ``reading`` row, then a ``metric`` row per numeric metric.
+def reading_row(device_id: str, product_id: str | None, device_ts: int, metrics: dict, interval_ms: int | None) -> tuple:
+    """The row of one decoded reading, its numeric metrics as a name -> double map.
 
     Args:
         device_id: The device.
@@ -36,12 +37,12 @@ def reading_rows(device_id: str, product_id: str | None, device_ts: int, metrics
         metrics: The decoded metrics (name -> number | bool | string).
         interval_ms: The device's expected reporting interval from master data (None: unknown).
     """
-    rows = [("reading", device_id, product_id, device_ts, None, None, interval_ms)]
+    numbers = {}
     for name, value in metrics.items():
         number = numeric_value(value)
-        if number is not None:
-            rows.append(("metric", device_id, product_id, device_ts, name, number, None))
-    return rows
+        if number is not None and isinstance(name, str):
+            numbers[name] = number
+    return ("reading", device_id, product_id, device_ts, numbers, interval_ms)
 
 
 def rejection_row(letter: dict, now_ms: int) -> tuple | None:
@@ -52,7 +53,7 @@ def rejection_row(letter: dict, now_ms: int) -> tuple | None:
     received_at = letter.get("received_at")
     ts = received_at if isinstance(received_at, int) and not isinstance(received_at, bool) else now_ms
     product_id = letter.get("product_id") if isinstance(letter.get("product_id"), str) else None
-    return ("rejected", device_id, product_id, ts, None, None, None)
+    return ("rejected", device_id, product_id, ts, None, None)
 
 
 def too_late(device_ts: int, watermark: int, allowed_lateness_ms: int) -> bool:

@@ -1,15 +1,16 @@
 -- The telemetry job's stateful aggregation, in Flink SQL (the Java side of the job).
 --
 -- Input: the view `readings`, which the job makes of its decoded, de-duplicated stream (records
--- later than the allowed lateness are already on iotlink.late). One row per numeric metric of a
--- reading (kind 'metric'), one per reading (kind 'reading', for communication quality) and one
--- per dead letter of a known device (kind 'rejected', ts = its receive time):
+-- later than the allowed lateness are already on iotlink.late). One row per reading (kind
+-- 'reading', its numeric metrics in a map) and one per dead letter of a known device (kind
+-- 'rejected', ts = its receive time):
 --   kind STRING, device_id STRING, product_id STRING, ts BIGINT (device time, epoch ms),
---   metric STRING, `value` DOUBLE, interval_ms BIGINT (the device's expected reporting interval)
+--   metrics MAP<STRING, DOUBLE>, interval_ms BIGINT (the device's expected reporting interval)
 --
 -- Output: upserts into the PostgreSQL tables of sql/flink/20_postgres_tables.sql (JDBC
 -- connector, primary keys). Each aggregate is a GROUP BY on a floored time bucket: an updating
--- aggregate, so a late reading corrects its row under the same key. State per bucket lives for
+-- aggregate, so a late reading corrects its row under the same key (see the end of the file for
+-- when rows are written). State per bucket lives for
 -- the bucket's length plus the allowed lateness (the STATE_TTL hints; processing time).
 --
 -- Functions of jvm/functions (io.iotlink.flink): first_by_time / last_by_time (value of the
@@ -21,11 +22,12 @@ CREATE TEMPORARY FUNCTION sample_stddev AS 'io.iotlink.flink.SampleStddev' LANGU
 CREATE TEMPORARY FUNCTION longest_gap AS 'io.iotlink.flink.LongestGap' LANGUAGE JAVA;
 
 CREATE TEMPORARY VIEW metric_readings AS
-SELECT device_id, COALESCE(product_id, '') AS product_id, ts AS device_ts, metric, `value`
-FROM readings WHERE kind = 'metric';
+SELECT device_id, COALESCE(product_id, '') AS product_id, ts AS device_ts, m.metric, m.`value`
+FROM readings CROSS JOIN UNNEST(metrics) AS m (metric, `value`)
+WHERE kind = 'reading';
 
 -- Per device and per product, 1 minute.
-INSERT INTO agg_1m
+CREATE TEMPORARY VIEW agg_1m_updates AS
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1m}') */
   'device', device_id, metric, device_ts - MOD(device_ts, 60000), product_id,
   COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
@@ -39,7 +41,7 @@ SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1m}') */
 FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 60000);
 
 -- 5 minutes.
-INSERT INTO agg_5m
+CREATE TEMPORARY VIEW agg_5m_updates AS
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_5m}') */
   'device', device_id, metric, device_ts - MOD(device_ts, 300000), product_id,
   COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
@@ -52,9 +54,8 @@ SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_5m}') */
   first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
 FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 300000);
 
--- 1 hour. The job also hands these rows (their changelog) to the Iceberg agg_1h history and the
--- MongoDB product summaries.
-CREATE TEMPORARY VIEW hourly_aggregates AS
+-- 1 hour (its fired rows also go to the Iceberg agg_1h history and the MongoDB product summaries).
+CREATE TEMPORARY VIEW agg_1h_updates AS
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
   'device' AS `scope`, device_id AS `key`, metric, device_ts - MOD(device_ts, 3600000) AS window_start, product_id,
   COUNT(*) AS `count`, MIN(`value`) AS `min`, MAX(`value`) AS `max`, SUM(`value`) AS `sum`, AVG(`value`) AS `avg`,
@@ -68,7 +69,6 @@ SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
   first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
 FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 3600000);
 
-INSERT INTO agg_1h SELECT * FROM hourly_aggregates;
 
 -- Communication quality per device and 5 minutes / 1 hour: readings by device time, dead letters
 -- by receive time; expected = window length / expected interval (none without an interval or
@@ -93,16 +93,26 @@ SELECT /*+ STATE_TTL('readings' = '${state_ttl_1h}') */
 FROM readings WHERE kind IN ('reading', 'rejected')
 GROUP BY device_id, ts - MOD(ts, 3600000);
 
-INSERT INTO comm_quality_5m
+CREATE TEMPORARY VIEW comm_quality_5m_updates AS
 SELECT device_id, window_start, product_id, received,
   CASE WHEN received > 0 THEN CAST(300000 / interval_ms AS INT) END,
   CASE WHEN received > 0 THEN GREATEST(0, CAST(300000 / interval_ms AS INT) - received) END,
   longest_gap_ms, rejected
 FROM comm_counts_5m;
 
-INSERT INTO comm_quality_1h
+CREATE TEMPORARY VIEW comm_quality_1h_updates AS
 SELECT device_id, window_start, product_id, received,
   CASE WHEN received > 0 THEN CAST(3600000 / interval_ms AS INT) END,
   CASE WHEN received > 0 THEN GREATEST(0, CAST(3600000 / interval_ms AS INT) - received) END,
   longest_gap_ms, rejected
 FROM comm_counts_1h;
+
+-- The job keys each *_updates changelog by window and releases a window's newest row when the
+-- watermark passes the window's end, and again for each correction within the allowed lateness
+-- (io.iotlink.flink.WindowFirings, Java): the views <table>_fired. Only those reach PostgreSQL,
+-- so a window is written once plus once per correction, not at every update of the aggregate.
+INSERT INTO agg_1m SELECT * FROM agg_1m_fired;
+INSERT INTO agg_5m SELECT * FROM agg_5m_fired;
+INSERT INTO agg_1h SELECT * FROM agg_1h_fired;
+INSERT INTO comm_quality_5m SELECT * FROM comm_quality_5m_fired;
+INSERT INTO comm_quality_1h SELECT * FROM comm_quality_1h_fired;

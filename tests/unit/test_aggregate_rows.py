@@ -1,19 +1,15 @@
 """The flat rows of the SQL aggregates and the lateness rule."""
 
-from operators.aggregate_rows import late_letter, numeric_value, reading_rows, rejection_row, too_late
+from operators.aggregate_rows import late_letter, numeric_value, reading_row, rejection_row, too_late
 
 
-def test_a_reading_is_one_reading_row_and_a_row_per_numeric_metric():
-    rows = reading_rows("dev-1", "prod-a", 1_000, {"tempC": 21.5, "count": 3, "ok": True, "mode": "eco", "nan": float("nan")}, 60_000)
-    assert rows == [
-        ("reading", "dev-1", "prod-a", 1_000, None, None, 60_000),
-        ("metric", "dev-1", "prod-a", 1_000, "tempC", 21.5, None),
-        ("metric", "dev-1", "prod-a", 1_000, "count", 3.0, None),
-    ]
+def test_a_reading_is_one_row_with_its_numeric_metrics():
+    row = reading_row("dev-1", "prod-a", 1_000, {"tempC": 21.5, "count": 3, "ok": True, "mode": "eco", "nan": float("nan")}, 60_000)
+    assert row == ("reading", "dev-1", "prod-a", 1_000, {"tempC": 21.5, "count": 3.0}, 60_000)
 
 
 def test_a_reading_without_numeric_metrics_still_counts_as_received():
-    assert reading_rows("dev-1", None, 5, {"mode": "eco"}, None) == [("reading", "dev-1", None, 5, None, None, None)]
+    assert reading_row("dev-1", None, 5, {"mode": "eco"}, None) == ("reading", "dev-1", None, 5, {}, None)
 
 
 def test_numbers_a_double_cannot_hold_are_not_aggregated():
@@ -25,7 +21,7 @@ def test_numbers_a_double_cannot_hold_are_not_aggregated():
 
 def test_dead_letters_count_by_receive_time_and_only_with_a_device():
     assert rejection_row({"device_id": "dev-9", "product_id": "prod-a", "received_at": 7_000}, 99) == (
-        "rejected", "dev-9", "prod-a", 7_000, None, None, None)
+        "rejected", "dev-9", "prod-a", 7_000, None, None)
     assert rejection_row({"device_id": "dev-9", "received_at": "soon"}, 99)[3] == 99
     assert rejection_row({"device_id": None}, 99) is None
     assert rejection_row({"device_id": ["a"]}, 99) is None

@@ -10,14 +10,16 @@ import org.apache.flink.types.RowKind;
 import org.apache.flink.util.Collector;
 
 /**
- * The final version of each window of an aggregate's changelog: keeps a window's newest row and
- * emits it once, when the watermark passes the window's end plus the allowed lateness (after that
- * no reading may change it). Retractions are dropped; the output is insert-only.
+ * Event-time firing for an updating aggregate's changelog, keyed by window: keeps each window's
+ * newest row and emits it when the watermark passes the window's end; a row that changes the
+ * window after that (a late reading within the allowed lateness) is emitted at once, as a
+ * correction; the window is forgotten once the allowed lateness has passed too.
  *
- * <p>The telemetry job puts it behind the hourly aggregates, so the Iceberg {@code agg_1h}
- * history and the MongoDB product summaries get one row per window instead of every update.
+ * <p>So a window is written once, plus once per correction, instead of at every update the
+ * aggregate makes (every mini-batch in which one of its readings arrives). Retractions are
+ * dropped; the output is insert-only (upserts downstream, on the window's key).
  */
-public final class FinalWindowRows extends KeyedProcessFunction<String, Row, Row> {
+public final class WindowFirings extends KeyedProcessFunction<String, Row, Row> {
 
     private final TypeInformation<Row> rowType;
     private final int windowStartField;
@@ -26,12 +28,12 @@ public final class FinalWindowRows extends KeyedProcessFunction<String, Row, Row
     private transient ValueState<Row> newest;
 
     /**
-     * @param rowType the changelog's row type (the state holds one row per window)
+     * @param rowType the changelog's row type (the state holds one row per open window)
      * @param windowStartField position of the window start (epoch ms, BIGINT) in the row
      * @param windowSizeMs the window's length
      * @param allowedLatenessMs how long after its end a window may still change
      */
-    public FinalWindowRows(TypeInformation<Row> rowType, int windowStartField, long windowSizeMs, long allowedLatenessMs) {
+    public WindowFirings(TypeInformation<Row> rowType, int windowStartField, long windowSizeMs, long allowedLatenessMs) {
         this.rowType = rowType;
         this.windowStartField = windowStartField;
         this.windowSizeMs = windowSizeMs;
@@ -48,16 +50,22 @@ public final class FinalWindowRows extends KeyedProcessFunction<String, Row, Row
         if (row.getKind() == RowKind.UPDATE_BEFORE || row.getKind() == RowKind.DELETE) {
             return;
         }
-        newest.update(row);
-        long windowStart = ((Number) row.getField(windowStartField)).longValue();
-        ctx.timerService().registerEventTimeTimer(windowStart + windowSizeMs + allowedLatenessMs);
+        row.setKind(RowKind.INSERT);
+        long end = ((Number) row.getField(windowStartField)).longValue() + windowSizeMs;
+        if (ctx.timerService().currentWatermark() >= end) {
+            out.collect(row); // a correction of a window that has fired
+            newest.clear();
+        } else {
+            newest.update(row);
+            ctx.timerService().registerEventTimeTimer(end);
+        }
+        ctx.timerService().registerEventTimeTimer(end + allowedLatenessMs); // forget the window
     }
 
     @Override
     public void onTimer(long timestamp, OnTimerContext ctx, Collector<Row> out) throws Exception {
         Row row = newest.value();
         if (row != null) {
-            row.setKind(RowKind.INSERT);
             out.collect(row);
             newest.clear();
         }
