@@ -1,6 +1,6 @@
-"""The telemetry job's aggregates: Python hands flat rows to Flink SQL, which does the rest.
+"""The telemetry job's aggregates: Python hands one typed row per reading to Flink SQL, which does the rest.
 
-    readings (decoded, de-duplicated) --[ReadingRows: lateness check, flat rows]--+
+    readings (decoded, de-duplicated) --[ReadingRows: lateness check, typed row]---+
     dead letters of known devices ------[RejectionRows]---------------------------+
         --> view `readings` --> sql/jobs/aggregates.sql (GROUP BY time buckets, Java)
         --> each table's changelog fired per window on device time (WindowFirings, Java)

@@ -1,4 +1,4 @@
-"""Thin PyFlink wrappers around the pure operator logic in this package.
+"""The telemetry job's Python functions: thin PyFlink wrappers around the pure logic of ``operators/``.
 
 Each function only moves data between Flink and a pure function and counts what happened
 in Flink metrics (group ``iotlink``), so the Flink web UI shows decoded, rejected (in total

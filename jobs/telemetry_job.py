@@ -3,14 +3,15 @@
     KafkaSource(iotlink.raw) -> decode (YAML specs) -> event time (device time, idleness)
         -> late check -> KafkaSink EXACTLY_ONCE (iotlink.telemetry)
     decode --dead letters--> KafkaSink EXACTLY_ONCE (iotlink.dlq)
+    event time -> dedup -> alarm rules (Python) and the Flink SQL aggregates (jobs/aggregates.py)
 
 Run locally with ``iotlink run`` or submit to a cluster::
 
     flink run -py jobs/telemetry_job.py -pyfs operators,connectors,jobs,iotlink \\
         --bootstrap-servers kafka:9092 --checkpoint-dir s3://bucket/checkpoints
 
-:func:`build_telemetry_pipeline` takes the source and sinks from outside, so tests and other
-jobs can swap them; ``main`` only wires configuration.
+:func:`build_telemetry_pipeline` takes a :class:`TelemetryJob` (inputs, outputs, logic), so tests
+and other jobs can swap sources and sinks; ``main`` only wires configuration.
 """
 
 from __future__ import annotations
@@ -127,96 +128,131 @@ def submitted_by_flink_cli() -> bool:
     return "PYFLINK_GATEWAY_PORT" in os.environ
 
 
-def build_telemetry_pipeline(
-    env,
-    raw_source,
-    telemetry_sink,
-    dlq_sink,
-    *,
-    out_of_orderness_ms: int,
-    idleness_ms: int,
-    registry_factory: Callable | None = None,
-    fault=None,
-    rules_factory: Callable | None = None,
-    alarm_sink=None,
-    command_sink=None,
-    rules_source=None,
-    rule_status_sink=None,
-    control_source=None,
-    notification_sink=None,
-    alarm_store_factory: Callable | None = None,
-    dedup_ttl_ms: int = 0,
-    allowed_lateness_ms: int = 300_000,
-    aggregates=None,
-    late_sink=None,
-    source_parallelism: int | None = None,
-    archive_sink_factory: Callable | None = None,
-    archive_topic: str | None = None,
-    archive_commit_ms: int = 5000,
-    expected_intervals_ms: Mapping[str, int] | None = None,
-    history_sink_factory: Callable | None = None,
-    raw_is_text: bool = False,
-    hot_sink_factory: Callable | None = None,
-):
+@dataclass(frozen=True)
+class TelemetryInputs:
+    """Where the telemetry job reads.
+
+    Attributes:
+        raw: A Flink Source of raw envelope bytes (Kafka ``iotlink.raw``), or of envelope text
+            lines with ``raw_is_text`` (files).
+        raw_is_text: The raw source yields text lines, not Kafka record bytes.
+        rules: Source of rule-set versions (``iotlink.rules``), broadcast to the alarm operator
+            so rules change while the job runs.
+        control: Source of control commands (``iotlink.control``): acknowledgements reach the
+            alarm operator keyed by device.
+    """
+
+    raw: object
+    raw_is_text: bool = False
+    rules: object | None = None
+    control: object | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryOutputs:
+    """Where the telemetry job writes (None: that output is off).
+
+    Attributes:
+        telemetry: Sink for telemetry JSON strings.
+        dlq: Sink for dead-letter JSON strings.
+        late: Sink for readings later than the allowed lateness.
+        alarms: Sink for alarm-event JSON strings (the alarm operator runs when it and the
+            logic's ``rules_factory`` are given).
+        commands: Sink for shadow-command JSON strings of automatic actions.
+        rule_status: Sink for accepted/rejected statuses of pushed rule sets.
+        notifications: Sink for notification records (high severity, escalations).
+        alarm_store: Picklable factory of the idempotent batch sink of alarm events and the
+            ticket queue (PostgreSQL).
+        aggregates: :class:`jobs.aggregates.AggregateOutputs`: the 1m/5m/1h aggregates and the
+            communication quality in Flink SQL, upserted into PostgreSQL by the JDBC connector.
+        archive: Picklable factory of the Iceberg archive writer (``raw_payloads`` +
+            ``telemetry``); needs ``archive_topic`` and one source subtask per raw partition.
+        archive_topic: The raw topic's name (part of the Iceberg commit markers).
+        history: Picklable factory of the Iceberg writer of ``alarm_events`` and ``agg_1h``.
+        hot: Picklable factory of the MongoDB hot-layer writer.
+    """
+
+    telemetry: object
+    dlq: object
+    late: object | None = None
+    alarms: object | None = None
+    commands: object | None = None
+    rule_status: object | None = None
+    notifications: object | None = None
+    alarm_store: Callable | None = None
+    aggregates: object | None = None
+    archive: Callable | None = None
+    archive_topic: str | None = None
+    history: Callable | None = None
+    hot: Callable | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryLogic:
+    """What the job does between its inputs and outputs.
+
+    Attributes:
+        registry_factory: Builds the DecoderRegistry inside the task (default: built-ins).
+        rules_factory: Builds the compiled rule sets inside the task.
+        out_of_orderness_ms: Bounded out-of-orderness of device time.
+        idleness_ms: After this long without data a partition stops holding back watermarks.
+        dedup_ttl_ms: Drop readings whose (device, device time, payload) was seen within this
+            long, before aggregates and rules (0: no duplicate suppression).
+        source_parallelism: Parallelism of source, decode and watermarking: the raw topic's
+            partition count, so each watermark follows one partition (None: the default).
+        archive_commit_ms: Longest time an archived item waits for its Iceberg commit.
+        fault: Test-only MapFunction on the readings (after duplicate suppression), where
+            records move at the pace of the keyed operators.
+    """
+
+    registry_factory: Callable | None = None
+    rules_factory: Callable | None = None
+    out_of_orderness_ms: int = 5000
+    idleness_ms: int = 0
+    dedup_ttl_ms: int = 0
+    source_parallelism: int | None = None
+    archive_commit_ms: int = 5000
+    fault: object | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryJob:
+    """The telemetry job as a function of its inputs and outputs: tests hand in their own."""
+
+    inputs: TelemetryInputs
+    outputs: TelemetryOutputs
+    logic: TelemetryLogic = TelemetryLogic()
+
+
+def build_telemetry_pipeline(env, job: TelemetryJob):
     """Wires the telemetry dataflow onto ``env``.
 
     Args:
         env: A StreamExecutionEnvironment.
-        raw_source: A Flink Source yielding raw envelope bytes.
-        telemetry_sink: Sink for telemetry JSON strings.
-        dlq_sink: Sink for dead-letter JSON strings.
-        out_of_orderness_ms: Bounded out-of-orderness of device time.
-        idleness_ms: After this long without data a partition stops holding back watermarks.
-        registry_factory: Builds the DecoderRegistry inside the task (default built-ins).
-        fault: Optional test-only MapFunction on the readings (after duplicate suppression),
-            where records move at the pace of the keyed operators, so a crash there happens
-            mid-stream rather than after the source has read everything.
-        rules_factory: Builds the compiled rule sets inside the task; with ``alarm_sink`` it adds
-            the alarm operator (keyed by device) after the event-time assignment.
-        alarm_sink: Sink for alarm-event JSON strings.
-        command_sink: Sink for shadow-command JSON strings of automatic actions.
-        rules_source: Optional source of rule-set versions (``iotlink.rules``), broadcast to the
-            alarm operator so rules change while the job runs.
-        rule_status_sink: Sink for accepted/rejected statuses of pushed rule sets.
-        control_source: Optional source of control commands (``iotlink.control``); acknowledge
-            commands reach the alarm operator keyed by device.
-        notification_sink: Sink for notification records (high severity, escalations).
-        alarm_store_factory: Picklable factory of an idempotent batch sink (``write_batch``,
-            ``flush``, ``close``) for alarm events and the ticket queue (PostgreSQL).
-        dedup_ttl_ms: Drop readings whose (device, device time, payload) was seen within this
-            long, before windows and rules (0: no duplicate suppression).
-        allowed_lateness_ms: How long after a window's end a record still corrects it.
-        aggregates: A :class:`jobs.aggregates.AggregateOutputs`: the 1m/5m/1h aggregates of
-            devices and products and the communication quality, in Flink SQL, upserted into
-            PostgreSQL (``agg_*``, ``comm_quality_*``) through the JDBC connector.
-        archive_sink_factory: Picklable factory of the Iceberg archive writer
-            (``raw_payloads`` + ``telemetry``); needs ``archive_topic`` and one source subtask
-            per raw partition, so each partition's items are numbered in offset order.
-        archive_topic: The raw topic's name (part of the Iceberg commit markers).
-        archive_commit_ms: Longest time an archived item waits for its Iceberg commit.
-        expected_intervals_ms: Device id -> expected reporting interval (master data), for the
-            communication-quality counts of expected and missing messages.
-        history_sink_factory: Picklable factory of the Iceberg writer of ``alarm_events`` and
-            ``agg_1h`` (rows skipped when already in the table).
-        raw_is_text: The source yields envelope text lines (files), not Kafka record bytes.
-        hot_sink_factory: Picklable factory of the MongoDB hot-layer writer: device state and
-            recent telemetry, dead-letter quality flags, active alarms, product summaries.
-        late_sink: Sink for records later than the allowed lateness (archived as JSON).
-        source_parallelism: Parallelism of source, decode and watermarking: the raw topic's
-            partition count, so each watermark follows one partition (None: the default).
+        job: The job's inputs, outputs and logic.
 
     Returns:
         The telemetry JSON stream (after the late check), for callers that extend the job.
     """
+    inputs, outputs, logic = job.inputs, job.outputs, job.logic
+    raw_source, raw_is_text, rules_source, control_source = inputs.raw, inputs.raw_is_text, inputs.rules, inputs.control
+    telemetry_sink, dlq_sink, late_sink = outputs.telemetry, outputs.dlq, outputs.late
+    alarm_sink, command_sink, rule_status_sink = outputs.alarms, outputs.commands, outputs.rule_status
+    notification_sink, alarm_store_factory, aggregates = outputs.notifications, outputs.alarm_store, outputs.aggregates
+    archive_sink_factory, archive_topic = outputs.archive, outputs.archive_topic
+    history_sink_factory, hot_sink_factory = outputs.history, outputs.hot
+    registry_factory, rules_factory, fault = logic.registry_factory, logic.rules_factory, logic.fault
+    out_of_orderness_ms, idleness_ms, dedup_ttl_ms = logic.out_of_orderness_ms, logic.idleness_ms, logic.dedup_ttl_ms
+    source_parallelism, archive_commit_ms = logic.source_parallelism, logic.archive_commit_ms
     from pyflink.common import Duration, Types, WatermarkStrategy
 
-    from operators.decode import DecoderRegistry
-    from operators.flink_functions import (
+    from jobs.telemetry_functions import (
         DEAD_LETTERS,
         TELEMETRY_TUPLE,
         TIMESTAMPED_TELEMETRY,
         DecodeRawFunction,
     )
+    from operators.decode import DecoderRegistry
 
     def per_partition(stream):
         # Device-time watermarks are generated after decoding, per source subtask. A subtask
@@ -244,7 +280,7 @@ def build_telemetry_pipeline(
     dead_letters = decoded.get_side_output(DEAD_LETTERS)
     dead_letters.sink_to(dlq_sink).uid("sink-dlq").name("Kafka: iotlink.dlq")
     if archive_sink_factory is not None:
-        from operators.flink_functions import ARCHIVE, ArchiveSinkFunction
+        from jobs.telemetry_functions import ARCHIVE, ArchiveSinkFunction
 
         # PyFlink reads a side output through a Map at the default parallelism behind a
         # rebalance; at the source's parallelism it stays a forward, in offset order.
@@ -266,7 +302,7 @@ def build_telemetry_pipeline(
     per_partition(telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry"))
     readings = timed
     if dedup_ttl_ms:
-        from operators.flink_functions import DeduplicateFunction
+        from jobs.telemetry_functions import DeduplicateFunction
 
         readings = (
             timed.key_by(lambda t: t[0], key_type=Types.STRING())
@@ -290,7 +326,7 @@ def build_telemetry_pipeline(
         if hot_sink_factory is not None:
             hot.append(hourly.filter(lambda row: '"scope":"product"' in row).uid("hot-product-hours").name("Product hours"))
     if rules_factory is not None and alarm_sink is not None:
-        from operators.flink_functions import (
+        from jobs.telemetry_functions import (
             COMMANDS,
             RULE_SETS,
             RULE_STATUS,
@@ -340,7 +376,7 @@ def build_telemetry_pipeline(
             notifications = alarms.process(NotificationFunction(), output_type=Types.STRING()).uid("route-notify").name("Severity routing: notify")
             notifications.sink_to(notification_sink).uid("sink-notifications").name("Kafka: iotlink.notifications")
         if alarm_store_factory is not None:
-            from operators.flink_functions import BatchedSinkFunction, alarm_store_statements, json_bucket
+            from jobs.telemetry_functions import BatchedSinkFunction, alarm_store_statements, json_bucket
 
             (
                 alarms.key_by(json_bucket(16, "device_id"), key_type=Types.INT())
@@ -349,7 +385,7 @@ def build_telemetry_pipeline(
                 .name("PostgreSQL: alarm_events + alarm_tickets")
             )
     if history_sink_factory is not None and history:
-        from operators.flink_functions import ICEBERG_STAT_METRICS, BatchedSinkFunction, json_bucket
+        from jobs.telemetry_functions import ICEBERG_STAT_METRICS, BatchedSinkFunction, json_bucket
 
         merged = history[0].union(*history[1:]) if len(history) > 1 else history[0]
         (
@@ -361,7 +397,7 @@ def build_telemetry_pipeline(
             .name("Iceberg: alarm_events + agg_1h")
         )
     if hot_sink_factory is not None:
-        from operators.flink_functions import BatchedSinkFunction, hot_layer_statements, json_bucket
+        from jobs.telemetry_functions import BatchedSinkFunction, hot_layer_statements, json_bucket
 
         # Two writers: telemetry runs at the source's parallelism and cannot share a key-by with
         # the streams at the default one. They touch different fields of device_state.
@@ -404,7 +440,7 @@ def _assign_device_time(decoded, strategy, parallelism: int | None):
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
-    from operators.flink_functions import TELEMETRY_TUPLE
+    from jobs.telemetry_functions import TELEMETRY_TUPLE
 
     eventtime = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
     marked = decoded._j_data_stream.assignTimestampsAndWatermarks(
@@ -547,7 +583,7 @@ def create_job(settings: Settings, options: RunOptions):
         string_source_from_start,
     )
     from jobs.connector_classpath import make_connector_jars_visible
-    from operators.flink_functions import FailOnceAfter
+    from jobs.telemetry_functions import FailOnceAfter
 
     config = Configuration()
     bootstrap, topics = settings.bootstrap_servers, settings.topics
@@ -584,7 +620,7 @@ def create_job(settings: Settings, options: RunOptions):
     if settings.postgres_url:
         from connectors.postgres import apply_migrations
         from jobs.aggregates import AggregateOutputs
-        from operators.flink_functions import PostgresWriterFactory
+        from jobs.telemetry_functions import PostgresWriterFactory
 
         apply_migrations(settings.postgres_url)  # a bad URL or schema stops the start, not a task
         aggregates = AggregateOutputs(
@@ -603,7 +639,7 @@ def create_job(settings: Settings, options: RunOptions):
         # (Over files the raw-partition numbering of the archive does not apply: the file batch
         # job archives files.)
         from connectors.iceberg import init_tables, open_catalog
-        from operators.flink_functions import IcebergArchiveFactory, IcebergHistoryFactory
+        from jobs.telemetry_functions import IcebergArchiveFactory, IcebergHistoryFactory
 
         partitions = partition_count(bootstrap, topics.raw)
         if source_parallelism != partitions:
@@ -617,7 +653,7 @@ def create_job(settings: Settings, options: RunOptions):
     hot_sink_factory = None
     if settings.mongo_url:
         from connectors.mongo import init_collections, open_database
-        from operators.flink_functions import MongoWriterFactory
+        from jobs.telemetry_functions import MongoWriterFactory
 
         init_collections(open_database(settings.mongo_url))  # an unreachable server stops the start
         hot_sink_factory = MongoWriterFactory(settings.mongo_url)
@@ -626,39 +662,20 @@ def create_job(settings: Settings, options: RunOptions):
         if not options.fail_marker:
             raise ValueError("fail_after needs fail_marker")
         fault = FailOnceAfter(options.fail_after, options.fail_marker, str(settings.checkpoint_dir))
-    build_telemetry_pipeline(
-        env,
-        source,
-        telemetry_sink,
-        dlq_sink,
-        out_of_orderness_ms=settings.flink.out_of_orderness_ms,
-        idleness_ms=settings.flink.idleness_ms,
-        registry_factory=registry_factory,
-        fault=fault,
-        rules_factory=rules_factory,
-        alarm_sink=alarm_sink,
-        command_sink=command_sink,
-        rules_source=rules_source,
-        rule_status_sink=status_sink,
-        control_source=control_source,
-        notification_sink=notification_sink,
-        alarm_store_factory=alarm_store_factory,
-        dedup_ttl_ms=settings.flink.dedup_ttl_ms,
-        allowed_lateness_ms=settings.flink.allowed_lateness_ms,
-        aggregates=aggregates,
-        late_sink=late_sink,
-        source_parallelism=source_parallelism,
-        archive_sink_factory=archive_sink_factory,
-        archive_topic=topics.raw,
-        archive_commit_ms=settings.flink.iceberg_commit_ms,
-        history_sink_factory=history_sink_factory,
-        raw_is_text=bool(options.input_files),
-        hot_sink_factory=hot_sink_factory,
-        expected_intervals_ms={
-            device_id: int(info.expected_interval_s * 1000)
-            for device_id, info in registry_factory.devices.items() if info.expected_interval_s
-        },
+    job = TelemetryJob(
+        TelemetryInputs(source, raw_is_text=bool(options.input_files), rules=rules_source, control=control_source),
+        TelemetryOutputs(
+            telemetry_sink, dlq_sink, late=late_sink, alarms=alarm_sink, commands=command_sink, rule_status=status_sink,
+            notifications=notification_sink, alarm_store=alarm_store_factory, aggregates=aggregates,
+            archive=archive_sink_factory, archive_topic=topics.raw, history=history_sink_factory, hot=hot_sink_factory,
+        ),
+        TelemetryLogic(
+            registry_factory=registry_factory, rules_factory=rules_factory, out_of_orderness_ms=settings.flink.out_of_orderness_ms,
+            idleness_ms=settings.flink.idleness_ms, dedup_ttl_ms=settings.flink.dedup_ttl_ms, source_parallelism=source_parallelism,
+            archive_commit_ms=settings.flink.iceberg_commit_ms, fault=fault,
+        ),
     )
+    build_telemetry_pipeline(env, job)
     return env
 
 

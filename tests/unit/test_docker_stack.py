@@ -99,7 +99,7 @@ def test_prometheus_scrapes_the_flink_reporter_port(compose):
 
 
 def test_documented_metrics_cover_every_counter_of_the_operators():
-    trees = [ast.parse((ROOT / path).read_text()) for path in ("operators/flink_functions.py", "jobs/aggregates.py")]
+    trees = [ast.parse((ROOT / path).read_text()) for path in ("jobs/telemetry_functions.py", "jobs/aggregates.py")]
     names, scopes, stats = set(), [], set()
     for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "counter" and node.args:
