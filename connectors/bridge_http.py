@@ -716,30 +716,3 @@ def options_from_args(args, settings) -> HttpOptions:
         retry_after_s=args.retry_after,
         drain_timeout_s=args.drain_timeout,
     )
-
-
-def run(args, settings) -> int:
-    """``iotlink bridge http``: serves until Ctrl-C or SIGTERM, then lets running requests finish and exits 0."""
-    from iotlink.bridge_commands import RunningService, serve_until_stopped
-
-    def open_service(settings) -> RunningService:
-        options = options_from_args(args, settings)
-        ingest = HttpIngest(options)
-        ingest.start()
-        auth = f"{len(options.tokens)} bearer token(s)" if options.tokens else "NO authentication"
-
-        def final(drained: bool) -> str:
-            c = ingest.counters.snapshot()
-            return (f"http ingest: stopped: requests {c['requests']}, 202 {c['accepted']}, 503 {c['unavailable']}, "
-                    f"records produced {c['produced']}" + ("" if drained else "; some requests were still running at the drain timeout"))
-
-        return RunningService(
-            banner=f"http ingest: listening on http://{options.host}:{ingest.port} ({auth}; OpenAPI at /openapi.json) "
-            f"-> {options.raw_topic} via {options.bootstrap_servers}",
-            snapshot=ingest.counters.snapshot,
-            status=ingest.status,
-            stop=ingest.stop,
-            final=final,
-        )
-
-    return serve_until_stopped("http ingest", args, settings, ("kafka",), open_service, lambda s: options_from_args(args, s))

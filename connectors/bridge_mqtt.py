@@ -827,28 +827,3 @@ def options_from_args(args, settings) -> BridgeOptions:
         max_payload_bytes=args.max_payload_bytes,
         drain_timeout_s=args.drain_timeout,
     )
-
-
-def run(args, settings) -> int:
-    """``iotlink bridge mqtt``: runs until Ctrl-C or SIGTERM, then drains and exits 0."""
-    from iotlink.bridge_commands import RunningService, serve_until_stopped
-
-    def open_service(settings) -> RunningService:
-        options = options_from_args(args, settings)
-        running = start_bridge(options)
-
-        def final(drained: bool) -> str:
-            c = running.counters
-            return (f"mqtt bridge: stopped: received {c['received']}, produced {c['produced']}, rejected->dlq {c['rejected']}"
-                    + ("" if drained else f"; {running.bridge.in_flight} unconfirmed messages left to the broker's redelivery"))
-
-        return RunningService(
-            banner=f"mqtt bridge: {options.describe()} {', '.join(options.topic_filters)} -> {options.raw_topic} "
-            f"(dead letters {options.dlq_topic}) via {options.bootstrap_servers}, client id {options.client_id}",
-            snapshot=lambda: running.counters,
-            status=running.status,
-            stop=running.stop,
-            final=final,
-        )
-
-    return serve_until_stopped("mqtt bridge", args, settings, ("kafka", "mqtt"), open_service)

@@ -419,29 +419,3 @@ def options_from_args(args, settings) -> TcpOptions:
         window=args.window,
         drain_timeout_s=args.drain_timeout,
     )
-
-
-def run(args, settings) -> int:
-    """``iotlink bridge tcp``: serves until Ctrl-C or SIGTERM, then drains and exits 0."""
-    from iotlink.bridge_commands import RunningService, serve_until_stopped
-
-    def open_service(settings) -> RunningService:
-        options = options_from_args(args, settings)
-        gateway = TcpGateway(options)
-        gateway.start()
-
-        def final(drained: bool) -> str:
-            c = gateway.counters.snapshot()
-            return (f"tcp gateway: stopped: frames {c['received']}, produced {c['produced']}, rejected->dlq {c['rejected']}, "
-                    f"kafka errors {c['failed']}" + ("" if drained else "; the drain timeout ended before every frame was confirmed"))
-
-        return RunningService(
-            banner=f"tcp gateway: listening on {options.host}:{gateway.port}, {options.framing.describe()}, {options.device_id.describe()}, "
-            f"acks {options.ack} -> {options.raw_topic} (dead letters {options.dlq_topic}) via {options.bootstrap_servers}",
-            snapshot=gateway.counters.snapshot,
-            status=lambda before, seconds: status_line(gateway.counters.snapshot(), before, seconds, gateway.in_flight),
-            stop=gateway.stop,
-            final=final,
-        )
-
-    return serve_until_stopped("tcp gateway", args, settings, ("kafka",), open_service, lambda s: options_from_args(args, s))

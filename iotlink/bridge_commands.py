@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from connectors import bridge_http, bridge_mqtt, bridge_tcp
 from iotlink.config import Settings
 
 # bridge name -> (module, one-line help, description)
@@ -57,8 +58,7 @@ def add_bridge_commands(sub, common: argparse.ArgumentParser) -> None:
 
 def run_bridge_command(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the bridge the command line names."""
-    module_name = BRIDGES[args.bridge_command][0]
-    return importlib.import_module(module_name).run(args, settings)
+    return {"mqtt": run_mqtt, "tcp": run_tcp, "http": run_http}[args.bridge_command](args, settings)
 
 
 @dataclass
@@ -131,3 +131,75 @@ def serve_until_stopped(label: str, args: argparse.Namespace, settings: Settings
             signal.signal(sig, handler)
         if stack is not None:
             stack.stop()
+
+
+def run_mqtt(args: argparse.Namespace, settings: Settings) -> int:
+    """``iotlink bridge mqtt``: runs until Ctrl-C or SIGTERM, then drains and exits 0."""
+    def open_service(settings) -> RunningService:
+        options = bridge_mqtt.options_from_args(args, settings)
+        running = bridge_mqtt.start_bridge(options)
+
+        def final(drained: bool) -> str:
+            c = running.counters
+            return (f"mqtt bridge: stopped: received {c['received']}, produced {c['produced']}, rejected->dlq {c['rejected']}"
+                    + ("" if drained else f"; {running.bridge.in_flight} unconfirmed messages left to the broker's redelivery"))
+
+        return RunningService(
+            banner=f"mqtt bridge: {options.describe()} {', '.join(options.topic_filters)} -> {options.raw_topic} "
+            f"(dead letters {options.dlq_topic}) via {options.bootstrap_servers}, client id {options.client_id}",
+            snapshot=lambda: running.counters,
+            status=running.status,
+            stop=running.stop,
+            final=final,
+        )
+
+    return serve_until_stopped("mqtt bridge", args, settings, ("kafka", "mqtt"), open_service)
+
+
+def run_tcp(args: argparse.Namespace, settings: Settings) -> int:
+    """``iotlink bridge tcp``: serves until Ctrl-C or SIGTERM, then drains and exits 0."""
+    def open_service(settings) -> RunningService:
+        options = bridge_tcp.options_from_args(args, settings)
+        gateway = bridge_tcp.TcpGateway(options)
+        gateway.start()
+
+        def final(drained: bool) -> str:
+            c = gateway.counters.snapshot()
+            return (f"tcp gateway: stopped: frames {c['received']}, produced {c['produced']}, rejected->dlq {c['rejected']}, "
+                    f"kafka errors {c['failed']}" + ("" if drained else "; the drain timeout ended before every frame was confirmed"))
+
+        return RunningService(
+            banner=f"tcp gateway: listening on {options.host}:{gateway.port}, {options.framing.describe()}, {options.device_id.describe()}, "
+            f"acks {options.ack} -> {options.raw_topic} (dead letters {options.dlq_topic}) via {options.bootstrap_servers}",
+            snapshot=gateway.counters.snapshot,
+            status=lambda before, seconds: bridge_tcp.status_line(gateway.counters.snapshot(), before, seconds, gateway.in_flight),
+            stop=gateway.stop,
+            final=final,
+        )
+
+    return serve_until_stopped("tcp gateway", args, settings, ("kafka",), open_service, lambda s: bridge_tcp.options_from_args(args, s))
+
+
+def run_http(args: argparse.Namespace, settings: Settings) -> int:
+    """``iotlink bridge http``: serves until Ctrl-C or SIGTERM, then lets running requests finish and exits 0."""
+    def open_service(settings) -> RunningService:
+        options = bridge_http.options_from_args(args, settings)
+        ingest = bridge_http.HttpIngest(options)
+        ingest.start()
+        auth = f"{len(options.tokens)} bearer token(s)" if options.tokens else "NO authentication"
+
+        def final(drained: bool) -> str:
+            c = ingest.counters.snapshot()
+            return (f"http ingest: stopped: requests {c['requests']}, 202 {c['accepted']}, 503 {c['unavailable']}, "
+                    f"records produced {c['produced']}" + ("" if drained else "; some requests were still running at the drain timeout"))
+
+        return RunningService(
+            banner=f"http ingest: listening on http://{options.host}:{ingest.port} ({auth}; OpenAPI at /openapi.json) "
+            f"-> {options.raw_topic} via {options.bootstrap_servers}",
+            snapshot=ingest.counters.snapshot,
+            status=ingest.status,
+            stop=ingest.stop,
+            final=final,
+        )
+
+    return serve_until_stopped("http ingest", args, settings, ("kafka",), open_service, lambda s: bridge_http.options_from_args(args, s))
