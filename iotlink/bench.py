@@ -278,8 +278,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     stack = None
     if args.embedded:
-        # PostgreSQL too: the full job writes alarm events and window aggregates there.
-        stack = EmbeddedStack(settings, ("kafka", "postgres"))
+        # Every sink on: PostgreSQL (aggregates, alarm events), Iceberg (archive, history) and
+        # the MongoDB hot layer, as the job runs in production.
+        stack = EmbeddedStack(settings, ("kafka", "postgres", "iceberg", "mongo"))
         stack.start()
         settings = stack.settings_with_endpoints()
     try:

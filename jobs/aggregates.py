@@ -1,7 +1,7 @@
-"""The telemetry job's aggregates: Python hands one typed row per reading to Flink SQL, which does the rest.
+"""The telemetry job's aggregates: one typed row per reading, made in Java, and Flink SQL for the rest.
 
-    readings (decoded, de-duplicated) --[ReadingRows: lateness check, typed row]---+
-    dead letters of known devices ------[RejectionRows]---------------------------+
+    readings (decoded, de-duplicated) --[ReadingRows (Java): lateness check, typed row]--+
+    dead letters of known devices ------[RejectionRows (Java)]---------------------------+
         --> view `readings` --> sql/jobs/aggregates.sql (GROUP BY time buckets, Java)
         --> each table's changelog fired per window on device time (WindowFirings, Java)
         --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product), comm_quality_5m / _1h
@@ -13,23 +13,18 @@ covers the decoder, the aggregates and their sinks.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from pyflink.common import Row, RowKind, Types
-from pyflink.datastream import FlatMapFunction, OutputTag, ProcessFunction
+from pyflink.common import RowKind, Types
+from pyflink.datastream import FlatMapFunction, OutputTag
 
 from connectors.flink_sql import CATALOG_DIR, jdbc_options, option_lines, render, split_statements
-from operators.aggregate_rows import READING_FIELDS, hourly_window_row, late_letter, reading_row, rejection_row, too_late
+from operators.aggregate_rows import hourly_window_row
 
 AGGREGATES_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "aggregates.sql"
 POSTGRES_TABLES_SQL = CATALOG_DIR / "20_postgres_tables.sql"
-READING_ROW = Types.ROW_NAMED(
-    list(READING_FIELDS),
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.MAP(Types.STRING(), Types.DOUBLE()), Types.LONG()],
-)
 LATE_RECORDS = OutputTag("late-records", Types.STRING())
 BUCKETS_MS = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000}
 METRIC_GROUP = "iotlink"
@@ -51,39 +46,6 @@ class AggregateOutputs:
     allowed_lateness_ms: int = 300_000
     expected_intervals_ms: dict[str, int] = field(default_factory=dict)
     flush_rows: int = 5000
-
-
-class ReadingRows(ProcessFunction):
-    """Telemetry tuples -> one reading row each; readings later than the allowed lateness go to
-    LATE_RECORDS instead (counted: ``windows_too_late``)."""
-
-    def __init__(self, allowed_lateness_ms: int, expected_intervals_ms: dict[str, int]):
-        self._lateness = allowed_lateness_ms
-        self._intervals = dict(expected_intervals_ms)
-
-    def open(self, runtime_context):
-        self._too_late = runtime_context.get_metrics_group().add_group(METRIC_GROUP).counter("windows_too_late")
-
-    def process_element(self, value, ctx):
-        device_id, device_ts, text = value
-        record = orjson.loads(text)
-        watermark = ctx.timer_service().current_watermark()
-        if too_late(device_ts, watermark, self._lateness):
-            self._too_late.inc()
-            yield LATE_RECORDS, orjson.dumps(late_letter(record, watermark, self._lateness)).decode()
-            return
-        metrics = record.get("metrics")
-        yield Row(*reading_row(device_id, record.get("product_id"), device_ts, metrics if isinstance(metrics, dict) else {},
-                               self._intervals.get(device_id)))
-
-
-class RejectionRows(FlatMapFunction):
-    """Dead-letter JSON -> one ``rejected`` row when the letter names a device."""
-
-    def flat_map(self, value):
-        row = rejection_row(orjson.loads(value), int(time.time() * 1000))
-        if row is not None:
-            yield Row(*row)
 
 
 class HourlyWindowRows(FlatMapFunction):
@@ -188,11 +150,13 @@ def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_
     """
     from pyflink.table import StreamTableEnvironment
 
-    rows = readings.process(ReadingRows(outputs.allowed_lateness_ms, outputs.expected_intervals_ms), output_type=READING_ROW)
+    from jobs.java_operators import reading_rows, rejection_rows, side_output, union_all
+
+    rows = reading_rows(readings, outputs.allowed_lateness_ms, outputs.expected_intervals_ms, LATE_RECORDS)
     rows = rows.uid("aggregate-rows").name("Lateness check + reading rows")
     if late_sink is not None:
-        rows.get_side_output(LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
-    rejected = dead_letters.flat_map(RejectionRows(), output_type=READING_ROW).uid("rejection-rows").name("Dead letters of devices")
+        side_output(rows, LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
+    rejected = rejection_rows(dead_letters).uid("rejection-rows").name("Dead letters of devices")
     t_env = StreamTableEnvironment.create(env)
     config = t_env.get_config()
     config.set("table.local-time-zone", "UTC")
@@ -201,7 +165,7 @@ def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_
     config.set("table.exec.mini-batch.enabled", "true")
     config.set("table.exec.mini-batch.allow-latency", "1 s")
     config.set("table.exec.mini-batch.size", "5000")
-    t_env.create_temporary_view("readings", t_env.from_data_stream(rows.union(rejected)))
+    t_env.create_temporary_view("readings", t_env.from_data_stream(union_all(rows, rejected)))
     ddl, inserts = aggregate_statements(outputs)
     for statement in ddl:
         t_env.execute_sql(statement)

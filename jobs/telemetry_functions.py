@@ -26,8 +26,8 @@ TELEMETRY_TUPLE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
 # (telemetry tuple, event time): the decode output, before the watermark operator strips the time.
 TIMESTAMPED_TELEMETRY = Types.TUPLE([TELEMETRY_TUPLE, Types.LONG()])
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
-# (raw partition, archive text): every raw record and every telemetry record, for Iceberg.
-ARCHIVE = OutputTag("archive", Types.TUPLE([Types.INT(), Types.STRING()]))
+# "<raw partition>|<archive text>": every raw record and every telemetry record, for Iceberg.
+ARCHIVE = OutputTag("archive", Types.STRING())
 
 
 def subtask_of(runtime_context) -> tuple[int, int]:
@@ -93,7 +93,7 @@ class DecodeRawFunction(ProcessFunction):
         outcome = decode_raw_record(raw, self._registry, int(time.time() * 1000))
         archive = self._partition is not None
         if archive:
-            yield ARCHIVE, (self._partition, self._raw_item_text(raw))
+            yield ARCHIVE, f"{self._partition}|{self._raw_item_text(raw)}"
         for letter in outcome.dead_letters:
             self._count_rejection(letter["reason_code"])
             if letter.get("spec_id") is not None or letter["stage"] in ("parse", "checksum", "contract"):
@@ -104,7 +104,7 @@ class DecodeRawFunction(ProcessFunction):
             self._spec_counters(record.get("spec_id"))[0].inc()
             text = telemetry_to_json(record)
             if archive:
-                yield ARCHIVE, (self._partition, "t" + text)
+                yield ARCHIVE, f"{self._partition}|t{text}"
             # Paired with its event time, which the (Java) watermark operator takes from field 1.
             yield (record["device_id"], record["device_ts"], text), record["device_ts"]
 
@@ -229,7 +229,11 @@ class _AlarmOperator:
             yield orjson.dumps({"command": command}).decode()
         self._state.update(state)
         deadline = self._engine.next_deadline(state)
-        if deadline is not None and deadline != self._timer.value():
+        registered = self._timer.value()
+        # One pending timer per device, the earliest: a timer that fires before the device's
+        # deadline has moved on is harmless (advance does only what is due) and registers the
+        # next one; a timer per record would run a state round trip per record again on firing.
+        if deadline is not None and (registered is None or deadline < registered):
             ctx.timer_service().register_event_time_timer(deadline)
             self._timer.update(deadline)
 
@@ -343,8 +347,69 @@ class NotificationFunction(ProcessFunction):
 END_OF_TIME = 2**63 - 1  # Flink's final watermark (Long.MAX_VALUE)
 
 
-class BatchedSinkFunction(KeyedProcessFunction):
-    """Hands values to an idempotent sink in batches, buffered in keyed state.
+class _SinkWriting:
+    """Writes batches to an idempotent sink (``write_batch``/``flush``/``close``) and counts them
+    (metric group ``iotlink.sink.<name>``: written, batches, write_ms, and the sink's own
+    statistics named in ``stat_metrics``)."""
+
+    def _open_sink(self, runtime_context, sink_factory, name: str, stat_metrics: dict[str, str]) -> None:
+        self._sink = sink_factory()
+        group = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", name)
+        self._written = group.counter("written")
+        self._batches = group.counter("batches")
+        # (counter, last value seen on the sink's stats) per mirrored statistic
+        self._stat_counters = {attr: [group.counter(metric), 0] for attr, metric in stat_metrics.items()}
+        # Total write time (with ``batches``: the mean write latency); a counter, since Python
+        # gauges are unsafe in thread mode (see AlarmFunction).
+        self._write_ms = group.counter("write_ms")
+
+    def _write_values(self, count: int, batch) -> None:
+        started = time.perf_counter()
+        self._sink.write_batch(batch)
+        self._write_ms.inc(int((time.perf_counter() - started) * 1000))
+        self._written.inc(count)
+        self._batches.inc()
+        stats = getattr(self._sink, "stats", None)
+        for attr, mirrored in self._stat_counters.items():
+            value = getattr(stats, attr, 0)
+            mirrored[0].inc(value - mirrored[1])
+            mirrored[1] = value
+
+    def close(self):
+        if getattr(self, "_sink", None) is not None:
+            self._sink.close()
+
+
+class BatchWriter(_SinkWriting, ProcessFunction):
+    """Writes the batches that ``io.iotlink.flink.SinkBatches`` gathers in Java: one crossing into
+    Python per batch instead of one per record, and no Python state (the batches are flushed
+    before every checkpoint barrier, so a completed checkpoint has all its records written).
+
+    Args:
+        sink_factory: Picklable; builds the sink (``write_batch``/``flush``/``close``) in ``open``.
+        batch_for: Picklable; ``(sequence number of the first value, values)`` -> the sink's batch.
+        name: Metric name part (``sink.<name>.written`` / ``.batches`` / ``.retries``).
+        stat_metrics: Sink ``stats`` attribute -> metric name (default ``retries``).
+    """
+
+    def __init__(self, sink_factory, batch_for, name: str, stat_metrics: dict[str, str] | None = None):
+        self._sink_factory = sink_factory
+        self._batch_for = batch_for
+        self._name = name
+        self._stat_metrics = dict(stat_metrics or {"retries": "retries"})
+
+    def open(self, runtime_context):
+        self._open_sink(runtime_context, self._sink_factory, self._name, self._stat_metrics)
+
+    def process_element(self, value, ctx):
+        first_seq, values = value
+        self._write_values(len(values), self._batch_for(first_seq, values))
+
+
+class BatchedSinkFunction(_SinkWriting, KeyedProcessFunction):
+    """Hands values to an idempotent sink in batches, buffered in keyed state (for the streams of
+    a few records per second: alarm events, window rows, dead letters; per-record streams use
+    :class:`BatchWriter`).
 
     Python functions cannot act on checkpoint completion, so the buffer lives in ListState:
     whatever a checkpoint captured unwritten is restored and written after a failure, and
@@ -374,17 +439,9 @@ class BatchedSinkFunction(KeyedProcessFunction):
     def open(self, runtime_context):
         from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-        self._sink = self._sink_factory()
+        self._open_sink(runtime_context, self._sink_factory, self._name, self._stat_metrics)
         self._buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.STRING()))
         self._count = runtime_context.get_state(ValueStateDescriptor("buffered", Types.INT()))
-        group = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", self._name)
-        self._written = group.counter("written")
-        self._batches = group.counter("batches")
-        # (counter, last value seen on the sink's stats) per mirrored statistic
-        self._stat_counters = {attr: [group.counter(metric), 0] for attr, metric in self._stat_metrics.items()}
-        # Total write time (with ``batches``: the mean write latency); a counter, since Python
-        # gauges are unsafe in thread mode (see AlarmFunction).
-        self._write_ms = group.counter("write_ms")
 
     def process_element(self, value, ctx):
         self._buffer.add(value)
@@ -409,51 +466,33 @@ class BatchedSinkFunction(KeyedProcessFunction):
     def _write(self):
         values = list(self._buffer.get() or [])
         if values:
-            started = time.perf_counter()
-            self._sink.write_batch(self._statements_for(values))
-            self._write_ms.inc(int((time.perf_counter() - started) * 1000))
-            self._written.inc(len(values))
-            self._batches.inc()
-            stats = getattr(self._sink, "stats", None)
-            for attr, mirrored in self._stat_counters.items():
-                value = getattr(stats, attr, 0)
-                mirrored[0].inc(value - mirrored[1])
-                mirrored[1] = value
+            self._write_values(len(values), self._statements_for(values))
         self._buffer.clear()
         self._count.clear()
-
-    def close(self):
-        if getattr(self, "_sink", None) is not None:
-            self._sink.close()
 
 
 # The Iceberg writers' counters: commit retries, and rows skipped as already committed.
 ICEBERG_STAT_METRICS = {"retries": "retries", "skipped": "skipped_committed"}
 
 
-class ArchiveSinkFunction(BatchedSinkFunction):
-    """Numbers each archived item within its raw partition (keyed state, checkpointed) and
-    hands batches to the Iceberg archive writer, which skips numbers already committed.
+def archive_batch(first_seq: int, values: list[str]) -> list[str]:
+    """A batch of ``<raw partition>|<archive text>`` -> numbered archive items. One source subtask
+    reads one raw partition in offset order, so a replayed item gets its number again and the
+    Iceberg writer skips the numbers already committed. (Plain strings cross into Python: a list
+    of Java tuples arrives as one reused tuple repeated.)"""
+    from connectors.iceberg import archive_item
 
-    The key is the raw partition, and a partition's items all come from one source subtask in
-    offset order, so after a restore the replayed items get the same numbers again.
-    """
+    items = []
+    for i, value in enumerate(values):
+        partition, _, text = value.partition("|")
+        items.append(archive_item(int(partition), first_seq + i + 1, text))
+    return items
 
-    def __init__(self, sink_factory, batch_size: int, flush_ms: int):
-        super().__init__(sink_factory, list, "iceberg", batch_size=batch_size, flush_ms=flush_ms, stat_metrics=ICEBERG_STAT_METRICS)
 
-    def open(self, runtime_context):
-        from pyflink.datastream.state import ValueStateDescriptor
-
-        super().open(runtime_context)
-        self._seq = runtime_context.get_state(ValueStateDescriptor("seq", Types.LONG()))
-
-    def process_element(self, value, ctx):
-        from connectors.iceberg import archive_item
-
-        seq = (self._seq.value() or 0) + 1
-        self._seq.update(seq)
-        super().process_element(archive_item(value[0], seq, value[1]), ctx)
+def hot_layer_batch(first_seq: int, values: list[str]) -> list:
+    """A batch of telemetry JSON -> hot-layer operations (the sequence numbers are not needed:
+    the operations are upserts by deterministic ids)."""
+    return hot_layer_statements(values)
 
 
 class IcebergArchiveFactory:
@@ -530,40 +569,3 @@ def json_bucket(buckets: int, *fields: str):
         return zlib.crc32("|".join(str(doc[f]) for f in fields if f in doc).encode()) % buckets
 
     return bucket
-
-
-class DeduplicateFunction(KeyedProcessFunction):
-    """Drops a reading whose (device, device time, decoded payload) was seen within the TTL.
-
-    Keyed by device; the fingerprints live in MapState with a TTL, so at-least-once bridges
-    (MQTT QoS 1 redelivery) cannot inflate aggregates or raise alarms twice. Metric:
-    ``duplicates_dropped``.
-    """
-
-    def __init__(self, ttl_ms: int):
-        self._ttl_ms = ttl_ms
-
-    def open(self, runtime_context):
-        from pyflink.common.time import Time
-        from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
-
-        descriptor = MapStateDescriptor("seen-readings", Types.STRING(), Types.BOOLEAN())
-        descriptor.enable_time_to_live(
-            StateTtlConfig.new_builder(Time.milliseconds(self._ttl_ms))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-            .build()
-        )
-        self._seen = runtime_context.get_map_state(descriptor)
-        self._dropped = runtime_context.get_metrics_group().add_group(METRIC_GROUP).counter("duplicates_dropped")
-
-    def process_element(self, value, ctx):
-        from operators.windows import record_fingerprint
-
-        record = orjson.loads(value[2])
-        fingerprint = record_fingerprint(value[0], value[1], record.get("metrics", {}))
-        if self._seen.contains(fingerprint):
-            self._dropped.inc()
-            return
-        self._seen.put(fingerprint, True)
-        yield value

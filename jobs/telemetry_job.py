@@ -84,6 +84,9 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         "execution.checkpointing.num-retained": "3",
         "execution.checkpointing.min-pause": f"{min(500, settings.flink.checkpoint_interval_ms // 2)} ms",
         "state.backend.type": "rocksdb",
+        # Timers (the alarm operator's deadlines, the batch sinks' flushes) on the heap: in RocksDB
+        # every registration and firing is a read and a write of the timer column family.
+        "state.backend.rocksdb.timer-service.factory": "HEAP",
         # Keep in-flight data small under backpressure: checkpoint barriers (and alarms) do not
         # queue behind seconds of buffered records.
         "taskmanager.network.memory.buffer-debloat.enabled": "true",
@@ -246,6 +249,7 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
     source_parallelism, archive_commit_ms = logic.source_parallelism, logic.archive_commit_ms
     from pyflink.common import Duration, Types, WatermarkStrategy
 
+    from jobs.java_operators import deduplicate, key_for_python, side_output, sink_batches
     from jobs.telemetry_functions import (
         DEAD_LETTERS,
         TELEMETRY_TUPLE,
@@ -277,17 +281,22 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
         .uid("decode-raw")
         .name("Decode payloads")
     )
-    dead_letters = decoded.get_side_output(DEAD_LETTERS)
+    dead_letters = side_output(decoded, DEAD_LETTERS)
     dead_letters.sink_to(dlq_sink).uid("sink-dlq").name("Kafka: iotlink.dlq")
     if archive_sink_factory is not None:
-        from jobs.telemetry_functions import ARCHIVE, ArchiveSinkFunction
+        from jobs.telemetry_functions import ARCHIVE, ICEBERG_STAT_METRICS, BatchWriter, archive_batch
 
-        # PyFlink reads a side output through a Map at the default parallelism behind a
-        # rebalance; at the source's parallelism it stays a forward, in offset order.
+        # Batched in Java at the source's parallelism (a forward, in offset order: one subtask per
+        # raw partition numbers its items the same way again after a restore).
+        archive_writer = BatchWriter(archive_sink_factory, archive_batch, "iceberg", stat_metrics=ICEBERG_STAT_METRICS)
         (
-            per_partition(decoded.get_side_output(ARCHIVE))
-            .key_by(lambda item: item[0], key_type=Types.INT())
-            .process(ArchiveSinkFunction(archive_sink_factory, batch_size=20_000, flush_ms=archive_commit_ms))
+            per_partition(
+                sink_batches(side_output(decoded, ARCHIVE), ARCHIVE.type_info, max_size=20_000, max_delay_ms=archive_commit_ms)
+                .uid("iceberg-batches").name("Batches for Iceberg")
+                .process(archive_writer)
+                # A task of its own: a commit must not hold up decoding.
+                .start_new_chain()
+            )
             .uid("sink-iceberg")
             .name("Iceberg: raw_payloads + telemetry")
         )
@@ -302,14 +311,7 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
     per_partition(telemetry.sink_to(telemetry_sink).uid("sink-telemetry").name("Kafka: iotlink.telemetry"))
     readings = timed
     if dedup_ttl_ms:
-        from jobs.telemetry_functions import DeduplicateFunction
-
-        readings = (
-            timed.key_by(lambda t: t[0], key_type=Types.STRING())
-            .process(DeduplicateFunction(dedup_ttl_ms), output_type=TELEMETRY_TUPLE)
-            .uid("dedup")
-            .name("Drop duplicate readings")
-        )
+        readings = deduplicate(timed, dedup_ttl_ms).uid("dedup").name("Drop duplicate readings")
     if fault is not None:
         readings = readings.map(fault, output_type=TELEMETRY_TUPLE).uid("test-fault").name("Test fault")
     history = []  # streams for the Iceberg history tables (hourly windows, alarm events)
@@ -345,7 +347,7 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
                 .flat_map(AckToTuple(), output_type=TELEMETRY_TUPLE).uid("control-acks").name("Acknowledge commands")
             )
             alarm_input = readings.union(acks)
-        keyed = alarm_input.key_by(lambda t: t[0], key_type=Types.STRING())
+        keyed = key_for_python(alarm_input, TELEMETRY_TUPLE, "alarm-keys")
         if rules_source is not None:
             # Idle after a second without pushes, so the rule stream never holds back event time.
             rule_strategy = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
@@ -364,14 +366,14 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
             )
         alarms = alarms.process(SplitAlarmOutput(), output_type=Types.STRING()).uid("alarm-split").name("Events / commands / rule status")
         if rule_status_sink is not None:
-            status = alarms.get_side_output(RULE_STATUS)
+            status = side_output(alarms, RULE_STATUS)
             status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
         alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
         history.append(alarms)
         if hot_sink_factory is not None:
             hot.append(alarms)
         if command_sink is not None:
-            alarms.get_side_output(COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
+            side_output(alarms, COMMANDS).sink_to(command_sink).uid("sink-commands").name("Kafka: iotlink.commands")
         if notification_sink is not None:
             notifications = alarms.process(NotificationFunction(), output_type=Types.STRING()).uid("route-notify").name("Severity routing: notify")
             notifications.sink_to(notification_sink).uid("sink-notifications").name("Kafka: iotlink.notifications")
@@ -397,13 +399,18 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
             .name("Iceberg: alarm_events + agg_1h")
         )
     if hot_sink_factory is not None:
-        from jobs.telemetry_functions import BatchedSinkFunction, hot_layer_statements, json_bucket
+        from jobs.telemetry_functions import BatchedSinkFunction, BatchWriter, hot_layer_batch, hot_layer_statements, json_bucket
 
-        # Two writers: telemetry runs at the source's parallelism and cannot share a key-by with
-        # the streams at the default one. They touch different fields of device_state.
+        # Two writers: telemetry (every reading) is batched in Java at the source's parallelism,
+        # one device's readings in order; the events below are few. They touch different fields
+        # of device_state.
         (
-            telemetry.key_by(json_bucket(16, "device_id"), key_type=Types.INT())
-            .process(BatchedSinkFunction(hot_sink_factory, hot_layer_statements, "mongo_telemetry", batch_size=2000, flush_ms=500))
+            per_partition(
+                sink_batches(telemetry, Types.STRING(), max_size=2000, max_delay_ms=500)
+                .uid("mongo-telemetry-batches").name("Batches for MongoDB")
+                .process(BatchWriter(hot_sink_factory, hot_layer_batch, "mongo_telemetry"))
+                .start_new_chain()
+            )
             .uid("sink-mongo-telemetry")
             .name("MongoDB: device_state + telemetry_recent")
         )

@@ -268,17 +268,6 @@ class WindowBook:
         return merge_partials(parts)
 
 
-def record_fingerprint(device_id: str, device_ts: int, metrics: dict) -> str:
-    """Identity of a reading for duplicate suppression: device, device time and the decoded
-    payload (metrics), so a redelivered message matches whatever its receive time."""
-    import hashlib
-
-    import orjson
-
-    body = orjson.dumps(metrics, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(f"{device_id}|{device_ts}|".encode() + body, digest_size=12).hexdigest()
-
-
 def window_row(scope: str, key: str, product_id: str | None, result: WindowResult) -> dict:
     """The wire/sink form of one fired window."""
     return {

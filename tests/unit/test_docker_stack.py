@@ -112,6 +112,9 @@ def test_documented_metrics_cover_every_counter_of_the_operators():
             scopes.append(node.value.value)
         elif isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ICEBERG_STAT_METRICS":
             stats.update(ast.literal_eval(node.value).values())
+    # The counters of the project's Java operators (jvm/functions) too.
+    for java in (ROOT / "jvm" / "functions" / "src").rglob("*.java"):
+        names.update(re.findall(r'\.counter\("([A-Za-z0-9_]+)"\)', java.read_text()))
     expanded = {name.replace("{scope}", scope) for name in names for scope in (scopes if "{scope}" in name else [""])} | stats
     assert {"records_in", "decoded", "duplicates_dropped", "alarms_raised", "write_ms", "windows_too_late", "skipped_committed"} <= expanded
     documented = documented_metrics()

@@ -1,0 +1,127 @@
+"""The Java operators of jvm/functions that carry records past Python (jobs/java_operators.py),
+run in a small bounded Flink job: duplicate suppression, the aggregate rows of readings and dead
+letters, and the lateness rule."""
+
+import sys
+
+import orjson
+import pytest
+from pyflink.common import Configuration, Types
+from pyflink.datastream import OutputTag, ProcessFunction, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
+from pyflink.table import StreamTableEnvironment
+
+from connectors.jars import pipeline_jars_option
+from jobs.connector_classpath import make_connector_jars_visible
+from jobs.java_operators import deduplicate, reading_rows, rejection_rows, side_output, sink_batches
+from jobs.telemetry_functions import TELEMETRY_TUPLE
+from jobs.telemetry_job import export_python_path
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env():
+    export_python_path()
+    config = Configuration()
+    config.set_string("pipeline.jars", pipeline_jars_option())
+    config.set_string("rest.port", "0")
+    config.set_string("python.execution-mode", "thread")
+    config.set_string("python.executable", sys.executable)
+    config.set_string("python.client.executable", sys.executable)
+    environment = StreamExecutionEnvironment.get_execution_environment(config)
+    environment.set_parallelism(1)
+    make_connector_jars_visible()
+    return environment
+
+
+def telemetry(device_id: str, device_ts: int, metrics: dict, ingest_ts: int = 1) -> tuple:
+    record = {"device_id": device_id, "product_id": "prod-a", "device_ts": device_ts, "ingest_ts": ingest_ts, "metrics": metrics}
+    return device_id, device_ts, orjson.dumps(record).decode()
+
+
+def collect(stream) -> list:
+    with stream.execute_and_collect() as results:
+        return list(results)
+
+
+def test_a_redelivered_reading_is_dropped_whatever_its_receive_time_and_key_order(env):
+    first = telemetry("dev-1", 1_000, {"a": 1.5, "b": 2, "c": {"y": 1, "x": [1, 2]}})
+    items = [
+        first,
+        telemetry("dev-1", 1_000, {"c": {"x": [1, 2], "y": 1}, "b": 2, "a": 1.5}, ingest_ts=99),  # redelivery
+        telemetry("dev-1", 1_001, {"a": 1.5, "b": 2, "c": {"y": 1, "x": [1, 2]}}),  # another time
+        telemetry("dev-2", 1_000, {"a": 1.5, "b": 2, "c": {"y": 1, "x": [1, 2]}}),  # another device
+        telemetry("dev-1", 1_000, {"a": 1.5, "b": 3, "c": {"y": 1, "x": [1, 2]}}),  # another value
+        telemetry("dev-1", 1_000, {"a": 1.5, "b": 2, "c": {"y": 1, "x": [2, 1]}}),  # another order inside a list
+        telemetry("dev-1", 1_000, {"A": 1.5, "b": 2, "c": {"y": 1, "x": [1, 2]}}),  # another name
+    ]
+    kept = collect(deduplicate(env.from_collection(items, TELEMETRY_TUPLE), ttl_ms=60_000))
+    assert sorted(tuple(t) for t in kept) == sorted(items[:1] + items[2:])
+
+
+def test_a_reading_is_one_row_with_its_finite_numeric_metrics(env):
+    metrics_json = '{"tempC":21.5,"count":3,"ok":true,"mode":"eco","huge":1e400,"big":1' + "0" * 400 + ',"exact":9007199254740993}'
+    text = '{"device_id":"dev-1","product_id":"prod-a","device_ts":1000,"metrics":' + metrics_json + "}"
+    items = [("dev-1", 1_000, text), telemetry("dev-2", 5, {"mode": "eco"}) ]
+    items[1] = ("dev-2", 5, items[1][2].replace('"product_id":"prod-a",', ""))
+    rows = collect(reading_rows(env.from_collection(items, TELEMETRY_TUPLE), 300_000, {"dev-1": 60_000}, OutputTag("late", Types.STRING())))
+    got = {row[1]: tuple(row) for row in rows}
+    assert got["dev-1"] == ("reading", "dev-1", "prod-a", 1_000, {"tempC": 21.5, "count": 3.0, "exact": float(2**53 + 1)}, 60_000)
+    # No numeric metric, no product: still a received reading.
+    assert got["dev-2"] == ("reading", "dev-2", None, 5, {}, None)
+
+
+def test_dead_letters_count_by_receive_time_and_only_with_a_device(env):
+    letters = [
+        {"device_id": "dev-9", "product_id": "prod-a", "received_at": 7_000},
+        {"device_id": "dev-8", "received_at": "soon"},
+        {"device_id": None, "received_at": 1},
+        {"device_id": ["a"], "received_at": 1},
+        {"device_id": "", "received_at": 1},
+    ]
+    texts = [orjson.dumps(letter).decode() for letter in letters] + ["not json"]
+    t_env = StreamTableEnvironment.create(env)
+    table = t_env.from_data_stream(rejection_rows(env.from_collection(texts, Types.STRING())))
+    # (Through SQL: PyFlink's collect cannot hand a null map over to Python.)
+    query = f"SELECT kind, device_id, product_id, ts, metrics IS NULL, interval_ms IS NULL FROM {table}"
+    with t_env.sql_query(query).execute().collect() as results:
+        rows = {row[1]: tuple(row) for row in results}
+    assert set(rows) == {"dev-9", "dev-8"}
+    assert rows["dev-9"] == ("rejected", "dev-9", "prod-a", 7_000, True, True)
+    assert rows["dev-8"][3] > 1_700_000_000_000  # no receive time: counted now
+
+
+def test_too_late_means_the_minute_ended_more_than_the_lateness_before_the_watermark(env):
+    too_late = get_gateway().jvm.io.iotlink.flink.ReadingRows.tooLate
+    minute_end = 120_000  # a reading at 61 s belongs to the minute [60 s, 120 s)
+    assert not too_late(61_000, minute_end + 300_000 - 2, 300_000)
+    assert too_late(61_000, minute_end + 300_000 - 1, 300_000)
+    assert not too_late(61_000, -(2**63), 300_000)  # before the first watermark nothing is late
+    assert too_late(-61_000, 300_000, 0)  # device times before 1970 floor to their own minute
+
+
+def test_sink_batches_hand_python_whole_batches_numbered_in_order(env):
+    items_tag = OutputTag("items", Types.STRING())
+
+    # (Defined here so that they are pickled by value: the test module is not importable in Flink's
+    # interpreter.)
+    class TwoItemsEach(ProcessFunction):
+        """Like the decoder: side-output items for a sink, as a Python operator hands them to Java."""
+
+        def process_element(self, value, ctx):
+            yield items_tag, "r" + value
+            yield items_tag, "t" + value
+
+    class ShowBatch(ProcessFunction):
+        """Like the batch writers: one call per batch."""
+
+        def process_element(self, value, ctx):
+            first_seq, values = value
+            yield f"{first_seq}:{','.join(values)}"
+
+    items = env.from_collection([f"x{i}" for i in range(7)], Types.STRING()).process(TwoItemsEach(), output_type=Types.STRING())
+    batches = sink_batches(side_output(items, items_tag), Types.STRING(), max_size=4, max_delay_ms=60_000)
+    got = collect(batches.process(ShowBatch(), output_type=Types.STRING()))
+    # Full batches when 4 are buffered, the rest at the end of input; each item once, in order.
+    assert got == ["0:rx0,tx0,rx1,tx1", "4:rx2,tx2,rx3,tx3", "8:rx4,tx4,rx5,tx5", "12:rx6,tx6"]
