@@ -104,11 +104,16 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         "metrics.fetcher.update-interval": "2000",
         # A slot per subtask of the widest operator (the source runs one subtask per partition).
         "taskmanager.numberOfTaskSlots": str(max(settings.flink.parallelism, source_parallelism or 1)),
+        # RocksDB's write buffers and block cache come from managed memory, shared by every
+        # stateful operator of a slot; the local default (128 MiB for all slots) left each a few
+        # MiB, so memtables were flushed and compacted all the time.
+        "taskmanager.memory.managed.size": "512m",
     }
     if submitted_by_flink_cli():
         # The cluster's own config.yaml says where its REST API is and how many slots it has;
         # these keys are for the local MiniCluster only.
-        for key in ("rest.port", "rest.address", "rest.bind-address", "metrics.fetcher.update-interval", "taskmanager.numberOfTaskSlots"):
+        for key in ("rest.port", "rest.address", "rest.bind-address", "metrics.fetcher.update-interval", "taskmanager.numberOfTaskSlots",
+                    "taskmanager.memory.managed.size"):
             del conf[key]
     if options.prometheus_port is not None:
         # Locally the reporter jar comes from pyflink/plugins (export_reporter_classpath); a

@@ -25,10 +25,13 @@ import hashlib
 import heapq
 from dataclasses import dataclass, field
 
-from operators.expressions import EvaluationError, Expression, MissingValue, Scope, compile_expression
+from operators.expressions import RECORD_FIELDS, EvaluationError, Expression, MissingValue, Scope, compile_expression
 from operators.rule_model import SEVERITY_RANK, Rule, RuleSet, action_for
 
 ROUTES = {"critical": "auto_action", "high": "notify", "medium": "queue", "low": "log"}
+# What evaluation reads of a record (expressions see the metrics and these fields): a buffered
+# record keeps only them, since the device's state is stored again at every record.
+BUFFERED_FIELDS = RECORD_FIELDS | {"metrics"}
 
 
 class RuleSetError(ValueError):
@@ -167,7 +170,8 @@ class AlarmEngine:
             out.late = 1
             return out
         state.seq += 1
-        heapq.heappush(state.buffer, (ts, state.seq, record))
+        kept = {name: value for name, value in record.items() if name in BUFFERED_FIELDS}
+        heapq.heappush(state.buffer, (ts, state.seq, kept))
         state.max_ts = ts if state.max_ts is None else max(state.max_ts, ts)
         horizon = state.max_ts - self.bound
         self._release(state, horizon, out)

@@ -439,6 +439,16 @@ def test_engine_reports_late_records_and_buffers_within_the_bound():
     assert state.buffer == []
 
 
+def test_a_buffered_record_keeps_only_what_evaluation_reads():
+    engine = AlarmEngine({"p": rule_set([threshold("tempC > 80 and hub_id == 'h1'")]).compiled}, max_out_of_orderness_ms=5000)
+    state = DeviceState()
+    record = {**rec(0, tempC=85), "hub_id": "h1", "ingest_ts": 5, "units": {"tempC": "C"}, "spec_id": "s", "spec_version": "1"}
+    engine.on_record(state, record)
+    assert set(state.buffer[0][2]) == {"device_id", "product_id", "device_ts", "hub_id", "metrics"}
+    out = engine.flush(state)
+    assert [e["event"] for e in out.events] == ["RAISED"]  # the kept hub_id still decides
+
+
 # --- acknowledge ------------------------------------------------------------------------------
 
 
