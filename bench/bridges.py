@@ -32,8 +32,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connectors.kafka import ensure_topics, read_topic  # noqa: E402
-from iotlink.config import Settings, StackPorts  # noqa: E402
 from iotlink.stack import EmbeddedStack, free_port, wait_for_port  # noqa: E402
+from jobs.config import Settings, StackPorts  # noqa: E402
 
 
 def percentiles(samples_ms: list[float]) -> str:

@@ -1,14 +1,14 @@
 """The Flink SQL catalog of the platform: DDL files in ``sql/flink/`` rendered with the settings.
 
 The DDL files hold placeholders such as ``${bootstrap_servers}`` or ``${scan_telemetry}``;
-:func:`render_catalog` fills them from the same :class:`iotlink.config.Settings` the jobs use,
+:func:`render_catalog` fills them from the same :class:`jobs.config.Settings` the jobs use,
 so no host, topic or password is ever written into a DDL file by hand. Rendering is pure (no
 network).
 
 Placeholders (every one a DDL file may use is in :data:`PLACEHOLDERS`):
 
 - ``${bootstrap_servers}``: Kafka bootstrap servers.
-- ``${topic_<name>}``: the topic names of :class:`iotlink.config.Topics` (raw, telemetry, alarms, dlq, notifications).
+- ``${topic_<name>}``: the topic names of :class:`jobs.config.Topics` (raw, telemetry, alarms, dlq, notifications).
 - ``${scan_<name>}``: the Kafka table options that say where a read starts and, for bounded
   reads, where it ends (``scan.startup.mode``, ``scan.bounded.mode = latest-offset``, ...).
 - ``${jdbc_options}``: ``'url' = 'jdbc:postgresql://…'`` plus the credentials of ``postgres_url``.
@@ -120,7 +120,7 @@ def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | N
     """The value of every placeholder for these settings (None: not configured).
 
     Args:
-        settings: Platform settings (:class:`iotlink.config.Settings`).
+        settings: Platform settings (:class:`jobs.config.Settings`).
         scan: Where Kafka reads start and stop (default: earliest, unbounded).
 
     Returns:

@@ -21,7 +21,7 @@ TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 
 
 def ensure_platform_topics(bootstrap_servers: str, topics, raw_partitions: int = 4) -> list[str]:
-    """Creates the platform's topics (an :class:`iotlink.config.Topics`, whatever their names):
+    """Creates the platform's topics (an :class:`jobs.config.Topics`, whatever their names):
     the raw topic with ``raw_partitions`` partitions, raw and DLQ accepting large records.
 
     Returns:

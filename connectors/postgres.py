@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.sink_retry import RetryingBatchWriter
+from operators.spec_loading import DeviceInfo, SpecLoadError, load_device_registry_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgres"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -190,3 +191,51 @@ def group_statements(statements: Iterable[tuple[str, tuple]]) -> list[tuple[str,
         else:
             groups.append((sql, [params]))
     return groups
+
+
+def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
+    """Loads device -> product/tenant master data from a YAML file or a PostgreSQL table.
+
+    YAML: see ``operators.spec_loading.load_device_registry_file``. PostgreSQL
+    (``postgresql://...``): table ``devices`` with columns ``device_id``, ``product_id`` and,
+    when present, ``tenant_id`` and ``expected_interval_s`` (the reporting period that
+    communication quality counts missing messages against).
+
+    Raises:
+        SpecLoadError: with the file or URL (password hidden), field and reason.
+    """
+    if location is not None and str(location).startswith(("postgresql://", "postgres://")):
+        return _devices_from_postgres(str(location))
+    return load_device_registry_file(location)
+
+
+def _devices_from_postgres(url: str) -> dict[str, DeviceInfo]:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            columns = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices' AND table_schema = current_schema()"
+                )
+            }
+            if not {"device_id", "product_id"} <= columns:
+                raise SpecLoadError(
+                    [f"{_redact(url)}: devices: table needs columns device_id and product_id (has: {', '.join(sorted(columns)) or 'no table'})"]
+                )
+            tenant = "tenant_id" if "tenant_id" in columns else "NULL"
+            interval = "expected_interval_s" if "expected_interval_s" in columns else "NULL"
+            rows = conn.execute(f"SELECT device_id, product_id, {tenant}, {interval} FROM devices").fetchall()
+    except psycopg.Error as exc:
+        raise SpecLoadError([f"{_redact(url)}: devices: cannot read the device registry: {str(exc).strip().splitlines()[0]}"]) from None
+    return {
+        str(d): DeviceInfo(str(p), None if t is None else str(t), None if i is None or i <= 0 else float(i)) for d, p, t, i in rows
+    }
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

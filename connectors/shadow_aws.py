@@ -35,7 +35,7 @@ class AwsIotShadowLink(ShadowLink):
 
     Args:
         shadow: The ``shadow`` settings; ``endpoint``, ``cert`` and ``key`` must be set
-            (:class:`~iotlink.config.ShadowSettings` checks that for ``backend: aws-iot``).
+            (:class:`~jobs.config.ShadowSettings` checks that for ``backend: aws-iot``).
         on_reported: Called as ``on_reported(thing, reported_patch)`` for every accepted update
             that carries reported state, from the connection's event-loop thread.
 

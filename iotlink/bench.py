@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from iotlink.config import Settings
+from jobs.config import Settings
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +123,7 @@ def _machine() -> str:
 
 
 def _start_job(settings: Settings, extra: list[str], log_name: str):
-    from iotlink.cli import start_job_process
+    from iotlink.job_process import start_job_process
 
     return start_job_process(settings, extra, settings.data_dir.resolve() / "logs" / log_name)
 
@@ -212,7 +212,7 @@ def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
     from connectors.kafka import end_offsets
-    from iotlink.cli import stop_job_process
+    from iotlink.job_process import stop_job_process
     from iotlink.live import FlinkRest
     from iotlink.simulator import PublishStats, run_simulation
 

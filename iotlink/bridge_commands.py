@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from connectors import bridge_http, bridge_mqtt, bridge_tcp
-from iotlink.config import Settings
+from jobs.config import Settings
 
 # bridge name -> (module, one-line help, description)
 BRIDGES = {

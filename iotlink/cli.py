@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from iotlink.config import ConfigError, Settings, load_settings
+from iotlink.job_process import start_job_process, stop_job_process
+from iotlink.stack import print_endpoints, with_stack
+from jobs.config import ConfigError, Settings, connection_options, settings_from_args
 from operators.spec_loading import SpecLoadError
 
 EPILOG = """\
@@ -21,94 +21,6 @@ $IOTLINK_CONFIG), environment variables (IOTLINK_BOOTSTRAP_SERVERS, IOTLINK_POST
 IOTLINK_ICEBERG_CATALOG, IOTLINK_ICEBERG_WAREHOUSE, IOTLINK_MQTT_URL, IOTLINK_MONGO_URL, IOTLINK_DATA_DIR) and the
 options below. With --embedded a command starts the embedded stack itself.
 """
-
-
-def _connection_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("platform endpoints")
-    group.add_argument("--config", metavar="FILE", help="YAML config file (default $IOTLINK_CONFIG)")
-    group.add_argument("--embedded", action="store_true",
-                       help="use the embedded stack: the one iotlink up or demo runs on --data-dir, "
-                       "else start one for this command and stop it after")
-    group.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
-    group.add_argument("--postgres-url", metavar="URL", help="PostgreSQL URL, postgresql://user@host:port/db")
-    group.add_argument("--iceberg-catalog", metavar="URI", help="Iceberg catalog: sqlite:///path (SQL catalog) or REST URL")
-    group.add_argument("--iceberg-warehouse", metavar="URI", help="Iceberg warehouse location (file:///… or s3://…)")
-    group.add_argument("--mqtt-url", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port")
-    group.add_argument("--mongo-url", metavar="URL", help="MongoDB/DocumentDB hot layer, mongodb://host:port/database[?options]")
-    group.add_argument("--data-dir", metavar="DIR", help="embedded stack data, checkpoints and logs (default ./.iotlink)")
-    ports = parent.add_argument_group("embedded stack ports (127.0.0.1)")
-    ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Apache Kafka broker port (default 19092)")
-    ports.add_argument(
-        "--kafka-controller-port", type=int, metavar="PORT",
-        help="Kafka's KRaft controller port (default: a free port chosen on the first start, then kept in the data dir)",
-    )
-    ports.add_argument("--kafka-heap", type=int, metavar="MB", help="heap of the embedded Kafka broker in MiB (default 512)")
-    ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
-    ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
-    ports.add_argument("--mongo-port", type=int, metavar="PORT", help="MongoDB wire-protocol server port (default 27117)")
-    decoding = parent.add_argument_group("decoding")
-    decoding.add_argument("--specs-dir", metavar="DIR", help="directory of product decoder specs (default ./yaml_specs of the project)")
-    decoding.add_argument(
-        "--device-registry", metavar="FILE|URL", help="device -> product/tenant master data: a YAML file or postgresql:// URL (table devices)"
-    )
-    decoding.add_argument("--rules-dir", metavar="DIR", help="directory of alarm rule sets (default ./rules of the project)")
-    flink = parent.add_argument_group("Flink")
-    flink.add_argument("--ui-port", type=int, metavar="PORT", help="Flink web UI / REST port of the local cluster (default 18081)")
-    flink.add_argument("--parallelism", type=int, metavar="N", help="job parallelism (default 2)")
-    flink.add_argument("--checkpoint-interval", type=int, metavar="MS", help="checkpoint interval in ms (default 2000)")
-    flink.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint directory (default <data-dir>/checkpoints)")
-    return parent
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Builds settings from the config file, environment and the parsed options."""
-    if not hasattr(args, "bootstrap_servers"):
-        return load_settings(getattr(args, "config", None), {})
-    overrides: dict = {
-        "bootstrap_servers": args.bootstrap_servers,
-        "postgres_url": args.postgres_url,
-        "iceberg_catalog": args.iceberg_catalog,
-        "iceberg_warehouse": args.iceberg_warehouse,
-        "mqtt_url": args.mqtt_url,
-        "mongo_url": args.mongo_url,
-        "data_dir": args.data_dir,
-        "specs_dir": args.specs_dir,
-        "device_registry": args.device_registry,
-        "rules_dir": args.rules_dir,
-        "kafka_heap_mb": args.kafka_heap,
-    }
-    ports = {
-        k: v
-        for k, v in {
-            "kafka": args.kafka_port, "kafka_controller": args.kafka_controller_port,
-            "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mongo": args.mongo_port,
-        }.items()
-        if v
-    }
-    if ports:
-        overrides["ports"] = ports
-    flink = {
-        k: v
-        for k, v in {
-            "rest_port": args.ui_port,
-            "parallelism": args.parallelism,
-            "checkpoint_interval_ms": args.checkpoint_interval,
-            "checkpoint_dir": args.checkpoint_dir,
-        }.items()
-        if v is not None
-    }
-    if flink:
-        overrides["flink"] = flink
-    return load_settings(args.config, overrides)
-
-
-def _print_endpoints(endpoints: dict[str, str], ui_port: int | None = None) -> None:
-    width = max(len(k) for k in endpoints) if endpoints else 0
-    for name, address in endpoints.items():
-        print(f"  {name:<{width}}  {address}")
-    if ui_port is not None:
-        print(f"  {'flink ui':<{width}}  http://127.0.0.1:{ui_port}")
 
 
 class _Interrupted(Exception):
@@ -128,7 +40,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         endpoints = stack.start()
         print("iotlink embedded stack is up:")
-        _print_endpoints(endpoints)
+        print_endpoints(endpoints)
         print(f"  topics    {', '.join(settings.topics.all())}")
         print(f"  data dir  {stack.data_dir}")
         print("Press Ctrl-C to stop.", flush=True)
@@ -140,18 +52,6 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         stack.stop()
     print("stopped: no broker, database or MQTT process left running")
     return 0
-
-
-def _with_stack(args, settings, components):
-    from iotlink.stack import EmbeddedStack
-
-    if not args.embedded:
-        return None, settings
-    stack = EmbeddedStack(settings, components, share=True)
-    stack.start()
-    print(f"{stack.origin}:")
-    _print_endpoints(stack.endpoints)
-    return stack, stack.settings_with_endpoints()
 
 
 def _announce_specs(settings: Settings) -> None:
@@ -171,7 +71,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     options = options_from_args(args)
     _announce_specs(settings)  # a bad spec or rule stops here, before anything starts
-    stack, settings = _with_stack(args, settings, ("kafka",))
+    stack, settings = with_stack(args, settings, ("kafka",))
     try:
         print(f"telemetry job '{options.job_name}': {settings.topics.raw} -> {settings.topics.telemetry} (+ {settings.topics.dlq})")
         print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}   checkpoints: {settings.checkpoint_dir}", flush=True)
@@ -198,7 +98,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         stats = write_simulation_file(args, args.output)
         print(f"wrote {stats.sent} envelopes ({stats.invalid} deliberately malformed, {stats.repeated} repeated) to {args.output}")
         return 0
-    stack, settings = _with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" else ("kafka",))
+    stack, settings = with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" else ("kafka",))
     try:
         stats = run_simulation(settings, args, progress=True)
         print(f"sent {stats.sent} messages ({stats.invalid} deliberately malformed, {stats.repeated} repeated), {stats.errors} send errors")
@@ -211,21 +111,6 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             stack.stop()
 
 
-def _job_command(settings: Settings, extra: list[str]) -> list[str]:
-    return [
-        sys.executable, "-m", "iotlink.cli", "run",
-        "--bootstrap-servers", settings.bootstrap_servers,
-        "--data-dir", str(settings.data_dir),
-        "--ui-port", str(settings.flink.rest_port),
-        "--parallelism", str(settings.flink.parallelism),
-        "--checkpoint-interval", str(settings.flink.checkpoint_interval_ms),
-        "--specs-dir", str(settings.specs_dir),
-        "--rules-dir", str(settings.rules_dir),
-        *(["--device-registry", settings.device_registry] if settings.device_registry else []),
-        *extra,
-    ]
-
-
 def write_fleet_registry(args: argparse.Namespace, path: Path) -> Path:
     """Writes the simulated fleet's device registry (product, expected interval) as YAML."""
     from iotlink.simulator import fleet_from_args
@@ -236,47 +121,6 @@ def write_fleet_registry(args: argparse.Namespace, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def start_job_process(settings: Settings, extra: list[str], log_path: Path) -> subprocess.Popen:
-    """Starts ``iotlink run`` in its own process group, logging to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
-    return subprocess.Popen(
-        _job_command(settings, extra), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=job_environment(settings, os.environ),
-    )
-
-
-def job_environment(settings: Settings, base: dict) -> dict:
-    """The environment of a job process: the project on PYTHONPATH, and the database, catalog
-    and broker URLs (passed this way rather than as arguments, which any local user can read
-    with ps)."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**base, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), base.get("PYTHONPATH")]))}
-    for name, value in (("IOTLINK_POSTGRES_URL", settings.postgres_url), ("IOTLINK_ICEBERG_CATALOG", settings.iceberg_catalog),
-                        ("IOTLINK_ICEBERG_WAREHOUSE", settings.iceberg_warehouse), ("IOTLINK_MQTT_URL", settings.mqtt_url),
-                        ("IOTLINK_MONGO_URL", settings.mongo_url)):
-        if value:
-            env[name] = value
-    return env
-
-
-def stop_job_process(proc: subprocess.Popen, rest, timeout_s: float = 20.0) -> None:
-    """Cancels the running job through REST, then ends the job process group (JVM included)."""
-    job_id = rest.running_job()
-    if job_id:
-        with contextlib.suppress(OSError):
-            rest.cancel(job_id)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # anything the group left behind (the Flink JVM)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -296,7 +140,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         stack.start()
         settings = stack.settings_with_endpoints()
         print("embedded stack:")
-        _print_endpoints(stack.endpoints, settings.flink.rest_port)
+        print_endpoints(stack.endpoints, settings.flink.rest_port)
         if settings.device_registry is None:
             # The simulated fleet as master data: products and the reporting interval that
             # communication quality counts missing messages against.
@@ -402,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     from jobs.telemetry_job import add_job_arguments
 
-    common = _connection_options()
+    common = connection_options()
     parser = argparse.ArgumentParser(
         prog="iotlink",
         description="iotlink: IoT telemetry on Apache Flink — decode, alarms, aggregates, exactly-once sinks.",
@@ -546,7 +390,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     """Applies the PostgreSQL migrations."""
     from connectors.postgres import MigrationError, apply_migrations, read_migrations
 
-    stack, settings = _with_stack(args, settings, ("postgres",))
+    stack, settings = with_stack(args, settings, ("postgres",))
     try:
         if not settings.postgres_url:
             print("iotlink db init: no database: give --postgres-url (or --embedded)", file=sys.stderr)
@@ -571,7 +415,7 @@ def cmd_iceberg(args: argparse.Namespace, settings: Settings) -> int:
     """Creates the Iceberg tables, or runs a DuckDB query over them."""
     from connectors.iceberg import NAMESPACE, init_tables, open_catalog, query_tables
 
-    stack, settings = _with_stack(args, settings, ("iceberg",))
+    stack, settings = with_stack(args, settings, ("iceberg",))
     try:
         if not settings.iceberg_catalog:
             print(f"iotlink iceberg {args.iceberg_command}: no catalog: give --iceberg-catalog (or --embedded)", file=sys.stderr)
@@ -604,7 +448,7 @@ def cmd_shadow_service(args: argparse.Namespace, settings: Settings) -> int:
     """Serves device shadows on the MQTT broker until Ctrl-C."""
     from iotlink.shadow_service import ShadowService
 
-    stack, settings = _with_stack(args, settings, ("mqtt",))
+    stack, settings = with_stack(args, settings, ("mqtt",))
     if not settings.mqtt_url:
         print("iotlink shadow-service: no MQTT broker: give --mqtt-url (or --embedded)", file=sys.stderr)
         return 2
@@ -631,7 +475,7 @@ def cmd_control_sink(args: argparse.Namespace, settings: Settings) -> int:
     """Sends shadow commands from iotlink.commands to the device shadows until Ctrl-C."""
     from iotlink.control_sink import ControlStats, run_control_sink
 
-    stack, settings = _with_stack(args, settings, ("kafka", "postgres", "mqtt"))
+    stack, settings = with_stack(args, settings, ("kafka", "postgres", "mqtt"))
     if settings.shadow.backend == "mqtt" and not settings.mqtt_url:
         print("iotlink control-sink: no MQTT broker: give --mqtt-url (or --embedded), or set shadow.backend: aws-iot", file=sys.stderr)
         return 2
@@ -685,7 +529,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.schedule:
         next_run(args.schedule, datetime.now(UTC))  # a bad expression stops here
-    stack, settings = _with_stack(args, settings, ("postgres", "iceberg"))
+    stack, settings = with_stack(args, settings, ("postgres", "iceberg"))
     options = BatchOptions(
         inputs=tuple(args.input),
         output_dir=Path(args.output_dir) if args.output_dir else settings.data_dir / "batch",
@@ -719,7 +563,7 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
 
     from connectors.mongo import INDEXES, init_collections, open_database
 
-    stack, settings = _with_stack(args, settings, ("mongo",))
+    stack, settings = with_stack(args, settings, ("mongo",))
     try:
         if not settings.mongo_url:
             print(f"iotlink mongo {args.mongo_command}: no server: give --mongo-url (or --embedded)", file=sys.stderr)
@@ -873,7 +717,7 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
         print(f"stopped the Flink cluster of process {stopped['pid']} ({stopped['rest_url']}): "
               f"{', '.join(f'{name} {pid}' for name, pid in stopped['processes'].items())}")
         return 0
-    stack, settings = _with_stack(args, settings, ("kafka",))
+    stack, settings = with_stack(args, settings, ("kafka",))
     cluster = FlinkCluster(
         settings.data_dir, rest_port=settings.flink.rest_port, taskmanagers=args.taskmanagers, slots=args.slots,
         jobmanager_memory=args.jobmanager_memory, taskmanager_memory=args.taskmanager_memory, startup_timeout_s=args.startup_timeout,

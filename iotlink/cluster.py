@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from iotlink.config import Settings
 from iotlink.live import FlinkRest
 from iotlink.stack import free_port, pid_alive, port_is_free
+from jobs.config import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TELEMETRY_SCRIPT = "jobs/telemetry_job.py"  # relative to PROJECT_ROOT, as the README shows it

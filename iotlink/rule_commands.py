@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from iotlink.config import Settings
+from jobs.config import Settings
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BAD_RULES = 0, 1, 2
 

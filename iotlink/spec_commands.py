@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from iotlink.config import Settings
+from jobs.config import Settings
 
 EXIT_OK, EXIT_REJECTED, EXIT_BAD_SPEC = 0, 1, 2
 
@@ -85,9 +85,10 @@ def _payload_from_args(args: argparse.Namespace, spec) -> bytes:
 
 def cmd_decode(args: argparse.Namespace, settings: Settings) -> int:
     """Decodes one payload; see the module docstring for output and exit codes."""
+    from connectors.postgres import load_device_registry
     from operators.decode import DecodeError, DecoderRegistry, DeviceInfo, decode_raw_record
     from operators.envelope import RawEnvelope, build_envelope
-    from operators.spec_loading import SpecLoadError, load_device_registry, load_spec_file
+    from operators.spec_loading import SpecLoadError, load_spec_file
 
     try:
         loaded = load_spec_file(args.spec)

@@ -34,7 +34,7 @@ from connectors.flink_sql import (
     without_comments,
 )
 from connectors.jars import pipeline_jars_option
-from iotlink.config import Settings
+from jobs.config import Settings
 from jobs.connector_classpath import make_connector_jars_visible
 
 _SET = re.compile(r"^SET\s+'([^']+)'\s*=\s*'((?:[^']|'')*)'\s*$", re.I | re.S)
@@ -344,9 +344,9 @@ def add_sql_command(sub, common: argparse.ArgumentParser) -> None:
 
 def run_sql_command(args: argparse.Namespace, settings: Settings) -> int:
     """Runs ``iotlink sql``."""
-    from iotlink.cli import _with_stack
+    from iotlink.stack import with_stack
 
-    stack, settings = _with_stack(args, settings, ("kafka", "postgres")) if not args.print_catalog else (None, settings)
+    stack, settings = with_stack(args, settings, ("kafka", "postgres")) if not args.print_catalog else (None, settings)
     try:
         if stack is not None and settings.postgres_url:
             from connectors.postgres import apply_migrations

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.jars import kafka_broker_classpath
-from iotlink.config import Settings
+from jobs.config import Settings
 
 COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo")
 
@@ -535,3 +535,28 @@ class EmbeddedStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def print_endpoints(endpoints: dict[str, str], ui_port: int | None = None) -> None:
+    """Prints the stack's endpoints, one per line (and the Flink web UI when given)."""
+    width = max(len(k) for k in endpoints) if endpoints else 0
+    for name, address in endpoints.items():
+        print(f"  {name:<{width}}  {address}")
+    if ui_port is not None:
+        print(f"  {'flink ui':<{width}}  http://127.0.0.1:{ui_port}")
+
+
+def with_stack(args, settings: Settings, components):
+    """With ``--embedded`` (``args.embedded``): the embedded stack of ``components`` (the running
+    one on the data directory, else started for the command) and the settings pointing at it.
+
+    Returns:
+        (the stack to stop afterwards, or None without --embedded; the settings to use).
+    """
+    if not args.embedded:
+        return None, settings
+    stack = EmbeddedStack(settings, components, share=True)
+    stack.start()
+    print(f"{stack.origin}:")
+    print_endpoints(stack.endpoints)
+    return stack, stack.settings_with_endpoints()

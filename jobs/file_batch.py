@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from iotlink.config import Settings
+from jobs.config import Settings
 from operators.decode import decode_raw_record
 from operators.envelope import build_envelope
 from operators.file_input import (

@@ -352,13 +352,18 @@ class _SinkWriting:
     (metric group ``iotlink.sink.<name>``: written, batches, write_ms, and the sink's own
     statistics named in ``stat_metrics``)."""
 
-    def _open_sink(self, runtime_context, sink_factory, name: str, stat_metrics: dict[str, str]) -> None:
-        self._sink = sink_factory()
-        group = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", name)
+    def __init__(self, sink_factory, name: str, stat_metrics: dict[str, str] | None = None):
+        self._sink_factory = sink_factory
+        self._name = name
+        self._stat_metrics = dict(stat_metrics or {"retries": "retries"})
+
+    def _open_sink(self, runtime_context) -> None:
+        self._sink = self._sink_factory()
+        group = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", self._name)
         self._written = group.counter("written")
         self._batches = group.counter("batches")
         # (counter, last value seen on the sink's stats) per mirrored statistic
-        self._stat_counters = {attr: [group.counter(metric), 0] for attr, metric in stat_metrics.items()}
+        self._stat_counters = {attr: [group.counter(metric), 0] for attr, metric in self._stat_metrics.items()}
         # Total write time (with ``batches``: the mean write latency); a counter, since Python
         # gauges are unsafe in thread mode (see AlarmFunction).
         self._write_ms = group.counter("write_ms")
@@ -393,13 +398,11 @@ class BatchWriter(_SinkWriting, ProcessFunction):
     """
 
     def __init__(self, sink_factory, batch_for, name: str, stat_metrics: dict[str, str] | None = None):
-        self._sink_factory = sink_factory
+        super().__init__(sink_factory, name, stat_metrics)
         self._batch_for = batch_for
-        self._name = name
-        self._stat_metrics = dict(stat_metrics or {"retries": "retries"})
 
     def open(self, runtime_context):
-        self._open_sink(runtime_context, self._sink_factory, self._name, self._stat_metrics)
+        self._open_sink(runtime_context)
 
     def process_element(self, value, ctx):
         first_seq, values = value
@@ -429,17 +432,15 @@ class BatchedSinkFunction(_SinkWriting, KeyedProcessFunction):
 
     def __init__(self, sink_factory, statements_for, name: str, batch_size: int = 500, flush_ms: int = 500,
                  stat_metrics: dict[str, str] | None = None):
-        self._sink_factory = sink_factory
+        super().__init__(sink_factory, name, stat_metrics)
         self._statements_for = statements_for
-        self._name = name
         self._batch_size = batch_size
         self._flush_ms = flush_ms
-        self._stat_metrics = dict(stat_metrics or {"retries": "retries"})
 
     def open(self, runtime_context):
         from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-        self._open_sink(runtime_context, self._sink_factory, self._name, self._stat_metrics)
+        self._open_sink(runtime_context)
         self._buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.STRING()))
         self._count = runtime_context.get_state(ValueStateDescriptor("buffered", Types.INT()))
 

@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connectors.jars import pipeline_jars_option  # noqa: E402
-from iotlink.config import Settings  # noqa: E402
+from jobs.config import Settings  # noqa: E402
 
 JOB_NAME = "iotlink-telemetry"
 
@@ -541,7 +541,8 @@ def decoder_registry_factory(settings: Settings, specs=None):
     Raises:
         operators.spec_loading.SpecLoadError: file, line, field and reason for each problem.
     """
-    from operators.spec_loading import RegistryFactory, load_device_registry
+    from connectors.postgres import load_device_registry
+    from operators.spec_loading import RegistryFactory
 
     specs = specs if specs is not None else load_decoder_specs(settings)
     return RegistryFactory(specs, load_device_registry(settings.device_registry))
@@ -775,30 +776,58 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     )
 
 
+def build_job_parser() -> argparse.ArgumentParser:
+    """The options of ``flink run -py jobs/telemetry_job.py``: the platform settings and the per-run options."""
+    from jobs.config import connection_options
+
+    parser = argparse.ArgumentParser(
+        prog="telemetry_job.py", parents=[connection_options(embedded=False)],
+        description="The iotlink telemetry job, as submitted to a Flink cluster (locally: iotlink run).",
+    )
+    add_job_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``flink run -py jobs/telemetry_job.py [options]``.
 
-    Attached (``flink run``) the client waits for the job as ``iotlink run`` does; detached
-    (``flink run -d``) it returns once the job is submitted.
+    Attached (``flink run``) the client waits for the job; detached (``flink run -d``) it returns
+    once the job is submitted. Bad configuration, specs or rules stop the start with one line
+    each (exit 2).
     """
-    from iotlink.cli import main as cli_main
+    from jobs.config import ConfigError, settings_from_args
+    from operators.spec_loading import SpecLoadError
 
-    args = sys.argv[1:] if argv is None else argv
-    if submitted_by_flink_cli():
-        from pyflink.datastream import StreamExecutionEnvironment
+    parsed = build_job_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings, options = settings_from_args(parsed), options_from_args(parsed)
+        detached = False
+        if submitted_by_flink_cli():
+            from pyflink.datastream import StreamExecutionEnvironment
 
-        from iotlink.cli import build_parser, settings_from_args
-
-        cli_conf = StreamExecutionEnvironment.get_execution_environment()._j_stream_execution_environment.getConfiguration()
-        if cli_conf.toMap().get("execution.attached") == "false":
-            # run_telemetry_job would wait for the job's end (the CLI process with it), and a
-            # Ctrl-C there would cancel the job that was meant to run detached.
-            parsed = build_parser().parse_args(["run", *args])
-            options = options_from_args(parsed)
-            client = create_job(settings_from_args(parsed), options).execute_async(options.job_name)
+            cli_conf = StreamExecutionEnvironment.get_execution_environment()._j_stream_execution_environment.getConfiguration()
+            # Waiting for the job's end would keep the CLI process (and a Ctrl-C there would
+            # cancel the job that was meant to run detached).
+            detached = cli_conf.toMap().get("execution.attached") == "false"
+        if detached:
+            client = create_job(settings, options).execute_async(options.job_name)
             print(f"telemetry job '{options.job_name}' submitted (detached): {client.get_job_id()}", flush=True)
             return 0
-    return cli_main(["run", *args])
+        print(f"telemetry job '{options.job_name}': {settings.topics.raw} -> {settings.topics.telemetry} (+ {settings.topics.dlq})", flush=True)
+        run_telemetry_job(settings, options)
+        print("job finished")
+        return 0
+    except ConfigError as exc:
+        print(f"telemetry_job.py: configuration error: {exc}", file=sys.stderr)
+    except SpecLoadError as exc:
+        for problem in exc.problems:
+            print(f"telemetry_job.py: {problem}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"telemetry_job.py: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\njob cancelled")
+        return 0
+    return 2
 
 
 if __name__ == "__main__":

@@ -212,22 +212,17 @@ def duplicate_problems(loaded: list[LoadedSpec]) -> list[str]:
     return problems
 
 
-def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
-    """Loads device -> product/tenant master data from a YAML file or a PostgreSQL table.
-
-    YAML: ``devices: {dev-1: {product: product_a, tenant: acme}, ...}``. PostgreSQL
-    (``postgresql://...``): table ``devices`` with columns ``device_id``, ``product_id`` and,
-    when present, ``tenant_id`` and ``expected_interval_s`` (the reporting period that
-    communication quality counts missing messages against).
+def load_device_registry_file(location: str | Path | None) -> dict[str, DeviceInfo]:
+    """Loads device -> product/tenant master data from a YAML file
+    (``devices: {dev-1: {product: product_a, tenant: acme, expected_interval_s: 60}, ...}``); the
+    PostgreSQL table is read by ``connectors.postgres.load_device_registry``.
 
     Raises:
-        SpecLoadError: with the file or URL, field and reason.
+        SpecLoadError: with the file, line, field and reason.
     """
     if location is None:
         return {}
     text = str(location)
-    if text.startswith(("postgresql://", "postgres://")):
-        return _devices_from_postgres(text)
     try:
         doc = load_yaml_file(text)
     except YamlDocumentError as exc:
@@ -257,38 +252,6 @@ def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
     if problems:
         raise SpecLoadError(problems)
     return devices
-
-
-def _devices_from_postgres(url: str) -> dict[str, DeviceInfo]:
-    import psycopg
-
-    try:
-        with psycopg.connect(url, connect_timeout=10) as conn:
-            columns = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices' AND table_schema = current_schema()"
-                )
-            }
-            if not {"device_id", "product_id"} <= columns:
-                raise SpecLoadError(
-                    [f"{_redact(url)}: devices: table needs columns device_id and product_id (has: {', '.join(sorted(columns)) or 'no table'})"]
-                )
-            tenant = "tenant_id" if "tenant_id" in columns else "NULL"
-            interval = "expected_interval_s" if "expected_interval_s" in columns else "NULL"
-            rows = conn.execute(f"SELECT device_id, product_id, {tenant}, {interval} FROM devices").fetchall()
-    except psycopg.Error as exc:
-        raise SpecLoadError([f"{_redact(url)}: devices: cannot read the device registry: {str(exc).strip().splitlines()[0]}"]) from None
-    return {
-        str(d): DeviceInfo(str(p), None if t is None else str(t), None if i is None or i <= 0 else float(i)) for d, p, t, i in rows
-    }
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 def build_registry(specs: list[LoadedSpec], devices: dict[str, DeviceInfo] | None = None) -> DecoderRegistry:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from iotlink.config import Settings, StackPorts
 from iotlink.stack import EmbeddedStack, free_port
+from jobs.config import Settings, StackPorts
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,7 @@ def with_own_topics(settings, name: str, raw_partitions: int = 4):
     delay each other's output; own topics keep each test's result its own.
     """
     from connectors.kafka import ensure_platform_topics
-    from iotlink.config import Topics
+    from jobs.config import Topics
 
     topics = Topics(**{key: f"{name}.{topic}" for key, topic in settings.topics.model_dump().items()})
     ensure_platform_topics(settings.bootstrap_servers, topics, raw_partitions)

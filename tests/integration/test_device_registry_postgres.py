@@ -3,8 +3,9 @@
 import pytest
 from postgres_schemas import schema_with
 
+from connectors.postgres import load_device_registry
 from operators.decode import DeviceInfo
-from operators.spec_loading import SpecLoadError, load_device_registry
+from operators.spec_loading import SpecLoadError
 
 pytestmark = pytest.mark.integration
 

@@ -112,8 +112,9 @@ def with_own_hot_layer(settings, mongo_url, name):
 
 def test_crash_after_a_checkpoint_restores_without_loss_or_duplicates(settings, mongo_url, tmp_path):
     # Commits far more often than checkpoints: the crash then falls after sink writes that the
-    # last checkpoint does not cover, which the restored job replays.
-    flink = settings.flink.model_copy(update={"checkpoint_interval_ms": 3000, "iceberg_commit_ms": 200})
+    # last checkpoint does not cover, which the restored job replays. (The fault waits for a
+    # completed checkpoint: with 3 s between checkpoints a fast run had read all its input first.)
+    flink = settings.flink.model_copy(update={"checkpoint_interval_ms": 1000, "iceberg_commit_ms": 100})
     settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path, "flink": flink}), "it-eo-crash")
     settings = with_own_hot_layer(settings, mongo_url, "it_eo_crash")
     start = 1_756_653_767_000 + 40 * 86_400_000

@@ -19,8 +19,8 @@ from connectors.mongo import (
     summary_ops,
     telemetry_ops,
 )
-from iotlink.config import Settings, StackPorts
 from iotlink.stack import EmbeddedStack, free_port
+from jobs.config import Settings, StackPorts
 from operators.windows import MetricPartial, WindowResult, window_row
 
 pytestmark = pytest.mark.integration

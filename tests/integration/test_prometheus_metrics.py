@@ -15,7 +15,7 @@ from aggregate_checks import decoded_records
 from job_runs import with_own_topics
 from kafka import KafkaProducer
 
-from iotlink.cli import start_job_process, stop_job_process
+from iotlink.job_process import start_job_process, stop_job_process
 from iotlink.live import FlinkRest
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from iotlink.stack import free_port
@@ -154,8 +154,10 @@ def test_prometheus_endpoint_and_rest_api_export_the_job_counters(settings, tmp_
         # 10 s (metrics.fetcher.update-interval), so wait until they caught up with the scrape.
         def rest_caught_up():
             totals = rest.metric_totals(job_id, "iotlink.")
+            # (Each vertex's metrics are fetched on their own: the sink's may lag the decoder's.)
             wanted = {"iotlink.records_in": len(values), "iotlink.decoded": decoded, "iotlink.duplicates_dropped": duplicates,
-                      "iotlink.alarms_raised": total(samples, OPERATOR + "alarms_raised", job)}
+                      "iotlink.alarms_raised": total(samples, OPERATOR + "alarms_raised", job),
+                      "iotlink.sink.alarm_events.batches": total(samples, OPERATOR + "sink_batches", job, sink="alarm_events")}
             return totals if all(totals.get(name) == n for name, n in wanted.items()) else None
 
         try:

@@ -17,9 +17,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from connectors.shadow_aws import AwsIotShadowLink
-from iotlink.config import ShadowSettings
 from iotlink.shadow_service import ShadowService
 from iotlink.stack import free_port, wait_for_port
+from jobs.config import ShadowSettings
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 OPENSSL = shutil.which("openssl")

@@ -19,8 +19,8 @@ import yaml
 from connectors.flink_sql import EXAMPLES_DIR
 from connectors.kafka import ensure_topics
 from connectors.postgres import apply_migrations
-from iotlink.config import Topics
 from iotlink.sql_commands import interactive, kafka_scan, open_session
+from jobs.config import Topics
 from tests.integration.postgres_schemas import schema_with
 
 pytestmark = pytest.mark.integration
@@ -295,10 +295,10 @@ def test_cli_prints_a_bounded_query_as_a_table(sql_setup, tmp_path, capsys):
                                       "topics": sql_settings.topics.model_dump()}))
     import argparse
 
-    from iotlink.cli import _connection_options, settings_from_args
+    from jobs.config import connection_options, settings_from_args
 
     parser = argparse.ArgumentParser()
-    add_sql_command(parser.add_subparsers(dest="command"), _connection_options())
+    add_sql_command(parser.add_subparsers(dest="command"), connection_options())
     args = parser.parse_args(["sql", "--config", str(config), "--bounded", "-e",
                               "SELECT device_id, COUNT(*) AS readings FROM telemetry WHERE device_id = 'dev-d' GROUP BY device_id"])
     assert run_sql_command(args, settings_from_args(args)) == 0

@@ -8,8 +8,8 @@ from kafka.admin import KafkaAdminClient
 
 from connectors.iceberg import open_catalog
 from connectors.mongo import open_database
-from iotlink.config import Settings, StackPorts
 from iotlink.stack import EmbeddedStack, StackError, free_port, port_is_free
+from jobs.config import Settings, StackPorts
 
 pytestmark = pytest.mark.integration
 

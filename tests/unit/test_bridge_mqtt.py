@@ -18,7 +18,7 @@ from connectors.bridge_mqtt import (
     reconnect_delay,
     status_line,
 )
-from iotlink.config import Settings
+from jobs.config import Settings
 from operators.envelope import build_envelope, parse_envelope
 
 NOW = 1_795_000_000_000

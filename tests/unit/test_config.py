@@ -1,6 +1,6 @@
 import pytest
 
-from iotlink.config import ConfigError, load_settings
+from jobs.config import ConfigError, load_settings
 
 
 def test_precedence_file_env_cli(tmp_path):

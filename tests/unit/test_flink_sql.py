@@ -20,8 +20,8 @@ from connectors.flink_sql import (
     split_statements,
     without_comments,
 )
-from iotlink.config import Settings, Topics
 from iotlink.sql_commands import add_sql_command, format_table
+from jobs.config import Settings, Topics
 
 PG = "postgresql://analyst:s3cr'et@db.example:5433/iotlink?sslmode=require"
 

@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from iotlink.config import Settings
+from jobs.config import Settings
 from jobs.telemetry_job import RunOptions, add_job_arguments, flink_configuration, options_from_args, parse_offsets
 
 
@@ -26,7 +26,7 @@ def test_restore_path_is_passed_to_flink(tmp_path):
 
 
 def test_job_process_gets_the_endpoints_in_its_environment(tmp_path):
-    from iotlink.cli import job_environment
+    from iotlink.job_process import job_environment
 
     settings = Settings(data_dir=tmp_path, postgres_url="postgresql://u:secret@db/iotlink", iceberg_catalog="sqlite:///c.db")
     env = job_environment(settings, {"PATH": "/bin", "PYTHONPATH": "/x"})
@@ -60,9 +60,9 @@ def test_job_arguments():
 def test_demo_registry_gives_every_simulated_device_its_product_and_interval(tmp_path):
     from iotlink.cli import write_fleet_registry
     from iotlink.simulator import build_fleet
-    from operators.spec_loading import load_device_registry
+    from operators.spec_loading import load_device_registry_file
 
     args = argparse.Namespace(devices=12, forms="json,hex,csv", profile="normal=90,late=10", seed=3, rate=24.0)
-    registry = load_device_registry(write_fleet_registry(args, tmp_path / "devices.yaml"))
+    registry = load_device_registry_file(write_fleet_registry(args, tmp_path / "devices.yaml"))
     fleet = build_fleet(12, ("json", "hex", "csv"), {"normal": 90, "late": 10}, 3)
     assert {d: (i.product_id, i.expected_interval_s) for d, i in registry.items()} == {d.device_id: (d.product_id, 0.5) for d in fleet}

@@ -18,7 +18,7 @@ from connectors.mongo import (
     summary_ops,
     telemetry_ops,
 )
-from iotlink.config import ConfigError, load_settings
+from jobs.config import ConfigError, load_settings
 from operators.windows import MetricPartial, WindowResult, window_row
 
 HOUR = 3_600_000

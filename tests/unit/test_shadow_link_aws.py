@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from connectors.shadow_aws import AwsIotShadowLink
 from connectors.shadow_link import ShadowLink
-from iotlink.config import ShadowSettings
+from jobs.config import ShadowSettings
 
 
 @pytest.fixture

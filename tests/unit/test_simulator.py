@@ -75,7 +75,7 @@ def test_live_device_times_follow_the_wall_clock(monkeypatch):
     import argparse
 
     import iotlink.simulator as simulator
-    from iotlink.config import Settings
+    from jobs.config import Settings
 
     sent = []
     monkeypatch.setattr(simulator, "kafka_publisher", lambda *_: (lambda message, received_at: sent.append((message, received_at)), lambda: None))

@@ -10,7 +10,7 @@ from operators.decode import DeviceInfo
 from operators.spec_loading import (
     SpecLoadError,
     build_registry,
-    load_device_registry,
+    load_device_registry_file,
     load_spec_file,
     load_spec_text,
     load_specs,
@@ -335,22 +335,22 @@ def test_device_registry_from_yaml(tmp_path):
         "    name: Line 3 panel\n",
         encoding="utf-8",
     )
-    assert load_device_registry(path) == {
+    assert load_device_registry_file(path) == {
         "dev-1": DeviceInfo("product_a", "acme"),
         "dev-2": DeviceInfo("product_b", None),
         "7": DeviceInfo("product_d", "42"),
         "dev-3": DeviceInfo("fire_sensor", None, 60),
     }
-    assert load_device_registry(str(path)) == load_device_registry(path)
+    assert load_device_registry_file(str(path)) == load_device_registry_file(path)
 
 
 def test_device_registry_rejects_a_bad_expected_interval(tmp_path):
     path = tmp_path / "devices.yaml"
     path.write_text("devices:\n  dev-1: {product: product_a, expected_interval_s: -5}\n", encoding="utf-8")
     with pytest.raises(SpecLoadError) as info:
-        load_device_registry(path)
+        load_device_registry_file(path)
     assert info.value.problems == [f"{path}:2: devices.dev-1.expected_interval_s: expected a positive number of seconds, got -5"]
-    assert load_device_registry(None) == {}
+    assert load_device_registry_file(None) == {}
 
 
 def test_device_registry_bad_entries_name_their_lines(tmp_path):
@@ -366,7 +366,7 @@ def test_device_registry_bad_entries_name_their_lines(tmp_path):
         encoding="utf-8",
     )
     with pytest.raises(SpecLoadError) as info:
-        load_device_registry(path)
+        load_device_registry_file(path)
     assert info.value.problems == [
         f"{path}:3: devices.dev-2: unknown option(s) colour, size",
         f"{path}:4: devices.dev-3: needs product (a product id string)",
@@ -381,7 +381,7 @@ def test_device_registry_without_a_devices_mapping(tmp_path, text):
     path = tmp_path / "devices.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(SpecLoadError) as info:
-        load_device_registry(path)
+        load_device_registry_file(path)
     assert info.value.problems == [f"{path}:1: devices: expected a mapping of device id -> {{product, tenant}}"]
 
 
@@ -389,8 +389,8 @@ def test_device_registry_yaml_errors_and_missing_file(tmp_path):
     path = tmp_path / "devices.yaml"
     path.write_text("devices:\n  a: {product: p}\n bad\n", encoding="utf-8")
     with pytest.raises(SpecLoadError) as info:
-        load_device_registry(path)
+        load_device_registry_file(path)
     assert info.value.problems == [f"{path}:3:2: expected <block end>, but found '<scalar>' (while parsing a block mapping)"]
     with pytest.raises(SpecLoadError) as missing:
-        load_device_registry(tmp_path / "none.yaml")
+        load_device_registry_file(tmp_path / "none.yaml")
     assert missing.value.problems == [f"{tmp_path / 'none.yaml'}: cannot read: No such file or directory"]

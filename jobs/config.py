@@ -23,6 +23,7 @@ Environment variables: ``IOTLINK_BOOTSTRAP_SERVERS``, ``IOTLINK_POSTGRES_URL``,
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -263,3 +264,89 @@ def load_settings(
         except ValidationError as exc:
             raise ConfigError(f"{source}: {_describe(exc)}") from None
     return Settings.model_validate(merged)
+
+
+def connection_options(embedded: bool = True) -> argparse.ArgumentParser:
+    """The options every command and the submitted job take for their settings (a parent parser).
+
+    Args:
+        embedded: Also offer ``--embedded`` (commands that can start the embedded stack).
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("platform endpoints")
+    group.add_argument("--config", metavar="FILE", help="YAML config file (default $IOTLINK_CONFIG)")
+    if embedded:
+        group.add_argument("--embedded", action="store_true",
+                           help="use the embedded stack: the one iotlink up or demo runs on --data-dir, "
+                           "else start one for this command and stop it after")
+    group.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
+    group.add_argument("--postgres-url", metavar="URL", help="PostgreSQL URL, postgresql://user@host:port/db")
+    group.add_argument("--iceberg-catalog", metavar="URI", help="Iceberg catalog: sqlite:///path (SQL catalog) or REST URL")
+    group.add_argument("--iceberg-warehouse", metavar="URI", help="Iceberg warehouse location (file:///… or s3://…)")
+    group.add_argument("--mqtt-url", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port")
+    group.add_argument("--mongo-url", metavar="URL", help="MongoDB/DocumentDB hot layer, mongodb://host:port/database[?options]")
+    group.add_argument("--data-dir", metavar="DIR", help="embedded stack data, checkpoints and logs (default ./.iotlink)")
+    ports = parent.add_argument_group("embedded stack ports (127.0.0.1)")
+    ports.add_argument("--kafka-port", type=int, metavar="PORT", help="Apache Kafka broker port (default 19092)")
+    ports.add_argument(
+        "--kafka-controller-port", type=int, metavar="PORT",
+        help="Kafka's KRaft controller port (default: a free port chosen on the first start, then kept in the data dir)",
+    )
+    ports.add_argument("--kafka-heap", type=int, metavar="MB", help="heap of the embedded Kafka broker in MiB (default 512)")
+    ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
+    ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
+    ports.add_argument("--mongo-port", type=int, metavar="PORT", help="MongoDB wire-protocol server port (default 27117)")
+    decoding = parent.add_argument_group("decoding")
+    decoding.add_argument("--specs-dir", metavar="DIR", help="directory of product decoder specs (default ./yaml_specs of the project)")
+    decoding.add_argument(
+        "--device-registry", metavar="FILE|URL", help="device -> product/tenant master data: a YAML file or postgresql:// URL (table devices)"
+    )
+    decoding.add_argument("--rules-dir", metavar="DIR", help="directory of alarm rule sets (default ./rules of the project)")
+    flink = parent.add_argument_group("Flink")
+    flink.add_argument("--ui-port", type=int, metavar="PORT", help="Flink web UI / REST port of the local cluster (default 18081)")
+    flink.add_argument("--parallelism", type=int, metavar="N", help="job parallelism (default 2)")
+    flink.add_argument("--checkpoint-interval", type=int, metavar="MS", help="checkpoint interval in ms (default 2000)")
+    flink.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint directory (default <data-dir>/checkpoints)")
+    return parent
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Builds settings from the config file, environment and the parsed options."""
+    if not hasattr(args, "bootstrap_servers"):
+        return load_settings(getattr(args, "config", None), {})
+    overrides: dict = {
+        "bootstrap_servers": args.bootstrap_servers,
+        "postgres_url": args.postgres_url,
+        "iceberg_catalog": args.iceberg_catalog,
+        "iceberg_warehouse": args.iceberg_warehouse,
+        "mqtt_url": args.mqtt_url,
+        "mongo_url": args.mongo_url,
+        "data_dir": args.data_dir,
+        "specs_dir": args.specs_dir,
+        "device_registry": args.device_registry,
+        "rules_dir": args.rules_dir,
+        "kafka_heap_mb": args.kafka_heap,
+    }
+    ports = {
+        k: v
+        for k, v in {
+            "kafka": args.kafka_port, "kafka_controller": args.kafka_controller_port,
+            "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mongo": args.mongo_port,
+        }.items()
+        if v
+    }
+    if ports:
+        overrides["ports"] = ports
+    flink = {
+        k: v
+        for k, v in {
+            "rest_port": args.ui_port,
+            "parallelism": args.parallelism,
+            "checkpoint_interval_ms": args.checkpoint_interval,
+            "checkpoint_dir": args.checkpoint_dir,
+        }.items()
+        if v is not None
+    }
+    if flink:
+        overrides["flink"] = flink
+    return load_settings(args.config, overrides)
