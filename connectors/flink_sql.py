@@ -12,6 +12,11 @@ Placeholders (every one a DDL file may use is in :data:`PLACEHOLDERS`):
 - ``${scan_<name>}``: the Kafka table options that say where a read starts and, for bounded
   reads, where it ends (``scan.startup.mode``, ``scan.bounded.mode = latest-offset``, ...).
 - ``${jdbc_options}``: ``'url' = 'jdbc:postgresql://…'`` plus the credentials of ``postgres_url``.
+- ``${iceberg_options}``: the Iceberg catalog of ``iceberg_catalog`` / ``iceberg_warehouse`` for
+  Iceberg's Flink connector (:func:`connectors.iceberg.flink_catalog_options`).
+
+Placeholders named ``*_options`` or ``scan_*`` are lists of options and go in as they are; every
+other value is inserted as SQL string contents.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from connectors.iceberg import flink_catalog_options
+
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "sql" / "flink"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "sql" / "examples"
 KAFKA_TABLE_TOPICS = ("raw", "telemetry", "alarms", "dlq", "notifications")
 PLACEHOLDERS = frozenset(
-    {"bootstrap_servers", "isolation_level", "jdbc_options"} | {f"topic_{t}" for t in KAFKA_TABLE_TOPICS} | {f"scan_{t}" for t in KAFKA_TABLE_TOPICS}
+    {"bootstrap_servers", "isolation_level", "jdbc_options", "iceberg_options"}
+    | {f"topic_{t}" for t in KAFKA_TABLE_TOPICS} | {f"scan_{t}" for t in KAFKA_TABLE_TOPICS}
 )
 STARTUP_MODES = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "group-offsets"}
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
@@ -124,7 +132,8 @@ def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | N
         scan: Where Kafka reads start and stop (default: earliest, unbounded).
 
     Returns:
-        Placeholder name -> rendered text; ``jdbc_options`` is None without ``postgres_url``.
+        Placeholder name -> rendered text; ``jdbc_options`` is None without ``postgres_url``,
+        ``iceberg_options`` without ``iceberg_catalog``.
     """
     scan = scan or KafkaScan()
     topics = settings.topics
@@ -134,6 +143,9 @@ def catalog_values(settings, scan: KafkaScan | None = None) -> dict[str, str | N
         values[f"topic_{name}"] = topic
         values[f"scan_{name}"] = option_lines(kafka_scan_options(scan))
     values["jdbc_options"] = option_lines(jdbc_options(settings.postgres_url)) if settings.postgres_url else None
+    values["iceberg_options"] = (
+        option_lines(flink_catalog_options(settings.iceberg_catalog, settings.iceberg_warehouse)) if settings.iceberg_catalog else None
+    )
     return values
 
 
@@ -145,8 +157,9 @@ def placeholders_in(text: str) -> set[str]:
 def render(text: str, values: Mapping[str, str | None], source: str = "<text>") -> str:
     """Replaces every ``${name}`` in ``text``.
 
-    Names that are not options (``bootstrap_servers``, ``jdbc_options``, ``scan_*``) are inserted
-    as SQL string contents: quotes doubled, so a topic or server name cannot end the literal.
+    Option lists (``*_options``, ``scan_*``) go in as they are (rendered by :func:`option_lines`);
+    every other value is inserted as SQL string contents: quotes doubled, so a topic or server
+    name cannot end the literal.
 
     Raises:
         CatalogError: for a placeholder that has no value, naming ``source`` and the placeholder.
@@ -157,7 +170,7 @@ def render(text: str, values: Mapping[str, str | None], source: str = "<text>") 
         value = values.get(name)
         if value is None:
             raise CatalogError(f"{source}: placeholder ${{{name}}} has no value (known: {', '.join(sorted(PLACEHOLDERS))})")
-        if name == "jdbc_options" or name.startswith("scan_"):
+        if name.endswith("_options") or name.startswith("scan_"):
             return value
         return value.replace("'", "''")
 
@@ -176,6 +189,10 @@ class RenderedCatalog:
         return "\n".join(f"-- {path.name}\n{sql}" for path, sql in self.files)
 
 
+# The command-line option that configures what a placeholder needs.
+_SETTING_OPTIONS = {"jdbc_options": "--postgres-url", "iceberg_options": "--iceberg-catalog"}
+
+
 def catalog_files(directory: Path = CATALOG_DIR) -> list[Path]:
     """The DDL files of the catalog, in the order they must run."""
     return sorted(directory.glob("*.sql"))
@@ -185,7 +202,8 @@ def render_catalog(settings, scan: KafkaScan | None = None, directory: Path = CA
     """Renders every DDL file of ``directory`` with ``settings``.
 
     A file that needs a setting which is not configured (the PostgreSQL tables without
-    ``postgres_url``) is skipped with the reason; an unknown placeholder is an error.
+    ``postgres_url``, the Iceberg catalog without ``iceberg_catalog``) is skipped with the
+    reason; an unknown placeholder is an error.
 
     Raises:
         CatalogError: a file uses a placeholder that is not in :data:`PLACEHOLDERS`.
@@ -200,7 +218,8 @@ def render_catalog(settings, scan: KafkaScan | None = None, directory: Path = CA
             raise CatalogError(f"{path}: unknown placeholder(s) {', '.join('${' + u + '}' for u in sorted(unknown))}")
         missing = sorted(name for name in used if values.get(name) is None)
         if missing:
-            skipped.append((path, f"not configured: {', '.join(missing)} (give --postgres-url or --embedded)"))
+            options = sorted({_SETTING_OPTIONS.get(name, "--embedded") for name in missing})
+            skipped.append((path, f"not configured: {', '.join(missing)} (give {' / '.join(options)} or --embedded)"))
             continue
         rendered.append((path, render(text, values, str(path))))
     return RenderedCatalog(rendered, skipped)

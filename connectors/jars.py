@@ -46,12 +46,27 @@ def kafka_broker_classpath() -> str:
     return os.pathsep.join(str(jar) for jar in module_jars("broker"))
 
 
-def flink_connector_jars() -> list[str]:
-    """The connector jars as ``file://`` URIs, for ``pipeline.jars`` (Kafka, JDBC + PostgreSQL,
-    Iceberg with its Hadoop client, SQLite JDBC)."""
-    return [jar.as_uri() for jar in module_jars("flink")]
+# Hadoop's client: Flink loads ``org.apache.hadoop`` classes parent-first, so they must be on the
+# JVM's own classpath (HADOOP_CLASSPATH), not among a job's jars.
+HADOOP_JAR_PREFIX = "hadoop-client-"
+# Iceberg's S3 file IO and the AWS SDK (65 MB): only a job whose warehouse is on S3 takes it.
+S3_JAR_PREFIX = "iceberg-aws-bundle-"
 
 
-def pipeline_jars_option() -> str:
+def flink_connector_jars(s3: bool = False) -> list[str]:
+    """The connector jars as ``file://`` URIs, for ``pipeline.jars``: Kafka, JDBC + PostgreSQL,
+    Iceberg, SQLite JDBC, the project's functions; Iceberg's S3 support with ``s3``."""
+    return [
+        jar.as_uri() for jar in module_jars("flink")
+        if not jar.name.startswith(HADOOP_JAR_PREFIX) and (s3 or not jar.name.startswith(S3_JAR_PREFIX))
+    ]
+
+
+def pipeline_jars_option(s3: bool = False) -> str:
     """The ``pipeline.jars`` value: the connector jars, ``;``-separated as Flink lists them."""
-    return ";".join(flink_connector_jars())
+    return ";".join(flink_connector_jars(s3))
+
+
+def hadoop_jars() -> list[str]:
+    """The Hadoop client jars (paths) that Iceberg's Flink connector needs on the JVM's classpath."""
+    return [str(jar) for jar in module_jars("flink") if jar.name.startswith(HADOOP_JAR_PREFIX)]

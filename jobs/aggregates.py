@@ -7,8 +7,9 @@
         --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product), comm_quality_5m / _1h
     too-late readings --> iotlink.late
 
-The SQL runs in the same Flink job (``StatementSet.attach_as_datastream``), so one checkpoint
-covers the decoder, the aggregates and their sinks.
+The SQL runs in the same Flink job (one ``StatementSet.attach_as_datastream`` with the Iceberg
+archive's INSERTs, jobs/archive.py), so one checkpoint covers the decoder, the aggregates and
+their sinks.
 """
 
 from __future__ import annotations
@@ -132,31 +133,10 @@ def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
     return stream
 
 
-def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_sink=None, hourly_rows: bool = False):
-    """Wires the SQL aggregates onto ``env``.
-
-    Args:
-        env: The job's StreamExecutionEnvironment.
-        readings: Decoded, de-duplicated telemetry tuples ``(device_id, device_ts, json)`` with
-            event time.
-        dead_letters: Dead-letter JSON strings.
-        outputs: The PostgreSQL database and the aggregation settings.
-        late_sink: Sink for readings later than the allowed lateness (None: dropped, counted).
-        hourly_rows: Also return the fired hourly aggregates as window-row JSON (at the hour's end
-            and per correction), for the Iceberg history and the MongoDB product summaries.
-
-    Returns:
-        The hourly window-row stream with ``hourly_rows``, else None.
-    """
+def table_environment(env):
+    """The job's StreamTableEnvironment: UTC, and the mini-batches the aggregates run with."""
     from pyflink.table import StreamTableEnvironment
 
-    from jobs.java_operators import reading_rows, rejection_rows, side_output, union_all
-
-    rows = reading_rows(readings, outputs.allowed_lateness_ms, outputs.expected_intervals_ms, LATE_RECORDS)
-    rows = rows.uid("aggregate-rows").name("Lateness check + reading rows")
-    if late_sink is not None:
-        side_output(rows, LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
-    rejected = rejection_rows(dead_letters).uid("rejection-rows").name("Dead letters of devices")
     t_env = StreamTableEnvironment.create(env)
     config = t_env.get_config()
     config.set("table.local-time-zone", "UTC")
@@ -165,15 +145,41 @@ def add_aggregates(env, readings, dead_letters, outputs: AggregateOutputs, late_
     config.set("table.exec.mini-batch.enabled", "true")
     config.set("table.exec.mini-batch.allow-latency", "1 s")
     config.set("table.exec.mini-batch.size", "5000")
+    return t_env
+
+
+def add_aggregates(t_env, statements, readings, dead_letters, outputs: AggregateOutputs, late_sink=None, hourly_rows: bool = False):
+    """Wires the SQL aggregates onto the job's table environment.
+
+    Args:
+        t_env: The job's StreamTableEnvironment (:func:`table_environment`).
+        statements: The job's StatementSet; the INSERTs are added to it.
+        readings: Decoded, de-duplicated telemetry tuples ``(device_id, device_ts, json)`` with
+            event time.
+        dead_letters: Dead-letter JSON strings.
+        outputs: The PostgreSQL database and the aggregation settings.
+        late_sink: Sink for readings later than the allowed lateness (None: dropped, counted).
+        hourly_rows: Also return the fired hourly aggregates as window-row JSON (at the hour's end
+            and per correction), for the MongoDB product summaries. (The view ``agg_1h_fired``
+            holds them for SQL either way.)
+
+    Returns:
+        The hourly window-row stream with ``hourly_rows``, else None.
+    """
+    from jobs.java_operators import reading_rows, rejection_rows, side_output, union_all
+
+    rows = reading_rows(readings, outputs.allowed_lateness_ms, outputs.expected_intervals_ms, LATE_RECORDS)
+    rows = rows.uid("aggregate-rows").name("Lateness check + reading rows")
+    if late_sink is not None:
+        side_output(rows, LATE_RECORDS).sink_to(late_sink).uid("sink-late").name("Kafka: iotlink.late")
+    rejected = rejection_rows(dead_letters).uid("rejection-rows").name("Dead letters of devices")
     t_env.create_temporary_view("readings", t_env.from_data_stream(union_all(rows, rejected)))
     ddl, inserts = aggregate_statements(outputs)
     for statement in ddl:
         t_env.execute_sql(statement)
     fired = {table: _fire_windows(t_env, readings, table, outputs.allowed_lateness_ms) for table in FIRED_TABLES}
-    statements = t_env.create_statement_set()
     for insert in inserts:
         statements.add_insert_sql(insert)
-    statements.attach_as_datastream()
     if not hourly_rows:
         return None
     rows = fired["agg_1h"].flat_map(HourlyWindowRows(), output_type=Types.STRING())

@@ -99,7 +99,6 @@ class FlinkSettings(_Strict):
     allowed_lateness_ms: int = Field(300_000, ge=0)
     source_parallelism: int | None = Field(None, ge=1)  # None: one source subtask per raw partition
     dedup_ttl_ms: int = Field(3_600_000, ge=0)
-    iceberg_commit_ms: int = Field(5000, ge=100)  # longest wait of an archived record for its Iceberg commit
     group_id: str = "iotlink-telemetry"
 
 

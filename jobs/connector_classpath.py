@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 
-from connectors.jars import flink_connector_jars
+from connectors.jars import flink_connector_jars, hadoop_jars
 
 _lock = threading.Lock()
 _loader = None  # the process's one connector class loader (a Py4J reference)
@@ -43,6 +43,42 @@ def make_connector_jars_visible() -> None:
         for thread in jvm.java.lang.Thread.getAllStackTraces().keySet():
             if _runs_py4j(thread):
                 thread.setContextClassLoader(_loader)
+
+
+def add_to_local_classpath(jars: list[str], probe_class: str, what: str) -> None:
+    """Puts jars on the classpath of the JVM this process starts for PyFlink (the local cluster).
+
+    PyFlink's local gateway appends ``HADOOP_CLASSPATH`` to the JVM's classpath, so the jars go
+    there, before the JVM starts. Under ``flink run -py`` the cluster's own classpath applies and
+    nothing is done.
+
+    Args:
+        jars: Jar paths.
+        probe_class: A class of the jars, to check a JVM that is already running.
+        what: What the jars are, for the error message.
+
+    Raises:
+        RuntimeError: this process's JVM already runs without the jars.
+    """
+    if "PYFLINK_GATEWAY_PORT" in os.environ:
+        return
+    from pyflink import java_gateway
+
+    if java_gateway._gateway is not None:
+        # Too late for the classpath; say so rather than fail later inside the job.
+        try:
+            java_gateway.get_gateway().jvm.java.lang.Class.forName(probe_class)
+        except Exception as exc:  # noqa: BLE001 - a Py4J error wrapping ClassNotFoundException
+            raise RuntimeError(f"the Flink JVM of this process started without {what}; run the job in a new process") from exc
+        return
+    current = [p for p in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if p]
+    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(dict.fromkeys(current + jars))
+
+
+def export_hadoop_classpath() -> None:
+    """Puts Hadoop's client jars on the local JVM's classpath, for Iceberg's Flink connector
+    (Flink loads ``org.apache.hadoop`` classes parent-first: from a job's jars they are not found)."""
+    add_to_local_classpath(hadoop_jars(), "org.apache.hadoop.conf.Configuration", "Hadoop's client jars (Iceberg)")
 
 
 def _runs_py4j(thread) -> bool:

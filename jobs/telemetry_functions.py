@@ -26,18 +26,6 @@ TELEMETRY_TUPLE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
 # (telemetry tuple, event time): the decode output, before the watermark operator strips the time.
 TIMESTAMPED_TELEMETRY = Types.TUPLE([TELEMETRY_TUPLE, Types.LONG()])
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
-# "<raw partition>|<archive text>": every raw record and every telemetry record, for Iceberg.
-ARCHIVE = OutputTag("archive", Types.STRING())
-
-
-def subtask_of(runtime_context) -> tuple[int, int]:
-    """(index of this subtask, parallelism). In thread mode PyFlink 2.0's own getters call
-    RuntimeContext methods Flink 2.0 removed, so ask the Java TaskInfo directly."""
-    java = getattr(runtime_context, "_runtime_context", None)
-    if java is not None and hasattr(java, "getTaskInfo"):
-        info = java.getTaskInfo()
-        return info.getIndexOfThisSubtask(), info.getNumberOfParallelSubtasks()
-    return runtime_context.get_index_of_this_subtask(), runtime_context.get_number_of_parallel_subtasks()
 
 
 class DecodeRawFunction(ProcessFunction):
@@ -48,20 +36,12 @@ class DecodeRawFunction(ProcessFunction):
     (``spec.<spec_id>.decoded`` / ``.rejected``; ``builtin`` for the client JSON decoder).
     """
 
-    def __init__(self, registry_factory=DecoderRegistry, archive_topic: str | None = None):
+    def __init__(self, registry_factory=DecoderRegistry):
         self._registry_factory = registry_factory
         self._registry = None
-        self._archive_topic = archive_topic
-        self._partition = None
 
     def open(self, runtime_context):
         self._registry = self._registry_factory()
-        if self._archive_topic is not None:
-            from connectors.iceberg import raw_item_text, source_partition_of
-
-            # One source subtask per raw partition (checked when the job is built).
-            self._partition = source_partition_of(self._archive_topic, *subtask_of(runtime_context))
-            self._raw_item_text = raw_item_text
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
         self._group = group
         self._records_in = group.counter("records_in")
@@ -91,9 +71,6 @@ class DecodeRawFunction(ProcessFunction):
         self._records_in.inc()
         raw = bytes(value)
         outcome = decode_raw_record(raw, self._registry, int(time.time() * 1000))
-        archive = self._partition is not None
-        if archive:
-            yield ARCHIVE, f"{self._partition}|{self._raw_item_text(raw)}"
         for letter in outcome.dead_letters:
             self._count_rejection(letter["reason_code"])
             if letter.get("spec_id") is not None or letter["stage"] in ("parse", "checksum", "contract"):
@@ -103,8 +80,6 @@ class DecodeRawFunction(ProcessFunction):
             self._decoded.inc()
             self._spec_counters(record.get("spec_id"))[0].inc()
             text = telemetry_to_json(record)
-            if archive:
-                yield ARCHIVE, f"{self._partition}|t{text}"
             # Paired with its event time, which the (Java) watermark operator takes from field 1.
             yield (record["device_id"], record["device_ts"], text), record["device_ts"]
 
@@ -472,52 +447,10 @@ class BatchedSinkFunction(_SinkWriting, KeyedProcessFunction):
         self._count.clear()
 
 
-# The Iceberg writers' counters: commit retries, and rows skipped as already committed.
-ICEBERG_STAT_METRICS = {"retries": "retries", "skipped": "skipped_committed"}
-
-
-def archive_batch(first_seq: int, values: list[str]) -> list[str]:
-    """A batch of ``<raw partition>|<archive text>`` -> numbered archive items. One source subtask
-    reads one raw partition in offset order, so a replayed item gets its number again and the
-    Iceberg writer skips the numbers already committed. (Plain strings cross into Python: a list
-    of Java tuples arrives as one reused tuple repeated.)"""
-    from connectors.iceberg import archive_item
-
-    items = []
-    for i, value in enumerate(values):
-        partition, _, text = value.partition("|")
-        items.append(archive_item(int(partition), first_seq + i + 1, text))
-    return items
-
-
 def hot_layer_batch(first_seq: int, values: list[str]) -> list:
     """A batch of telemetry JSON -> hot-layer operations (the sequence numbers are not needed:
     the operations are upserts by deterministic ids)."""
     return hot_layer_statements(values)
-
-
-class IcebergArchiveFactory:
-    """Picklable factory of :class:`connectors.iceberg.IcebergArchiveWriter`."""
-
-    def __init__(self, catalog_uri: str, warehouse: str | None, topic: str):
-        self.catalog_uri, self.warehouse, self.topic = catalog_uri, warehouse, topic
-
-    def __call__(self):
-        from connectors.iceberg import IcebergArchiveWriter
-
-        return IcebergArchiveWriter(self.catalog_uri, self.warehouse, self.topic)
-
-
-class IcebergHistoryFactory:
-    """Picklable factory of :class:`connectors.iceberg.IcebergHistoryWriter`."""
-
-    def __init__(self, catalog_uri: str, warehouse: str | None):
-        self.catalog_uri, self.warehouse = catalog_uri, warehouse
-
-    def __call__(self):
-        from connectors.iceberg import IcebergHistoryWriter
-
-        return IcebergHistoryWriter(self.catalog_uri, self.warehouse)
 
 
 class PostgresWriterFactory:

@@ -74,7 +74,7 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
     conf = {
         "pipeline.name": options.job_name,
         # Apache's connector jars of jvm/pom.xml; a cluster submission uploads them with the job.
-        "pipeline.jars": pipeline_jars_option(),
+        "pipeline.jars": pipeline_jars_option(s3=(settings.iceberg_warehouse or "").startswith("s3://")),
         "parallelism.default": str(settings.flink.parallelism),
         "execution.checkpointing.interval": f"{settings.flink.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
@@ -173,10 +173,9 @@ class TelemetryOutputs:
             ticket queue (PostgreSQL).
         aggregates: :class:`jobs.aggregates.AggregateOutputs`: the 1m/5m/1h aggregates and the
             communication quality in Flink SQL, upserted into PostgreSQL by the JDBC connector.
-        archive: Picklable factory of the Iceberg archive writer (``raw_payloads`` +
-            ``telemetry``); needs ``archive_topic`` and one source subtask per raw partition.
-        archive_topic: The raw topic's name (part of the Iceberg commit markers).
-        history: Picklable factory of the Iceberg writer of ``alarm_events`` and ``agg_1h``.
+        archive: :class:`jobs.archive.ArchiveOutputs`: the Iceberg tables (``raw_payloads``,
+            ``telemetry``, ``alarm_events``, ``agg_1h``), written by Iceberg's Flink sink; needs
+            one source subtask per raw partition.
         hot: Picklable factory of the MongoDB hot-layer writer.
     """
 
@@ -189,9 +188,7 @@ class TelemetryOutputs:
     notifications: object | None = None
     alarm_store: Callable | None = None
     aggregates: object | None = None
-    archive: Callable | None = None
-    archive_topic: str | None = None
-    history: Callable | None = None
+    archive: object | None = None
     hot: Callable | None = None
 
 
@@ -208,7 +205,6 @@ class TelemetryLogic:
             long, before aggregates and rules (0: no duplicate suppression).
         source_parallelism: Parallelism of source, decode and watermarking: the raw topic's
             partition count, so each watermark follows one partition (None: the default).
-        archive_commit_ms: Longest time an archived item waits for its Iceberg commit.
         fault: Test-only MapFunction on the readings (after duplicate suppression), where
             records move at the pace of the keyed operators.
     """
@@ -219,7 +215,6 @@ class TelemetryLogic:
     idleness_ms: int = 0
     dedup_ttl_ms: int = 0
     source_parallelism: int | None = None
-    archive_commit_ms: int = 5000
     fault: object | None = None
 
 
@@ -247,11 +242,10 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
     telemetry_sink, dlq_sink, late_sink = outputs.telemetry, outputs.dlq, outputs.late
     alarm_sink, command_sink, rule_status_sink = outputs.alarms, outputs.commands, outputs.rule_status
     notification_sink, alarm_store_factory, aggregates = outputs.notifications, outputs.alarm_store, outputs.aggregates
-    archive_sink_factory, archive_topic = outputs.archive, outputs.archive_topic
-    history_sink_factory, hot_sink_factory = outputs.history, outputs.hot
+    archive, hot_sink_factory = outputs.archive, outputs.hot
     registry_factory, rules_factory, fault = logic.registry_factory, logic.rules_factory, logic.fault
     out_of_orderness_ms, idleness_ms, dedup_ttl_ms = logic.out_of_orderness_ms, logic.idleness_ms, logic.dedup_ttl_ms
-    source_parallelism, archive_commit_ms = logic.source_parallelism, logic.archive_commit_ms
+    source_parallelism = logic.source_parallelism
     from pyflink.common import Duration, Types, WatermarkStrategy
 
     from jobs.java_operators import deduplicate, key_for_python, side_output, sink_batches
@@ -279,32 +273,12 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
             raw.map(lambda line: line.encode("utf-8"), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())).uid("raw-lines").name("Envelope lines")
         )
     decoded = per_partition(
-        raw.process(
-            DecodeRawFunction(registry_factory or DecoderRegistry, archive_topic if archive_sink_factory else None),
-            output_type=TIMESTAMPED_TELEMETRY,
-        )
+        raw.process(DecodeRawFunction(registry_factory or DecoderRegistry), output_type=TIMESTAMPED_TELEMETRY)
         .uid("decode-raw")
         .name("Decode payloads")
     )
     dead_letters = side_output(decoded, DEAD_LETTERS)
     dead_letters.sink_to(dlq_sink).uid("sink-dlq").name("Kafka: iotlink.dlq")
-    if archive_sink_factory is not None:
-        from jobs.telemetry_functions import ARCHIVE, ICEBERG_STAT_METRICS, BatchWriter, archive_batch
-
-        # Batched in Java at the source's parallelism (a forward, in offset order: one subtask per
-        # raw partition numbers its items the same way again after a restore).
-        archive_writer = BatchWriter(archive_sink_factory, archive_batch, "iceberg", stat_metrics=ICEBERG_STAT_METRICS)
-        (
-            per_partition(
-                sink_batches(side_output(decoded, ARCHIVE), ARCHIVE.type_info, max_size=20_000, max_delay_ms=archive_commit_ms)
-                .uid("iceberg-batches").name("Batches for Iceberg")
-                .process(archive_writer)
-                # A task of its own: a commit must not hold up decoding.
-                .start_new_chain()
-            )
-            .uid("sink-iceberg")
-            .name("Iceberg: raw_payloads + telemetry")
-        )
 
     strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
     if idleness_ms > 0:
@@ -319,17 +293,20 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
         readings = deduplicate(timed, dedup_ttl_ms).uid("dedup").name("Drop duplicate readings")
     if fault is not None:
         readings = readings.map(fault, output_type=TELEMETRY_TUPLE).uid("test-fault").name("Test fault")
-    history = []  # streams for the Iceberg history tables (hourly windows, alarm events)
+    t_env = statements = None  # the SQL side (aggregates, Iceberg): one statement set
+    if aggregates is not None or archive is not None:
+        from jobs.aggregates import table_environment
+
+        t_env = table_environment(env)
+        statements = t_env.create_statement_set()
+    alarm_events = None  # for the Iceberg alarm_events table
     hot = []  # streams for the MongoDB hot layer
     if hot_sink_factory is not None:
         hot.append(dead_letters.filter(lambda letter: '"device_id":null' not in letter).uid("hot-dead-letters").name("Dead letters of devices"))
     if aggregates is not None:
         from jobs.aggregates import add_aggregates
 
-        hourly = add_aggregates(env, readings, dead_letters, aggregates, late_sink,
-                                hourly_rows=history_sink_factory is not None or hot_sink_factory is not None)
-        if history_sink_factory is not None:
-            history.append(hourly)
+        hourly = add_aggregates(t_env, statements, readings, dead_letters, aggregates, late_sink, hourly_rows=hot_sink_factory is not None)
         if hot_sink_factory is not None:
             hot.append(hourly.filter(lambda row: '"scope":"product"' in row).uid("hot-product-hours").name("Product hours"))
     if rules_factory is not None and alarm_sink is not None:
@@ -374,7 +351,7 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
             status = side_output(alarms, RULE_STATUS)
             status.sink_to(rule_status_sink).uid("sink-rule-status").name("Kafka: iotlink.rules.status")
         alarms.sink_to(alarm_sink).uid("sink-alarms").name("Kafka: iotlink.alarms")
-        history.append(alarms)
+        alarm_events = alarms
         if hot_sink_factory is not None:
             hot.append(alarms)
         if command_sink is not None:
@@ -391,18 +368,12 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
                 .uid("sink-alarm-store")
                 .name("PostgreSQL: alarm_events + alarm_tickets")
             )
-    if history_sink_factory is not None and history:
-        from jobs.telemetry_functions import ICEBERG_STAT_METRICS, BatchedSinkFunction, json_bucket
+    if archive is not None:
+        from jobs.archive import add_archive
 
-        merged = history[0].union(*history[1:]) if len(history) > 1 else history[0]
-        (
-            # Alarm events by device, window rows by their key: a window and its corrections stay in order.
-            merged.key_by(json_bucket(8, "device_id", "key"), key_type=Types.INT())
-            .process(BatchedSinkFunction(history_sink_factory, list, "iceberg_history", batch_size=5000, flush_ms=archive_commit_ms,
-                                         stat_metrics=ICEBERG_STAT_METRICS))
-            .uid("sink-iceberg-history")
-            .name("Iceberg: alarm_events + agg_1h")
-        )
+        add_archive(t_env, statements, archive, raw=None if raw_is_text else raw, telemetry=telemetry, alarm_events=alarm_events)
+    if statements is not None:
+        statements.attach_as_datastream()
     if hot_sink_factory is not None:
         from jobs.telemetry_functions import BatchedSinkFunction, BatchWriter, hot_layer_batch, hot_layer_statements, json_bucket
 
@@ -500,22 +471,15 @@ def export_reporter_classpath() -> None:
     import glob
     import os
 
-    from pyflink import java_gateway
     from pyflink.find_flink_home import _find_flink_home
 
-    if java_gateway._gateway is not None:
-        # Too late for the classpath; say so rather than run without the endpoint.
-        try:
-            java_gateway.get_gateway().jvm.java.lang.Class.forName(PROMETHEUS_REPORTER_FACTORY)
-        except Exception as exc:  # noqa: BLE001 - a Py4J error wrapping ClassNotFoundException
-            raise RuntimeError("the Flink JVM of this process started without the Prometheus reporter; run the job in a new process") from exc
-        return
+    from jobs.connector_classpath import add_to_local_classpath
+
     plugins = os.environ.get("FLINK_PLUGINS_DIR") or os.path.join(_find_flink_home(), "plugins")
     jars = sorted(glob.glob(os.path.join(plugins, "metrics-prometheus", "flink-metrics-prometheus-*.jar")))
     if not jars:
         raise FileNotFoundError(f"no flink-metrics-prometheus jar under {plugins}/metrics-prometheus")
-    current = [p for p in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if p]
-    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(dict.fromkeys(current + jars))
+    add_to_local_classpath(jars, PROMETHEUS_REPORTER_FACTORY, "the Prometheus reporter")
 
 
 def load_decoder_specs(settings: Settings):
@@ -584,6 +548,10 @@ def create_job(settings: Settings, options: RunOptions):
     export_python_path()
     if options.prometheus_port is not None:
         export_reporter_classpath()
+    if settings.iceberg_catalog and not options.input_files:
+        from jobs.connector_classpath import export_hadoop_classpath
+
+        export_hadoop_classpath()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
@@ -647,12 +615,12 @@ def create_job(settings: Settings, options: RunOptions):
         if rules_factory:
             alarm_store_factory = PostgresWriterFactory(settings.postgres_url)
     late_sink = exactly_once_string_sink(bootstrap, topics.late, f"{options.job_name}-late")
-    archive_sink_factory = history_sink_factory = None
+    archive = None
     if settings.iceberg_catalog and not options.input_files:
         # (Over files the raw-partition numbering of the archive does not apply: the file batch
         # job archives files.)
         from connectors.iceberg import init_tables, open_catalog
-        from jobs.telemetry_functions import IcebergArchiveFactory, IcebergHistoryFactory
+        from jobs.archive import ArchiveOutputs
 
         partitions = partition_count(bootstrap, topics.raw)
         if source_parallelism != partitions:
@@ -661,8 +629,7 @@ def create_job(settings: Settings, options: RunOptions):
                 f"({partitions}), got {source_parallelism}"
             )
         init_tables(open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse))  # a bad catalog stops the start
-        archive_sink_factory = IcebergArchiveFactory(settings.iceberg_catalog, settings.iceberg_warehouse, topics.raw)
-        history_sink_factory = IcebergHistoryFactory(settings.iceberg_catalog, settings.iceberg_warehouse)
+        archive = ArchiveOutputs(settings.iceberg_catalog, settings.iceberg_warehouse, topics.raw)
     hot_sink_factory = None
     if settings.mongo_url:
         from connectors.mongo import init_collections, open_database
@@ -680,12 +647,12 @@ def create_job(settings: Settings, options: RunOptions):
         TelemetryOutputs(
             telemetry_sink, dlq_sink, late=late_sink, alarms=alarm_sink, commands=command_sink, rule_status=status_sink,
             notifications=notification_sink, alarm_store=alarm_store_factory, aggregates=aggregates,
-            archive=archive_sink_factory, archive_topic=topics.raw, history=history_sink_factory, hot=hot_sink_factory,
+            archive=archive, hot=hot_sink_factory,
         ),
         TelemetryLogic(
             registry_factory=registry_factory, rules_factory=rules_factory, out_of_orderness_ms=settings.flink.out_of_orderness_ms,
             idleness_ms=settings.flink.idleness_ms, dedup_ttl_ms=settings.flink.dedup_ttl_ms, source_parallelism=source_parallelism,
-            archive_commit_ms=settings.flink.iceberg_commit_ms, fault=fault,
+            fault=fault,
         ),
     )
     build_telemetry_pipeline(env, job)

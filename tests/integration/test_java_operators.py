@@ -1,6 +1,6 @@
-"""The Java operators of jvm/functions that carry records past Python (jobs/java_operators.py),
-run in a small bounded Flink job: duplicate suppression, the aggregate rows of readings and dead
-letters, and the lateness rule."""
+"""The Java operators of jvm/functions that carry records past Python (jobs/java_operators.py,
+jobs/archive.py), run in a small bounded Flink job: duplicate suppression, the aggregate rows of
+readings and dead letters, the lateness rule, and the Iceberg archive's rows."""
 
 import sys
 
@@ -12,6 +12,7 @@ from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
 from connectors.jars import pipeline_jars_option
+from jobs.archive import RAW_ROW_COLUMNS, TELEMETRY_ROW_COLUMNS, _archive_rows
 from jobs.connector_classpath import make_connector_jars_visible
 from jobs.java_operators import deduplicate, reading_rows, rejection_rows, side_output, sink_batches
 from jobs.telemetry_functions import TELEMETRY_TUPLE
@@ -125,3 +126,77 @@ def test_sink_batches_hand_python_whole_batches_numbered_in_order(env):
     got = collect(batches.process(ShowBatch(), output_type=Types.STRING()))
     # Full batches when 4 are buffered, the rest at the end of input; each item once, in order.
     assert got == ["0:rx0,tx0,rx1,tx1", "4:rx2,tx2,rx3,tx3", "8:rx4,tx4,rx5,tx5", "12:rx6,tx6"]
+
+
+def archive_rows(env, function, columns, values):
+    """``values`` (bytes, as from Kafka, or strings) through an archive row function; each row as
+    {column: value} (through SQL: PyFlink's collect cannot hand a null map or bytes over to
+    Python as they are)."""
+    import base64
+
+    t_env = StreamTableEnvironment.create(env)
+    if isinstance(values[0], bytes):
+        # (A collection of bytes cannot be handed to Java directly; a Python map can.)
+        texts = env.from_collection([base64.b64encode(v).decode() for v in values], Types.STRING())
+        stream = texts.map(lambda text: base64.b64decode(text), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    else:
+        stream = env.from_collection(values, Types.STRING())
+    rows = _archive_rows(stream, function, columns, "test-rows", "Test rows")
+    table = t_env.from_data_stream(rows)
+    names = [name for name, _ in columns]
+    select = ", ".join(f"TO_BASE64(`{n}`)" if n == "payload" else f"`{n}`" for n in names)
+    with t_env.sql_query(f"SELECT {select} FROM {table}").execute().collect() as results:
+        return [dict(zip(names, row, strict=True)) for row in results]
+
+
+def test_every_raw_record_is_one_row_with_its_original_bytes_and_envelope_fields(env):
+    import base64
+
+    valid = {"v": 1, "source": "mqtt", "received_at": 1_756_653_767_451, "mqtt_topic": "t/dev-1", "device_id": "dev-1",
+             "product_id": "prod-a", "format": "bin", "payload_encoding": "base64", "payload": base64.b64encode(b"\x00\xff").decode()}
+    values = [
+        orjson.dumps(valid),
+        orjson.dumps({"v": 1, "source": "http", "received_at": 5, "payload": "temp,hum\n21,40\n"}),  # utf8 by default
+        b"\xff not an envelope",
+        orjson.dumps({"v": 2, "source": "mqtt", "received_at": 5, "payload": "x"}),
+        orjson.dumps({**valid, "device_id": ""}),
+        orjson.dumps({**valid, "payload": "%%%"}),
+        orjson.dumps({**valid, "format": "xml"}),
+    ]
+    function = get_gateway().jvm.io.iotlink.flink.RawPayloadRows("iotlink.raw")
+    rows = archive_rows(env, function, RAW_ROW_COLUMNS, values)
+    assert [r["source_seq"] for r in rows] == list(range(1, len(values) + 1))
+    assert {(r["source_topic"], r["source_partition"]) for r in rows} == {("iotlink.raw", 0)}
+    assert [base64.b64decode(r["payload"]) for r in rows[2:]] == values[2:]  # not envelopes: archived whole
+    first = rows[0]
+    assert base64.b64decode(first["payload"]) == b"\x00\xff" and first["envelope_error"] is None
+    assert (first["received_at"], first["source"], first["device_id"], first["product_id"], first["format"], first["mqtt_topic"]) == (
+        1_756_653_767_451, "mqtt", "dev-1", "prod-a", "bin", "t/dev-1")
+    envelope = orjson.loads(first["envelope"])
+    assert "payload" not in envelope and list(envelope) == sorted(envelope) and envelope["device_id"] == "dev-1"
+    assert base64.b64decode(rows[1]["payload"]) == b"temp,hum\n21,40\n" and rows[1]["device_id"] is None
+    reasons = [r["envelope_error"] for r in rows[2:]]
+    assert all(r["received_at"] == 0 for r in rows[2:])
+    assert "not a JSON envelope" in reasons[0]
+    assert "version 2 is not 1" in reasons[1]
+    assert "'device_id' must be a non-empty string" in reasons[2]
+    assert "not valid base64" in reasons[3]
+    assert "format 'xml'" in reasons[4]
+
+
+def test_every_telemetry_record_is_one_row_with_its_finite_numeric_metrics(env):
+    record = {"device_id": "dev-1", "product_id": "prod-a", "tenant": "t1", "hub_id": "nohub", "device_ts": 1_000, "ingest_ts": 1_500,
+              "metrics": {"tempC": 21.5, "count": 3, "ok": True, "mode": "eco"}, "quality": {"tempC": "clamped"},
+              "spec_id": "product_a", "spec_version": 3}
+    texts = [orjson.dumps(record).decode(), orjson.dumps({**record, "quality": {}, "spec_version": None}).decode()]
+    texts.append(texts[0].replace('"count":3', '"huge":1e400'))
+    function = get_gateway().jvm.io.iotlink.flink.TelemetryRows("iotlink.raw")
+    rows = archive_rows(env, function, TELEMETRY_ROW_COLUMNS, texts)
+    first, second, third = rows
+    assert (first["device_id"], first["product_id"], first["tenant"], first["hub_id"], first["device_ts"], first["ingest_ts"]) == (
+        "dev-1", "prod-a", "t1", "nohub", 1_000, 1_500)
+    assert first["metrics"] == {"tempC": 21.5, "count": 3.0}
+    assert orjson.loads(first["metrics_json"]) == record["metrics"] and orjson.loads(first["quality_json"]) == {"tempC": "clamped"}
+    assert (first["spec_id"], first["spec_version"], first["source_seq"]) == ("product_a", "3", 1)
+    assert (second["quality_json"], second["spec_version"], second["source_seq"]) == (None, None, 2)
+    assert third["metrics"] == {"tempC": 21.5}

@@ -55,8 +55,10 @@ def test_stop_leaves_nothing_running(tmp_path):
     assert set(pids) == {"kafka", "postgres", "mqtt", "mongo"}
     # A command run alongside (iotlink sql --embedded during a demo) uses the running services
     # and leaves them running; a second owner is refused with the reason.
+    # (The Iceberg catalog lives in the stack's PostgreSQL: asking for Iceberg brings it along.)
     shared = EmbeddedStack(settings, ("kafka", "iceberg", "mongo"), share=True)
-    assert shared.start() == {k: v for k, v in stack.endpoints.items() if k in ("kafka", "iceberg_catalog", "iceberg_warehouse", "mongo")}
+    wanted = ("kafka", "postgres", "iceberg_catalog", "iceberg_warehouse", "mongo")
+    assert shared.start() == {k: v for k, v in stack.endpoints.items() if k in wanted}
     assert shared.shared_from == os.getpid() and shared.pids() == {}
     assert shared.origin == f"using the embedded stack of process {os.getpid()}" and stack.origin == "embedded stack started"
     shared.stop()

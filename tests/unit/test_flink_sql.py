@@ -36,7 +36,8 @@ def test_every_ddl_file_uses_only_known_placeholders():
 
 
 def test_catalog_renders_settings_and_leaves_no_placeholder():
-    settings = Settings(bootstrap_servers="k1:9092,k2:9092", postgres_url=PG, topics=Topics(telemetry="prod.telemetry"))
+    settings = Settings(bootstrap_servers="k1:9092,k2:9092", postgres_url=PG, topics=Topics(telemetry="prod.telemetry"),
+                        iceberg_catalog="postgresql+psycopg://ice:pw@db.example/iceberg_catalog", iceberg_warehouse="file:///wh")
     catalog = render_catalog(settings)
     assert catalog.skipped == []
     text = catalog.text()
@@ -51,12 +52,16 @@ def test_catalog_renders_settings_and_leaves_no_placeholder():
     for table in ("raw_envelopes", "telemetry", "alarms", "dlq", "notifications", "customers", "sites", "devices",
                   "agg_1m", "agg_5m", "agg_1h", "comm_quality_5m", "comm_quality_1h", "alarm_events", "alarm_tickets", "control_cmd"):
         assert re.search(rf"CREATE TABLE {table} (\(|WITH)", text), table
+    # The Iceberg tables the job writes, as the catalog `iotlink` (Iceberg's Flink connector).
+    assert re.search(r"CREATE CATALOG iotlink WITH \(\s*'type' = 'iceberg'", text)
+    assert "'uri' = 'jdbc:postgresql://db.example/iceberg_catalog'" in text and "'jdbc.password' = 'pw'" in text
 
 
 def test_postgres_tables_are_left_out_without_a_database():
     catalog = render_catalog(Settings(postgres_url=None))
-    assert [p.name for p, _ in catalog.skipped] == ["20_postgres_tables.sql"]
-    assert "jdbc_options" in catalog.skipped[0][1]
+    assert [p.name for p, _ in catalog.skipped] == ["20_postgres_tables.sql", "30_iceberg_catalog.sql"]
+    assert "jdbc_options" in catalog.skipped[0][1] and "--postgres-url" in catalog.skipped[0][1]
+    assert "iceberg_options" in catalog.skipped[1][1] and "--iceberg-catalog" in catalog.skipped[1][1]
     assert "CREATE TABLE telemetry" in catalog.text() and "CREATE TABLE devices" not in catalog.text()
 
 
