@@ -5,9 +5,9 @@ Collections (database from the URL path, default ``iotlink``):
 - ``device_state``: one document per device (``_id`` = device id): the newest reading's
   metrics and times, the active alarms (``active_alarms.<alarm_id>``), quality flags. A
   reading only replaces the state when its device time is newer than the stored one, so
-  out-of-order and replayed records never move a device back in time.
-- ``telemetry_recent``: one document per reading (``_id`` = device|device_ts|digest of the
-  metrics), expired by a TTL index on ``received`` (default 10 days).
+  out-of-order and replayed records never move a device back in time. The job hands over
+  each device's newest reading as Flink SQL computes it (``sql/jobs/hot_layer.sql``), not
+  every reading: every reading is in Kafka ``iotlink.telemetry`` and Iceberg ``telemetry``.
 - ``alarms_active``: one document per active alarm (``_id`` = alarm id), inserted on RAISED,
   updated on SEVERITY_CHANGED / ACKNOWLEDGED / ESCALATED, removed on CLEARED / AUTO_RESOLVED.
 - ``product_summary_1h`` / ``product_summary_1d``: product statistics per hour (from the
@@ -25,7 +25,6 @@ the sink (``write_batch`` / ``flush`` / ``close``).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from connectors.sink_retry import RetryingBatchWriter
 from operators.windows import merge_partials, partial_from_json, partial_to_json
 
 DEFAULT_DATABASE = "iotlink"
-DEFAULT_TELEMETRY_TTL_DAYS = 10
 # A device clock this far from the platform's receive time is flagged in device_state.quality.
 CLOCK_SUSPECT_MS = 5 * 60 * 1000
 CLOSING_EVENTS = frozenset({"CLEARED", "AUTO_RESOLVED"})
@@ -59,13 +57,6 @@ def _dt(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC)
 
 
-def reading_id(record: dict) -> str:
-    """Deterministic id of a reading: device, device time and a digest of its metrics (the
-    same reading decoded twice gets the same id; two readings in one millisecond do not)."""
-    digest = hashlib.sha1(orjson.dumps(record["metrics"], option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
-    return f"{record['device_id']}|{record['device_ts']}|{digest}"
-
-
 def _guarded(doc_id: str, field: str, value: int) -> dict:
     """Matches the document while ``field`` is absent or below ``value``. (``$and`` of the id
     and the ``$or`` rather than both at the top level: same meaning, and the wire-protocol
@@ -74,8 +65,7 @@ def _guarded(doc_id: str, field: str, value: int) -> dict:
 
 
 def telemetry_ops(records: list[dict]) -> list[MongoOp]:
-    """Ops for telemetry records: one ``telemetry_recent`` document each, and per device one
-    guarded state update with the batch's newest reading.
+    """Ops for telemetry records: per device one guarded state update with the batch's newest reading.
 
     The state update is two ops: an upsert that creates the document if needed (and cannot
     conflict), then an update that matches only while the stored reading is older.
@@ -83,9 +73,6 @@ def telemetry_ops(records: list[dict]) -> list[MongoOp]:
     ops: list[MongoOp] = []
     newest: dict[str, dict] = {}
     for record in records:
-        ops.append(
-            MongoOp("telemetry_recent", "upsert", {"_id": reading_id(record)}, {"$setOnInsert": _recent_document(record)})
-        )
         have = newest.get(record["device_id"])
         if have is None or record["device_ts"] > have["device_ts"]:
             newest[record["device_id"]] = record
@@ -93,22 +80,6 @@ def telemetry_ops(records: list[dict]) -> list[MongoOp]:
         ops.append(MongoOp("device_state", "upsert", {"_id": device_id}, {"$setOnInsert": {"device_id": device_id}}))
         ops.append(MongoOp("device_state", "update", _guarded(device_id, "last_device_ts", record["device_ts"]), {"$set": _state_fields(record)}))
     return ops
-
-
-def _recent_document(record: dict) -> dict:
-    doc = {
-        "device_id": record["device_id"],
-        "product_id": record["product_id"],
-        "device_ts": record["device_ts"],
-        "ingest_ts": record["ingest_ts"],
-        "device_time": _dt(record["device_ts"]),
-        "received": _dt(record["ingest_ts"]),  # the TTL index counts from here
-        "metrics": record["metrics"],
-    }
-    for name in ("units", "hub_id", "child_device_id", "tenant", "spec_id", "spec_version"):
-        if record.get(name) is not None:
-            doc[name] = record[name]
-    return doc
 
 
 def _state_fields(record: dict) -> dict:
@@ -254,12 +225,10 @@ def hot_layer_ops(values: list[str]) -> list[MongoOp]:
 # collection -> list of (keys, options) for create_index
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
     "device_state": [([("product_id", 1)], {}), ([("last_device_ts", -1)], {})],
-    "telemetry_recent": [([("device_id", 1), ("device_ts", -1)], {}), ([("product_id", 1), ("device_ts", -1)], {})],
     "alarms_active": [([("device_id", 1)], {}), ([("severity", 1), ("raised_ts", -1)], {}), ([("product_id", 1)], {})],
     "product_summary_1h": [([("product_id", 1), ("window_start", -1)], {})],
     "product_summary_1d": [([("product_id", 1), ("day", -1)], {})],
 }
-TTL_INDEX_NAME = "received_ttl"
 
 
 def database_name(url: str) -> str:
@@ -290,14 +259,11 @@ def open_database(url: str, timeout_ms: int = 10_000):
     return client[database_name(url)]
 
 
-def init_collections(db, telemetry_ttl_days: int = DEFAULT_TELEMETRY_TTL_DAYS) -> dict[str, str]:
+def init_collections(db) -> dict[str, str]:
     """Creates the hot-layer collections and their indexes (idempotent).
 
-    An existing TTL index of ``telemetry_recent`` is kept as it is (changing its period is an
-    administrative act: drop the index, then run ``iotlink mongo init --ttl-days N``).
-
     Returns:
-        Collection -> ``created`` or ``exists``, and ``telemetry_recent TTL`` -> its period.
+        Collection -> ``created`` or ``exists``.
     """
     existing = set(db.list_collection_names())
     outcome = {}
@@ -307,12 +273,6 @@ def init_collections(db, telemetry_ttl_days: int = DEFAULT_TELEMETRY_TTL_DAYS) -
         outcome[name] = "exists" if name in existing else "created"
         for keys, options in indexes:
             db[name].create_index(keys, **options)
-    ttl = [info for info in db["telemetry_recent"].index_information().values() if "expireAfterSeconds" in info]
-    if ttl:
-        outcome["telemetry_recent TTL"] = f"{ttl[0]['expireAfterSeconds'] / 86400:g} days (kept)"
-    else:
-        db["telemetry_recent"].create_index([("received", 1)], name=TTL_INDEX_NAME, expireAfterSeconds=telemetry_ttl_days * 86400)
-        outcome["telemetry_recent TTL"] = f"{telemetry_ttl_days} days (created)"
     return outcome
 
 

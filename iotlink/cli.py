@@ -347,22 +347,21 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--schedule", metavar="CRON", help="run on this cron schedule (5 fields, UTC), e.g. '*/15 * * * *'")
     mongo = sub.add_parser(
         "mongo", help="MongoDB hot layer: create collections and indexes, read documents",
-        description="Manage and read the hot layer (device_state, telemetry_recent, alarms_active, product_summary_1h, "
-        "product_summary_1d) in the database of --mongo-url (or --embedded).",
+        description="Manage and read the hot layer (device_state: each device's newest reading, alarms_active, "
+        "product_summary_1h, product_summary_1d) in the database of --mongo-url (or --embedded). Every reading is in Kafka "
+        "iotlink.telemetry and Iceberg telemetry.",
     )
     mongo_sub = mongo.add_subparsers(dest="mongo_command", required=True, metavar="ACTION")
-    mongo_init = mongo_sub.add_parser(
+    mongo_sub.add_parser(
         "init", parents=[common], help="create the collections and their indexes (idempotent)",
-        description="Create the hot-layer collections and indexes: device and product lookups, time-ordered reads and a TTL "
-        "index that removes telemetry_recent documents --ttl-days after receipt. An existing TTL index is kept.",
+        description="Create the hot-layer collections and indexes: device and product lookups and time-ordered reads.",
     )
-    mongo_init.add_argument("--ttl-days", type=int, default=10, metavar="DAYS", help="telemetry_recent retention (default 10)")
     find = mongo_sub.add_parser(
         "find", parents=[common], help="print documents of one collection (filter, sort, limit)",
         description="Print documents of a hot-layer collection as JSON lines. Example: iotlink mongo find alarms_active "
         "--filter '{\"severity\": \"critical\"}' --sort raised_ts:-1 --limit 20",
     )
-    find.add_argument("collection", help="device_state, telemetry_recent, alarms_active, product_summary_1h or product_summary_1d")
+    find.add_argument("collection", help="device_state, alarms_active, product_summary_1h or product_summary_1d")
     find.add_argument("--filter", default="{}", metavar="JSON", help="a MongoDB query document (default {})")
     find.add_argument("--sort", metavar="FIELD:1|-1", help="sort by one field, ascending (1) or descending (-1)")
     find.add_argument("--limit", type=int, default=20, help="documents to print at most (default 20)")
@@ -570,7 +569,7 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         db = open_database(settings.mongo_url)
         if args.mongo_command == "init":
-            for name, outcome in init_collections(db, args.ttl_days).items():
+            for name, outcome in init_collections(db).items():
                 print(f"{db.name}.{name}: {outcome}")
             return 0
         if args.collection not in INDEXES:

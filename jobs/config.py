@@ -280,7 +280,9 @@ def connection_options(embedded: bool = True) -> argparse.ArgumentParser:
                            "else start one for this command and stop it after")
     group.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
     group.add_argument("--postgres-url", metavar="URL", help="PostgreSQL URL, postgresql://user@host:port/db")
-    group.add_argument("--iceberg-catalog", metavar="URI", help="Iceberg catalog: sqlite:///path (SQL catalog) or REST URL")
+    group.add_argument("--iceberg-catalog", metavar="URI",
+                       help="Iceberg catalog: postgresql+psycopg://user@host:port/db (SQL catalog; the job's committers "
+                       "need PostgreSQL, sqlite:///path serves reading only) or an http(s):// REST catalog")
     group.add_argument("--iceberg-warehouse", metavar="URI", help="Iceberg warehouse location (file:///… or s3://…)")
     group.add_argument("--mqtt-url", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port")
     group.add_argument("--mongo-url", metavar="URL", help="MongoDB/DocumentDB hot layer, mongodb://host:port/database[?options]")

@@ -248,7 +248,7 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
     source_parallelism = logic.source_parallelism
     from pyflink.common import Duration, Types, WatermarkStrategy
 
-    from jobs.java_operators import deduplicate, key_for_python, side_output, sink_batches
+    from jobs.java_operators import deduplicate, key_for_python, side_output
     from jobs.telemetry_functions import (
         DEAD_LETTERS,
         TELEMETRY_TUPLE,
@@ -293,8 +293,8 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
         readings = deduplicate(timed, dedup_ttl_ms).uid("dedup").name("Drop duplicate readings")
     if fault is not None:
         readings = readings.map(fault, output_type=TELEMETRY_TUPLE).uid("test-fault").name("Test fault")
-    t_env = statements = None  # the SQL side (aggregates, Iceberg): one statement set
-    if aggregates is not None or archive is not None:
+    t_env = statements = None  # the SQL side (aggregates, Iceberg, the hot layer's device states): one statement set
+    if aggregates is not None or archive is not None or hot_sink_factory is not None:
         from jobs.aggregates import table_environment
 
         t_env = table_environment(env)
@@ -368,36 +368,16 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
                 .uid("sink-alarm-store")
                 .name("PostgreSQL: alarm_events + alarm_tickets")
             )
+    if hot_sink_factory is not None:
+        from jobs.hot_layer import add_hot_layer
+
+        add_hot_layer(t_env, hot_sink_factory, readings, hot)
     if archive is not None:
         from jobs.archive import add_archive
 
         add_archive(t_env, statements, archive, raw=None if raw_is_text else raw, telemetry=telemetry, alarm_events=alarm_events)
     if statements is not None:
         statements.attach_as_datastream()
-    if hot_sink_factory is not None:
-        from jobs.telemetry_functions import BatchedSinkFunction, BatchWriter, hot_layer_batch, hot_layer_statements, json_bucket
-
-        # Two writers: telemetry (every reading) is batched in Java at the source's parallelism,
-        # one device's readings in order; the events below are few. They touch different fields
-        # of device_state.
-        (
-            per_partition(
-                sink_batches(telemetry, Types.STRING(), max_size=2000, max_delay_ms=500)
-                .uid("mongo-telemetry-batches").name("Batches for MongoDB")
-                .process(BatchWriter(hot_sink_factory, hot_layer_batch, "mongo_telemetry"))
-                .start_new_chain()
-            )
-            .uid("sink-mongo-telemetry")
-            .name("MongoDB: device_state + telemetry_recent")
-        )
-        (
-            # One device's dead letters and alarm events share a buffer (in order); product hours go by product.
-            hot[0].union(*hot[1:])
-            .key_by(json_bucket(16, "device_id", "key"), key_type=Types.INT())
-            .process(BatchedSinkFunction(hot_sink_factory, hot_layer_statements, "mongo_events", batch_size=500, flush_ms=500))
-            .uid("sink-mongo-events")
-            .name("MongoDB: alarms_active, device quality, product summaries")
-        )
     return telemetry
 
 

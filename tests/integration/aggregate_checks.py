@@ -138,11 +138,11 @@ def iceberg_hourly(table, since, until):
 
 def hot_layer_differences(db, records, unique, devices, alarm_events, want, since, until) -> str | None:
     """Compares the MongoDB hot layer with the input: each device's state is its newest reading,
-    ``telemetry_recent`` holds each reading once, ``alarms_active`` (and each device's
+    ``alarms_active`` (and each device's
     ``active_alarms``) the alarms raised and not closed according to ``alarm_events`` (from
     PostgreSQL: (alarm_id, event, device_id) rows), and the product summaries equal the
     statistics of the expected aggregates (``want``, as :func:`expected_aggregates`)."""
-    from connectors.mongo import day_of, reading_id
+    from connectors.mongo import day_of
 
     devices = set(devices)
     newest = {}
@@ -155,10 +155,6 @@ def hot_layer_differences(db, records, unique, devices, alarm_events, want, sinc
         if state is None or state.get("last_device_ts") != r["device_ts"] or state.get("metrics") != r["metrics"]:
             got = state and (state.get("last_device_ts"), state.get("metrics"))
             return f"device_state of {device_id}: {got}, want {(r['device_ts'], r['metrics'])}"
-    recent = Counter(d["_id"] for d in db.telemetry_recent.find({"device_id": {"$in": sorted(devices)}}, {"_id": 1}))
-    want_recent = {reading_id(r) for r in records if r["device_id"] in devices}
-    if set(recent) != want_recent or any(n != 1 for n in recent.values()):
-        return f"telemetry_recent: {len(set(recent) - want_recent)} extra, {len(want_recent - set(recent))} missing of {len(want_recent)}"
     closed = {a for a, e, _ in alarm_events if e in ("CLEARED", "AUTO_RESOLVED")}
     want_active = {a: d for a, e, d in alarm_events if e == "RAISED" and a not in closed}
     active = {d["_id"]: d["device_id"] for d in db.alarms_active.find({"device_id": {"$in": sorted(devices)}})}

@@ -2,7 +2,7 @@
 checkpoint, and after a stop with a savepoint and a resume from it, every PostgreSQL aggregate
 equals an independent computation from the input, Iceberg ``telemetry`` holds each decoded
 record exactly once, ``raw_payloads`` holds each raw record's original bytes exactly once, and
-the MongoDB hot layer holds each device's newest reading, each reading once, the alarms still
+the MongoDB hot layer holds each device's newest reading, the alarms still
 active and the product summaries of the input."""
 
 import dataclasses
@@ -104,13 +104,12 @@ def assert_sinks_hold_exactly(settings, values, fleet, since, until):
 
 
 def with_own_hot_layer(settings, mongo_url, name):
-    """The settings with a MongoDB database of their own, its TTL long enough for the test's
-    readings (received more than a year ago) to stay."""
+    """The settings with a MongoDB database of their own."""
     url = mongo_url.rsplit("/", 1)[0] + f"/{name}"
     db = open_database(url)
     for collection in db.list_collection_names():
         db.drop_collection(collection)
-    init_collections(db, telemetry_ttl_days=20_000)
+    init_collections(db)
     return settings.model_copy(update={"mongo_url": url})
 
 

@@ -4,18 +4,15 @@ out-of-order and replayed input, the alarm lifecycle, product summaries, and a s
 import random
 import threading
 import time
-from collections import Counter
 
 import pytest
 
 from connectors.mongo import (
-    TTL_INDEX_NAME,
     MongoHotWriter,
     alarm_ops,
     hot_layer_ops,
     init_collections,
     open_database,
-    reading_id,
     summary_ops,
     telemetry_ops,
 )
@@ -26,7 +23,6 @@ from operators.windows import MetricPartial, WindowResult, window_row
 pytestmark = pytest.mark.integration
 T = 1_772_359_200_000  # 2026-03-01T10:00:00Z
 HOUR = 3_600_000
-# Readings received now, so the TTL index (10 days from receipt) keeps them during the test.
 NOW = int(time.time() * 1000) // HOUR * HOUR
 
 
@@ -48,18 +44,14 @@ def dump(db):
     return {name: sorted(db[name].find(), key=lambda d: str(d["_id"])) for name in sorted(db.list_collection_names())}
 
 
-def test_init_creates_collections_and_a_ttl_index_idempotently(mongo_url):
+def test_init_creates_collections_and_indexes_idempotently(mongo_url):
     db = open_database(database_url(mongo_url, "t_init"))
     for name in db.list_collection_names():
         db.drop_collection(name)
-    first = init_collections(db, telemetry_ttl_days=10)
-    assert first == {"device_state": "created", "telemetry_recent": "created", "alarms_active": "created", "product_summary_1h": "created",
-                     "product_summary_1d": "created", "telemetry_recent TTL": "10 days (created)"}
-    again = init_collections(db, telemetry_ttl_days=30)
-    assert again.pop("telemetry_recent TTL") == "10 days (kept)" and set(again.values()) == {"exists"}
-    ttl = [info for info in db.telemetry_recent.index_information().values() if "expireAfterSeconds" in info]
-    assert len(ttl) == 1 and ttl[0]["expireAfterSeconds"] == 10 * 86400 and ttl[0]["key"] == [("received", 1)]
-    assert TTL_INDEX_NAME  # the name given; the stand-in server reports its own index names
+    first = init_collections(db)
+    assert first == {"device_state": "created", "alarms_active": "created", "product_summary_1h": "created", "product_summary_1d": "created"}
+    assert set(init_collections(db).values()) == {"exists"}
+    assert len(db.device_state.index_information()) >= 3  # _id, product_id, last_device_ts
 
 
 def readings(devices=8, per_device=40, seed=5):
@@ -73,7 +65,7 @@ def readings(devices=8, per_device=40, seed=5):
     return out
 
 
-def test_out_of_order_and_replayed_readings_leave_the_newest_state_and_each_reading_once(db_url):
+def test_out_of_order_and_replayed_readings_leave_the_newest_state(db_url):
     records = readings()
     arrival = records + records[::7]  # redelivered duplicates
     random.Random(9).shuffle(arrival)
@@ -82,8 +74,6 @@ def test_out_of_order_and_replayed_readings_leave_the_newest_state_and_each_read
         for i in range(0, len(arrival), 37):
             writer.write_batch(telemetry_ops(arrival[i:i + 37]))
         db = open_database(db_url)
-        assert db.telemetry_recent.count_documents({}) == len(records)
-        assert {d["_id"] for d in db.telemetry_recent.find({}, {"_id": 1})} == {reading_id(r) for r in records}
         newest = {}
         for r in records:
             if r["device_id"] not in newest or r["device_ts"] > newest[r["device_id"]]["device_ts"]:
@@ -198,26 +188,14 @@ def test_an_unreachable_server_delays_the_batch_and_loses_nothing(tmp_path):
         assert done.wait(90), "the batch was not written after the server came back"
         assert not errors
         db = open_database(url)
-        assert Counter(d["device_id"] for d in db.telemetry_recent.find()) == Counter(r["device_id"] for r in records)
-        assert db.telemetry_recent.count_documents({}) == len(records)
+        newest = {}
+        for r in records:
+            if r["device_id"] not in newest or r["device_ts"] > newest[r["device_id"]]["device_ts"]:
+                newest[r["device_id"]] = r
+        assert {d["_id"]: d["last_device_ts"] for d in db.device_state.find()} == {d: r["device_ts"] for d, r in newest.items()}
     finally:
         writer.close()
         server.stop()
-
-
-def test_readings_received_before_the_ttl_period_expire(db_url):
-    old = dict(readings(devices=1, per_device=1)[0], ingest_ts=NOW - 11 * 24 * HOUR)
-    fresh = readings(devices=1, per_device=2)[1]
-    writer = MongoHotWriter(db_url)
-    try:
-        writer.write_batch(telemetry_ops([old, fresh]))
-    finally:
-        writer.close()
-    db = open_database(db_url)
-    deadline = time.monotonic() + 90  # MongoDB's TTL monitor runs every 60 s
-    while db.telemetry_recent.count_documents({}) > 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert [d["_id"] for d in db.telemetry_recent.find()] == [reading_id(fresh)]
 
 
 def test_a_mixed_batch_from_the_job(db_url):
@@ -239,4 +217,4 @@ def test_a_mixed_batch_from_the_job(db_url):
     assert set(states["dev-0"]["active_alarms"]) == {"b1"} and states["dev-0"]["device_id"] == "dev-0"
     assert states["dev-1"]["quality"]["last_rejection"]["reason_code"] == "crc_mismatch"
     assert states["dev-1"]["metrics"] == max((r for r in records if r["device_id"] == "dev-1"), key=lambda r: r["device_ts"])["metrics"]
-    assert db.telemetry_recent.count_documents({}) == 6 and db.product_summary_1d.count_documents({}) == 1
+    assert db.device_state.count_documents({}) == 2 and db.product_summary_1d.count_documents({}) == 1

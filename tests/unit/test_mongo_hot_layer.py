@@ -14,7 +14,6 @@ from connectors.mongo import (
     day_of,
     dead_letter_ops,
     hot_layer_ops,
-    reading_id,
     summary_ops,
     telemetry_ops,
 )
@@ -29,22 +28,11 @@ def record(device, ts, **metrics):
     return {"device_id": device, "product_id": "prod-a", "device_ts": ts, "ingest_ts": ts + 400, "metrics": metrics or {"t": 1.0}}
 
 
-def test_reading_ids_are_deterministic_and_distinguish_readings():
-    a = record("d1", T, t=20.5, h=40)
-    assert reading_id(a) == reading_id(dict(a, metrics={"h": 40, "t": 20.5}))  # key order does not matter
-    assert reading_id(a) != reading_id(record("d1", T, t=20.6, h=40))
-    assert reading_id(a) != reading_id(record("d1", T + 1, t=20.5, h=40))
-    assert reading_id(a).startswith(f"d1|{T}|")
-
-
-def test_telemetry_ops_write_every_reading_and_only_the_newest_state_per_device():
+def test_telemetry_ops_write_only_the_newest_state_per_device():
     records = [record("d1", T + 2000, t=3.0), record("d1", T, t=1.0), record("d2", T + 5, t=7.0), record("d1", T + 1000, t=2.0)]
     ops = telemetry_ops(records)
-    recent = [op for op in ops if op.collection == "telemetry_recent"]
-    assert [op.filter["_id"] for op in recent] == [reading_id(r) for r in records]
-    assert all(op.kind == "upsert" and set(op.update) == {"$setOnInsert"} for op in recent)
-    assert recent[0].update["$setOnInsert"]["received"].timestamp() * 1000 == T + 2400
-    state = [op for op in ops if op.collection == "device_state"]
+    assert {op.collection for op in ops} == {"device_state"}  # every reading is in Kafka and Iceberg, not here
+    state = ops
     # per device: an upsert that cannot conflict, then an update guarded by the stored device time
     assert [(op.kind, op.filter.get("_id") or op.filter["$and"][0]["_id"]) for op in state] == [
         ("upsert", "d1"), ("update", "d1"), ("upsert", "d2"), ("update", "d2")]
@@ -147,7 +135,7 @@ def test_a_mixed_batch_is_sorted_by_kind():
         hour_row("prod-a", T, [(T, 1.0)]),
     )]
     collections = [op.collection for op in hot_layer_ops(values)]
-    assert collections == ["telemetry_recent", "device_state", "device_state", "device_state", "device_state",
+    assert collections == ["device_state", "device_state", "device_state", "device_state",
                            "alarms_active", "device_state", "product_summary_1h", "product_summary_1d", "product_summary_1d"]
 
 
