@@ -321,8 +321,9 @@ def exactly_once_string_sink(bootstrap_servers: str, topic: str, transactional_i
     )
 
 
-def read_topic(bootstrap_servers: str, topic: str, read_committed: bool = True, timeout_s: float = 60.0) -> list[bytes]:
-    """Reads every record value of a topic, from the beginning to its end as of now.
+def read_topic(bootstrap_servers: str, topic: str, read_committed: bool = True, timeout_s: float = 60.0,
+               since: dict[int, int] | None = None) -> list[bytes]:
+    """Reads every record value of a topic, from the beginning (or ``since``) to its end as of now.
 
     Offsets cannot be counted instead: transaction markers occupy offsets too. With
     ``read_committed`` the end is the last stable offset, so records of open or aborted
@@ -333,6 +334,7 @@ def read_topic(bootstrap_servers: str, topic: str, read_committed: bool = True, 
         topic: Topic to read.
         read_committed: Committed records only (the jobs write their topics exactly-once).
         timeout_s: Hard limit for reading up to the end.
+        since: Partition -> offset to start at (default: the beginning of each partition).
 
     Returns:
         The record values in partition order.
@@ -342,6 +344,9 @@ def read_topic(bootstrap_servers: str, topic: str, read_committed: bool = True, 
     """
     consumer, parts = _consumer_at_beginning(bootstrap_servers, topic, read_committed)
     try:
+        for tp in parts:
+            if since and since.get(tp.partition):
+                consumer.seek(tp, since[tp.partition])
         ends = {tp: offset for tp, offset in consumer.end_offsets(parts).items() if offset}
         values: list[bytes] = []
         deadline = time.monotonic() + timeout_s

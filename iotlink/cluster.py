@@ -293,12 +293,15 @@ class FlinkCluster:
         return env
 
     def flink_command(self, *args: str) -> list[str]:
-        """``bin/flink`` of the distribution with ``FLINK_CONF_DIR`` set to this cluster's configuration.
+        """``bin/flink`` of the distribution with ``FLINK_CONF_DIR`` set to this cluster's configuration,
+        and Hadoop's client on the CLI's classpath (``HADOOP_CLASSPATH``): the client plans the job,
+        and Iceberg's catalog needs it there as on the TaskManagers.
 
         The list runs as is (``subprocess.run(cluster.flink_command("list"))``) and reads as a
         shell command line with ``shlex.join``.
         """
-        return ["env", f"FLINK_CONF_DIR={self.conf_dir}", str(self.home / "bin" / "flink"), *args]
+        hadoop = os.pathsep.join(hadoop_jars())
+        return ["env", f"FLINK_CONF_DIR={self.conf_dir}", f"HADOOP_CLASSPATH={hadoop}", str(self.home / "bin" / "flink"), *args]
 
     def _spawn(self, name: str, script: str, *args: str) -> None:
         out = open(self.log_dir / f"{name}.console", "ab")  # noqa: SIM115 - the child writes to it until it exits

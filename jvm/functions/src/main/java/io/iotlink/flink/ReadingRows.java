@@ -34,14 +34,24 @@ public final class ReadingRows extends ProcessFunction<Tuple3<String, Long, Stri
 
     /**
      * @param allowedLatenessMs how long after its minute a reading still corrects the aggregates
-     * @param intervalsMs device id -> expected reporting interval (master data)
+     * @param intervalsJson device id -> expected reporting interval in ms (master data), as one
+     *     JSON object: one call from Python however large the fleet, not one per device
      * @param late where too-late readings go
+     * @throws IllegalArgumentException when the text is not such an object
      */
-    public ReadingRows(long allowedLatenessMs, Map<String, ? extends Number> intervalsMs, OutputTag<String> late) {
+    public ReadingRows(long allowedLatenessMs, String intervalsJson, OutputTag<String> late) {
         this.allowedLatenessMs = allowedLatenessMs;
         this.intervalsMs = new HashMap<>();
-        // (From Python the numbers arrive as Integer or Long, whichever fits.)
-        intervalsMs.forEach((device, interval) -> this.intervalsMs.put(device, interval.longValue()));
+        JsonNode intervals;
+        try {
+            intervals = JSON.readTree(intervalsJson);
+        } catch (Exception error) {
+            throw new IllegalArgumentException("device intervals are not JSON: " + error.getMessage(), error);
+        }
+        if (intervals == null || !intervals.isObject()) {
+            throw new IllegalArgumentException("device intervals must be a JSON object of device id -> milliseconds");
+        }
+        intervals.fields().forEachRemaining(field -> this.intervalsMs.put(field.getKey(), field.getValue().asLong()));
         this.late = late;
     }
 
