@@ -87,8 +87,19 @@ def _row_type(columns):
     return Types.ROW_NAMED([name for name, _ in columns], [kinds[kind] for _, kind in columns])
 
 
-def _archive_rows(stream, function, columns, uid: str, name: str):
-    """``stream`` through one of the Java row functions, at the stream's parallelism (chained)."""
+def java_rows(stream, function, columns, uid: str, name: str):
+    """``stream`` through one of the Java archive row functions, at the stream's parallelism (chained).
+
+    Args:
+        stream: Raw record bytes or telemetry JSON strings.
+        function: ``io.iotlink.flink.RawPayloadRows`` or ``TelemetryRows`` (a Java object).
+        columns: The rows' columns (:data:`RAW_ROW_COLUMNS`, :data:`TELEMETRY_ROW_COLUMNS`).
+        uid: The operator's uid.
+        name: The operator's name in the web UI.
+
+    Returns:
+        The rows, as a DataStream the table environment takes.
+    """
     from pyflink.datastream import DataStream
 
     j_stream = stream._j_data_stream
@@ -122,11 +133,11 @@ def add_archive(t_env, statements, outputs: ArchiveOutputs, raw=None, telemetry=
     t_env.get_config().set("table.exec.iceberg.use-v2-sink", "true")
     views = set()
     if raw is not None:
-        rows = _archive_rows(raw, functions.RawPayloadRows(outputs.raw_topic), RAW_ROW_COLUMNS, "raw-archive-rows", "Raw payload rows")
+        rows = java_rows(raw, functions.RawPayloadRows(outputs.raw_topic), RAW_ROW_COLUMNS, "raw-archive-rows", "Raw payload rows")
         t_env.create_temporary_view("raw_archive", t_env.from_data_stream(rows))
         views.add("raw_archive")
     if telemetry is not None:
-        rows = _archive_rows(telemetry, functions.TelemetryRows(outputs.raw_topic), TELEMETRY_ROW_COLUMNS, "telemetry-archive-rows",
+        rows = java_rows(telemetry, functions.TelemetryRows(outputs.raw_topic), TELEMETRY_ROW_COLUMNS, "telemetry-archive-rows",
                              "Telemetry rows")
         t_env.create_temporary_view("telemetry_archive", t_env.from_data_stream(rows))
         views.add("telemetry_archive")

@@ -35,7 +35,7 @@ jar_stamp="jvm/lib/.iotlink-jars"
 # The poms and the Java sources of jvm/functions: a changed function is compiled again.
 jar_want=$(cat jvm/pom.xml jvm/*/pom.xml $(find jvm/*/src -type f -name '*.java' | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)
 if [ ! -f "$jar_stamp" ] || [ "$(cat "$jar_stamp")" != "$jar_want" ]; then
-  echo "bootstrap: fetching the Java jars of jvm/pom.xml with Maven (first run downloads ~170 MB)…"
+  echo "bootstrap: fetching the Java jars of jvm/pom.xml with Maven (first run downloads ~240 MB)…"
   rm -rf jvm/lib
   if ! mvn -q -B -Dstyle.color=never -f jvm/pom.xml -Dmaven.repo.local="$PWD/jvm/.m2" package; then
     echo "bootstrap: 'mvn -f jvm/pom.xml package' failed: Maven Central must be reachable (see the output above)" >&2

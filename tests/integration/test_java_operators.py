@@ -12,7 +12,7 @@ from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
 from connectors.jars import pipeline_jars_option
-from jobs.archive import RAW_ROW_COLUMNS, TELEMETRY_ROW_COLUMNS, _archive_rows
+from jobs.archive import RAW_ROW_COLUMNS, TELEMETRY_ROW_COLUMNS, java_rows
 from jobs.connector_classpath import make_connector_jars_visible
 from jobs.java_operators import deduplicate, reading_rows, rejection_rows, side_output, sink_batches
 from jobs.telemetry_functions import TELEMETRY_TUPLE
@@ -141,7 +141,7 @@ def archive_rows(env, function, columns, values):
         stream = texts.map(lambda text: base64.b64decode(text), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
     else:
         stream = env.from_collection(values, Types.STRING())
-    rows = _archive_rows(stream, function, columns, "test-rows", "Test rows")
+    rows = java_rows(stream, function, columns, "test-rows", "Test rows")
     table = t_env.from_data_stream(rows)
     names = [name for name, _ in columns]
     select = ", ".join(f"TO_BASE64(`{n}`)" if n == "payload" else f"`{n}`" for n in names)
