@@ -21,7 +21,7 @@ import orjson
 from pyflink.common import RowKind, Types
 from pyflink.datastream import FlatMapFunction, OutputTag
 
-from connectors.flink_sql import CATALOG_DIR, jdbc_options, option_lines, render, split_statements
+from connectors.flink_sql import CATALOG_DIR, jdbc_options, option_lines, render, split_statements, without_comments
 from operators.aggregate_rows import hourly_window_row
 
 AGGREGATES_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "aggregates.sql"
@@ -79,10 +79,10 @@ def aggregate_statements(outputs: AggregateOutputs) -> tuple[list[str], list[str
     for name, size in BUCKETS_MS.items():
         values[f"state_ttl_{name}"] = f"{size + outputs.allowed_lateness_ms} ms"
     tables = split_statements(render(POSTGRES_TABLES_SQL.read_text(), values, str(POSTGRES_TABLES_SQL)))
-    ddl = [s for s in tables if _code(s).upper().startswith("CREATE TABLE")]
+    ddl = [s for s in tables if without_comments(s).upper().startswith("CREATE TABLE")]
     inserts = []
     for statement in split_statements(render(AGGREGATES_SQL.read_text(), values, str(AGGREGATES_SQL))):
-        (inserts if _code(statement).upper().startswith("INSERT") else ddl).append(statement)
+        (inserts if without_comments(statement).upper().startswith("INSERT") else ddl).append(statement)
     # Batched JDBC writes: the connector's default (100 rows) makes a round trip per few readings.
     # Retries wait 1 s, 2 s, … between attempts: ten ride out about a minute of database outage.
     options = (f"/*+ OPTIONS('sink.buffer-flush.max-rows' = '{outputs.flush_rows}', 'sink.buffer-flush.interval' = '1 s', "
@@ -91,13 +91,8 @@ def aggregate_statements(outputs: AggregateOutputs) -> tuple[list[str], list[str
     return ddl, inserts
 
 
-def _code(statement: str) -> str:
-    lines = [line for line in statement.splitlines() if line.strip() and not line.lstrip().startswith("--")]
-    return "\n".join(lines).lstrip()
-
-
 def _with_sink_options(insert: str, options: str) -> str:
-    parts = _code(insert).split(None, 3)  # INSERT INTO <table> <query>
+    parts = without_comments(insert).split(None, 3)  # INSERT INTO <table> <query>
     table, rest = parts[2], parts[3]
     return f"INSERT INTO {table} {options}\n{rest}"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.flink_sql import option_lines, render, split_statements
+from connectors.flink_sql import option_lines, render, split_statements, without_comments
 from connectors.iceberg import flink_catalog_options
 
 ARCHIVE_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "archive.sql"
@@ -56,8 +56,8 @@ def archive_statements(outputs: ArchiveOutputs, views: set[str]) -> tuple[list[s
     values = {"iceberg_options": option_lines(flink_catalog_options(outputs.catalog_uri, outputs.warehouse))}
     ddl, inserts = [], []
     for statement in split_statements(render(ARCHIVE_SQL.read_text(), values, str(ARCHIVE_SQL))):
-        code = " ".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).split()
-        if code[:2] == ["INSERT", "INTO"]:
+        code = without_comments(statement).split(None, 3)
+        if [word.upper() for word in code[:2]] == ["INSERT", "INTO"]:
             if SOURCE_VIEWS[code[2]] in views:
                 inserts.append(statement)
         else:
@@ -109,7 +109,7 @@ def java_rows(stream, function, columns, uid: str, name: str):
     return DataStream(rows)
 
 
-def add_archive(t_env, statements, outputs: ArchiveOutputs, raw=None, telemetry=None, alarm_events=None) -> list[str]:
+def add_archive(t_env, statements, outputs: ArchiveOutputs, raw=None, telemetry=None, alarm_events=None) -> None:
     """Wires the Iceberg tables onto the job's table environment.
 
     Args:
@@ -119,9 +119,6 @@ def add_archive(t_env, statements, outputs: ArchiveOutputs, raw=None, telemetry=
         raw: Raw record bytes (Kafka values), one source subtask per raw partition.
         telemetry: Telemetry JSON strings at the source's parallelism (forward from the source).
         alarm_events: Alarm-event JSON strings.
-
-    Returns:
-        The Iceberg tables written.
     """
     from pyflink.java_gateway import get_gateway
 
@@ -151,4 +148,3 @@ def add_archive(t_env, statements, outputs: ArchiveOutputs, raw=None, telemetry=
         t_env.execute_sql(statement)
     for insert in inserts:
         statements.add_insert_sql(insert)
-    return [table for table, view in SOURCE_VIEWS.items() if view in views]

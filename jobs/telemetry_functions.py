@@ -325,20 +325,19 @@ END_OF_TIME = 2**63 - 1  # Flink's final watermark (Long.MAX_VALUE)
 class _SinkWriting:
     """Writes batches to an idempotent sink (``write_batch``/``flush``/``close``) and counts them
     (metric group ``iotlink.sink.<name>``: written, batches, write_ms, and the sink's own
-    statistics named in ``stat_metrics``)."""
+    ``stats.retries``)."""
 
-    def __init__(self, sink_factory, name: str, stat_metrics: dict[str, str] | None = None):
+    def __init__(self, sink_factory, name: str):
         self._sink_factory = sink_factory
         self._name = name
-        self._stat_metrics = dict(stat_metrics or {"retries": "retries"})
 
     def _open_sink(self, runtime_context) -> None:
         self._sink = self._sink_factory()
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP).add_group("sink", self._name)
         self._written = group.counter("written")
         self._batches = group.counter("batches")
-        # (counter, last value seen on the sink's stats) per mirrored statistic
-        self._stat_counters = {attr: [group.counter(metric), 0] for attr, metric in self._stat_metrics.items()}
+        self._retries = group.counter("retries")
+        self._retries_seen = 0  # the sink's own count at the last batch
         # Total write time (with ``batches``: the mean write latency); a counter, since Python
         # gauges are unsafe in thread mode (see AlarmFunction).
         self._write_ms = group.counter("write_ms")
@@ -349,11 +348,9 @@ class _SinkWriting:
         self._write_ms.inc(int((time.perf_counter() - started) * 1000))
         self._written.inc(count)
         self._batches.inc()
-        stats = getattr(self._sink, "stats", None)
-        for attr, mirrored in self._stat_counters.items():
-            value = getattr(stats, attr, 0)
-            mirrored[0].inc(value - mirrored[1])
-            mirrored[1] = value
+        retries = getattr(getattr(self._sink, "stats", None), "retries", 0)
+        self._retries.inc(retries - self._retries_seen)
+        self._retries_seen = retries
 
     def close(self):
         if getattr(self, "_sink", None) is not None:
@@ -369,11 +366,10 @@ class BatchWriter(_SinkWriting, ProcessFunction):
         sink_factory: Picklable; builds the sink (``write_batch``/``flush``/``close``) in ``open``.
         batch_for: Picklable; ``(sequence number of the first value, values)`` -> the sink's batch.
         name: Metric name part (``sink.<name>.written`` / ``.batches`` / ``.retries``).
-        stat_metrics: Sink ``stats`` attribute -> metric name (default ``retries``).
     """
 
-    def __init__(self, sink_factory, batch_for, name: str, stat_metrics: dict[str, str] | None = None):
-        super().__init__(sink_factory, name, stat_metrics)
+    def __init__(self, sink_factory, batch_for, name: str):
+        super().__init__(sink_factory, name)
         self._batch_for = batch_for
 
     def open(self, runtime_context):
@@ -401,13 +397,10 @@ class BatchedSinkFunction(_SinkWriting, KeyedProcessFunction):
         sink_factory: Picklable; builds the sink (``write_batch``/``flush``/``close``) in ``open``.
         statements_for: Picklable; turns a list of buffered values into the sink's batch.
         name: Metric name part (``sink.<name>.written`` / ``.batches`` / ``.retries``).
-        stat_metrics: Sink ``stats`` attribute -> metric name, mirrored after each batch
-            (default ``retries``).
     """
 
-    def __init__(self, sink_factory, statements_for, name: str, batch_size: int = 500, flush_ms: int = 500,
-                 stat_metrics: dict[str, str] | None = None):
-        super().__init__(sink_factory, name, stat_metrics)
+    def __init__(self, sink_factory, statements_for, name: str, batch_size: int = 500, flush_ms: int = 500):
+        super().__init__(sink_factory, name)
         self._statements_for = statements_for
         self._batch_size = batch_size
         self._flush_ms = flush_ms
