@@ -55,6 +55,11 @@ def open_catalog(catalog_uri: str, warehouse: str | None = None, name: str = "io
 
 
 FLINK_CATALOG_NAME = "iotlink"  # a JDBC catalog's rows carry its name: the same as pyiceberg's
+# SQLSTATEs of a connection the PostgreSQL server closed, besides the connection-failure states
+# Iceberg's JDBC catalog retries anyway: 57P01 terminated by an administrator or a shutdown, 57P05
+# closed after ``idle_session_timeout``.
+POSTGRES_RECONNECT_STATES = "57P01,57P05"
+CATALOG_IDLE_SESSION_TIMEOUT_MS = 60_000
 
 
 def flink_catalog_options(catalog_uri: str, warehouse: str | None = None) -> dict[str, str]:
@@ -88,7 +93,16 @@ def flink_catalog_options(catalog_uri: str, warehouse: str | None = None) -> dic
     elif catalog_uri.startswith(("postgresql://", "postgresql+")):
         parts = urlsplit(catalog_uri)
         netloc = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-        options.update({"catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog", "uri": f"jdbc:postgresql://{netloc}{parts.path}"})
+        options.update({
+            "catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog", "uri": f"jdbc:postgresql://{netloc}{parts.path}",
+            # Iceberg 1.10's Flink sink opens a catalog per table at each job start and restart
+            # (IcebergWriteAggregator) and never closes it: the server closes those connections
+            # once idle, so that neither restarts nor many jobs of one JVM exhaust PostgreSQL's
+            # max_connections; a connection the server closed (that timeout, an administrator's
+            # terminate, a restart) is opened anew and the call retried, not failed.
+            "jdbc.options": f"-c idle_session_timeout={CATALOG_IDLE_SESSION_TIMEOUT_MS}",
+            "retryable_status_codes": POSTGRES_RECONNECT_STATES,
+        })
         if parts.username:
             options["jdbc.user"] = unquote(parts.username)
         if parts.password is not None:

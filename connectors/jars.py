@@ -46,19 +46,23 @@ def kafka_broker_classpath() -> str:
     return os.pathsep.join(str(jar) for jar in module_jars("broker"))
 
 
-# Hadoop's client: Flink loads ``org.apache.hadoop`` classes parent-first, so they must be on the
-# JVM's own classpath (HADOOP_CLASSPATH), not among a job's jars.
-HADOOP_JAR_PREFIX = "hadoop-client-"
+# Jars that belong on the JVM's own classpath (HADOOP_CLASSPATH), not among a job's jars:
+# - Hadoop's client: Flink loads ``org.apache.hadoop`` classes parent-first;
+# - the JDBC drivers: Iceberg's JDBC catalog connects through ``DriverManager``, which hands a
+#   driver only to code of the class loader that registered it; from a job's own jars the driver
+#   is registered only once something else of that job has loaded it (an Iceberg-only job fails
+#   with "No suitable driver"), and SQLite's native library loads once per JVM.
+JVM_CLASSPATH_JAR_PREFIXES = ("hadoop-client-", "postgresql-", "sqlite-jdbc-")
 # Iceberg's S3 file IO and the AWS SDK (65 MB): only a job whose warehouse is on S3 takes it.
 S3_JAR_PREFIX = "iceberg-aws-bundle-"
 
 
 def flink_connector_jars(s3: bool = False) -> list[str]:
-    """The connector jars as ``file://`` URIs, for ``pipeline.jars``: Kafka, JDBC + PostgreSQL,
-    Iceberg, SQLite JDBC, the project's functions; Iceberg's S3 support with ``s3``."""
+    """The connector jars as ``file://`` URIs, for ``pipeline.jars``: Kafka, JDBC, Iceberg, the
+    project's functions; Iceberg's S3 support with ``s3``. (Not the :func:`jvm_classpath_jars`.)"""
     return [
         jar.as_uri() for jar in module_jars("flink")
-        if not jar.name.startswith(HADOOP_JAR_PREFIX) and (s3 or not jar.name.startswith(S3_JAR_PREFIX))
+        if not jar.name.startswith(JVM_CLASSPATH_JAR_PREFIXES) and (s3 or not jar.name.startswith(S3_JAR_PREFIX))
     ]
 
 
@@ -67,6 +71,7 @@ def pipeline_jars_option(s3: bool = False) -> str:
     return ";".join(flink_connector_jars(s3))
 
 
-def hadoop_jars() -> list[str]:
-    """The Hadoop client jars (paths) that Iceberg's Flink connector needs on the JVM's classpath."""
-    return [str(jar) for jar in module_jars("flink") if jar.name.startswith(HADOOP_JAR_PREFIX)]
+def jvm_classpath_jars() -> list[str]:
+    """The jars (paths) every Flink JVM and the job's client need on their own classpath:
+    Hadoop's client and the PostgreSQL and SQLite JDBC drivers (``JVM_CLASSPATH_JAR_PREFIXES``)."""
+    return [str(jar) for jar in module_jars("flink") if jar.name.startswith(JVM_CLASSPATH_JAR_PREFIXES)]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from connectors.jars import hadoop_jars
+from connectors.jars import jvm_classpath_jars
 from iotlink.live import FlinkRest
 from iotlink.stack import free_port, pid_alive, port_is_free
 from jobs.config import Settings
@@ -269,8 +269,8 @@ class FlinkCluster:
         ship the flink-python jar with the job (the JobManager then fails to deserialize the job
         graph: ClassNotFoundException ...EmbeddedPythonProcessOperator), and in thread mode
         PemJa's native library can be loaded once per JVM only, which a per-job class loader
-        would break on the first restart. Hadoop's client jars (Iceberg's Flink connector) go there
-        too: Flink loads ``org.apache.hadoop`` classes from the cluster's classpath only. The
+        would break on the first restart. Hadoop's client and the JDBC drivers (Iceberg's Flink
+        connector and its catalog) go there too: :func:`connectors.jars.jvm_classpath_jars`. The
         installed distribution stays untouched.
         """
         shutil.rmtree(self.lib_dir, ignore_errors=True)
@@ -278,7 +278,7 @@ class FlinkCluster:
         jars = [*sorted((self.home / "lib").glob("*.jar")), *sorted((self.home / "opt").glob("flink-python-*.jar"))]
         if not any(jar.name.startswith("flink-python-") for jar in jars):
             raise ClusterError(f"no flink-python jar in {self.home / 'opt'}")
-        jars += [Path(jar) for jar in hadoop_jars()]
+        jars += [Path(jar) for jar in jvm_classpath_jars()]
         for jar in jars:
             (self.lib_dir / jar.name).symlink_to(jar)
         return self.lib_dir
@@ -294,14 +294,14 @@ class FlinkCluster:
 
     def flink_command(self, *args: str) -> list[str]:
         """``bin/flink`` of the distribution with ``FLINK_CONF_DIR`` set to this cluster's configuration,
-        and Hadoop's client on the CLI's classpath (``HADOOP_CLASSPATH``): the client plans the job,
-        and Iceberg's catalog needs it there as on the TaskManagers.
+        and Hadoop's client and the JDBC drivers on the CLI's classpath (``HADOOP_CLASSPATH``): the
+        client plans the job, and Iceberg's catalog needs them there as on the TaskManagers.
 
         The list runs as is (``subprocess.run(cluster.flink_command("list"))``) and reads as a
         shell command line with ``shlex.join``.
         """
-        hadoop = os.pathsep.join(hadoop_jars())
-        return ["env", f"FLINK_CONF_DIR={self.conf_dir}", f"HADOOP_CLASSPATH={hadoop}", str(self.home / "bin" / "flink"), *args]
+        classpath = os.pathsep.join(jvm_classpath_jars())
+        return ["env", f"FLINK_CONF_DIR={self.conf_dir}", f"HADOOP_CLASSPATH={classpath}", str(self.home / "bin" / "flink"), *args]
 
     def _spawn(self, name: str, script: str, *args: str) -> None:
         out = open(self.log_dir / f"{name}.console", "ab")  # noqa: SIM115 - the child writes to it until it exits

@@ -35,7 +35,7 @@ from connectors.flink_sql import (
 )
 from connectors.jars import pipeline_jars_option
 from jobs.config import Settings
-from jobs.connector_classpath import export_hadoop_classpath, make_connector_jars_visible
+from jobs.connector_classpath import export_jvm_classpath, make_connector_jars_visible
 
 _SET = re.compile(r"^SET\s+'([^']+)'\s*=\s*'((?:[^']|'')*)'\s*$", re.I | re.S)
 _QUIT = re.compile(r"^(quit|exit)\s*;?\s*$", re.I)
@@ -166,7 +166,7 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
     # embeds Python in that JVM and only finds pyflink through the PYTHONPATH it started with,
     # and Iceberg's Flink connector only finds Hadoop through the classpath it started with.
     export_python_path()
-    export_hadoop_classpath()
+    export_jvm_classpath()
     table_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode() if batch else EnvironmentSettings.in_streaming_mode())
     config = table_env.get_config()
     conf = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 
-from connectors.jars import flink_connector_jars, hadoop_jars
+from connectors.jars import flink_connector_jars, jvm_classpath_jars
 
 _lock = threading.Lock()
 _loader = None  # the process's one connector class loader (a Py4J reference)
@@ -75,10 +75,10 @@ def add_to_local_classpath(jars: list[str], probe_class: str, what: str) -> None
     os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(dict.fromkeys(current + jars))
 
 
-def export_hadoop_classpath() -> None:
-    """Puts Hadoop's client jars on the local JVM's classpath, for Iceberg's Flink connector
-    (Flink loads ``org.apache.hadoop`` classes parent-first: from a job's jars they are not found)."""
-    add_to_local_classpath(hadoop_jars(), "org.apache.hadoop.conf.Configuration", "Hadoop's client jars (Iceberg)")
+def export_jvm_classpath() -> None:
+    """Puts Hadoop's client and the JDBC drivers on the local JVM's classpath, for Iceberg's Flink
+    connector and its JDBC catalog (:func:`connectors.jars.jvm_classpath_jars` says why)."""
+    add_to_local_classpath(jvm_classpath_jars(), "org.postgresql.Driver", "Hadoop's client and the JDBC drivers (Iceberg)")
 
 
 def _runs_py4j(thread) -> bool:

@@ -528,10 +528,10 @@ def create_job(settings: Settings, options: RunOptions):
     export_python_path()
     if options.prometheus_port is not None:
         export_reporter_classpath()
-    if settings.iceberg_catalog and not options.input_files:
-        from jobs.connector_classpath import export_hadoop_classpath
+    if (settings.iceberg_catalog and not options.input_files) or settings.postgres_url:
+        from jobs.connector_classpath import export_jvm_classpath
 
-        export_hadoop_classpath()
+        export_jvm_classpath()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 

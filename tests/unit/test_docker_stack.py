@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.jars import jars_dir
+from connectors.jars import JVM_CLASSPATH_JAR_PREFIXES, jars_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -191,10 +191,14 @@ def test_the_docker_image_gets_the_jars_from_the_same_pom_and_kafka_runs_the_sam
     assert re.search(r"^FROM flink:2\.0\.0-", dockerfile, re.M)
     broker = pom_dependencies("broker")
     assert compose["services"]["kafka"]["image"] == f"apache/kafka:{broker['kafka_2.13']}"
-    # Hadoop's client on the cluster's classpath, in the pom's version (Iceberg's Flink connector).
-    hadoop = re.search(r"^ENV HADOOP_CLASSPATH=(\S+)$", dockerfile, re.M)[1].split(":")
+    # Hadoop's client and the JDBC drivers on the cluster's classpath, in the pom's versions.
+    classpath = re.search(r"^ENV HADOOP_CLASSPATH=(\S+)$", dockerfile, re.M)[1].split(":")
     flink = pom_dependencies("flink")
-    assert hadoop == [f"/opt/iotlink/jvm/lib/flink/{a}-{flink[a]}.jar" for a in ("hadoop-client-api", "hadoop-client-runtime")]
+    artifacts = ("hadoop-client-api", "hadoop-client-runtime", "postgresql", "sqlite-jdbc")
+    assert classpath == [f"/opt/iotlink/jvm/lib/flink/{a}-{flink[a]}.jar" for a in artifacts]
+    # ... which are the ones a local job puts there.
+    covered = {prefix for prefix in JVM_CLASSPATH_JAR_PREFIXES for jar in classpath if Path(jar).name.startswith(prefix)}
+    assert covered == set(JVM_CLASSPATH_JAR_PREFIXES)
 
 
 def test_job_submission_command_references_existing_files(compose):

@@ -42,6 +42,9 @@ def test_flink_opens_the_sql_catalog_through_jdbc_with_its_credentials():
     assert pg["uri"] == "jdbc:postgresql://db.example:5433/iceberg_catalog"
     assert (pg["jdbc.user"], pg["jdbc.password"]) == ("ice@lab", "p:ss")
     assert "p:ss" not in pg["uri"] and "io-impl" not in pg
+    # Connections the server closes (idle ones after a minute) are opened anew, not failures.
+    assert pg["jdbc.options"] == "-c idle_session_timeout=60000"
+    assert {"57P01", "57P05"} <= set(pg["retryable_status_codes"].split(","))
 
 
 def test_a_rest_catalog_on_s3_gets_s3_file_io_and_the_endpoint(monkeypatch):
