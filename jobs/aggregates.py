@@ -58,13 +58,14 @@ class HourlyWindowRows(FlatMapFunction):
         yield orjson.dumps(hourly_window_row(*value)).decode()
 
 
-# Each table: (its key fields, the window start's position, the window's length).
+# Each table: (its key fields, the window start's position, the window's length, whether its
+# windows hold every metric in one map (metric_stats) to be turned into one row per metric).
 FIRED_TABLES = {
-    "agg_1m": ((0, 1, 2, 3), 3, BUCKETS_MS["1m"]),
-    "agg_5m": ((0, 1, 2, 3), 3, BUCKETS_MS["5m"]),
-    "agg_1h": ((0, 1, 2, 3), 3, BUCKETS_MS["1h"]),
-    "comm_quality_5m": ((0, 1), 1, BUCKETS_MS["5m"]),
-    "comm_quality_1h": ((0, 1), 1, BUCKETS_MS["1h"]),
+    "agg_1m": ((0, 1, 2), 2, BUCKETS_MS["1m"], True),
+    "agg_5m": ((0, 1, 2), 2, BUCKETS_MS["5m"], True),
+    "agg_1h": ((0, 1, 2), 2, BUCKETS_MS["1h"], True),
+    "comm_quality_5m": ((0, 1), 1, BUCKETS_MS["5m"], False),
+    "comm_quality_1h": ((0, 1), 1, BUCKETS_MS["1h"], False),
 }
 
 
@@ -100,7 +101,8 @@ def _with_sink_options(insert: str, options: str) -> str:
 def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
     """The view ``<table>_fired``: the changelog of ``<table>_updates`` keyed by window in Java
     (``io.iotlink.flink.WindowFirings``), each window's newest row released when the watermark
-    passes its end and again for each correction.
+    passes its end and again for each correction; a window of every metric (``metric_stats``)
+    released as one row per metric (``MetricStatsRows``).
 
     The SQL aggregates' processing-time mini-batches replace device-time watermarks with their
     batch markers, so the readings' watermarks join in through an empty Java stream
@@ -114,7 +116,7 @@ def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
     from pyflink.util.java_utils import to_jarray
 
     jvm = get_gateway().jvm
-    key_fields, start_field, size_ms = FIRED_TABLES[table]
+    key_fields, start_field, size_ms, per_metric = FIRED_TABLES[table]
     changes = t_env.to_changelog_stream(t_env.from_path(f"{table}_updates"))._j_data_stream
     row_type = changes.getType()
     device_time = readings._j_data_stream.flatMap(jvm.io.iotlink.flink.NoRows(), row_type)
@@ -123,6 +125,9 @@ def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
     window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, list(key_fields)))
     fired = changes.keyBy(window_key).process(jvm.io.iotlink.flink.WindowFirings(row_type, start_field, size_ms, allowed_lateness_ms), row_type)
     fired.uid(f"{table}-firings").name(f"Fire {table} windows")
+    if per_metric:
+        fired = fired.flatMap(jvm.io.iotlink.flink.MetricStatsRows(), jvm.io.iotlink.flink.MetricStatsRows.rowType())
+        fired.uid(f"{table}-metric-rows").name(f"{table}: a row per metric")
     stream = DataStream(fired)
     t_env.create_temporary_view(f"{table}_fired", t_env.from_data_stream(stream))
     return stream

@@ -13,61 +13,55 @@
 -- when rows are written). State per bucket lives for
 -- the bucket's length plus the allowed lateness (the STATE_TTL hints; processing time).
 --
--- Functions of jvm/functions (io.iotlink.flink): first_by_time / last_by_time (value of the
--- earliest / latest reading, ties by value), sample_stddev (Welford), longest_gap.
+-- Functions of jvm/functions (io.iotlink.flink): metric_stats (every metric of the readings'
+-- metrics maps at once: count, min, max, sum, avg, sample stddev by Welford, first/last value by
+-- device time with ties by value), longest_gap.
+--
+-- One accumulator per device (or product) and window holds all its metrics: each reading reads
+-- and writes an aggregate's state once, not once per metric, and the changelog carries one row
+-- per window. The job turns each fired window into one row per metric (MetricStatsRows, Java)
+-- before the tables get it.
 
-CREATE TEMPORARY FUNCTION first_by_time AS 'io.iotlink.flink.FirstByTime' LANGUAGE JAVA;
-CREATE TEMPORARY FUNCTION last_by_time AS 'io.iotlink.flink.LastByTime' LANGUAGE JAVA;
-CREATE TEMPORARY FUNCTION sample_stddev AS 'io.iotlink.flink.SampleStddev' LANGUAGE JAVA;
+CREATE TEMPORARY FUNCTION metric_stats AS 'io.iotlink.flink.MetricStats' LANGUAGE JAVA;
 CREATE TEMPORARY FUNCTION longest_gap AS 'io.iotlink.flink.LongestGap' LANGUAGE JAVA;
 
 CREATE TEMPORARY VIEW metric_readings AS
-SELECT device_id, COALESCE(product_id, '') AS product_id, ts AS device_ts, m.metric, m.`value`
-FROM readings CROSS JOIN UNNEST(metrics) AS m (metric, `value`)
+SELECT device_id, COALESCE(product_id, '') AS product_id, ts AS device_ts, metrics
+FROM readings
 WHERE kind = 'reading';
 
 -- Per device and per product, 1 minute.
 CREATE TEMPORARY VIEW agg_1m_updates AS
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1m}') */
-  'device', device_id, metric, device_ts - MOD(device_ts, 60000), product_id,
-  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
-  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
-FROM metric_readings GROUP BY device_id, product_id, metric, device_ts - MOD(device_ts, 60000)
+  'device' AS `scope`, device_id AS `key`, device_ts - MOD(device_ts, 60000) AS window_start, product_id,
+  metric_stats(metrics, device_ts) AS stats
+FROM metric_readings GROUP BY device_id, product_id, device_ts - MOD(device_ts, 60000)
 UNION ALL
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1m}') */
-  'product', product_id, metric, device_ts - MOD(device_ts, 60000), product_id,
-  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
-  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
-FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 60000);
+  'product', product_id, device_ts - MOD(device_ts, 60000), product_id, metric_stats(metrics, device_ts)
+FROM metric_readings GROUP BY product_id, device_ts - MOD(device_ts, 60000);
 
 -- 5 minutes.
 CREATE TEMPORARY VIEW agg_5m_updates AS
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_5m}') */
-  'device', device_id, metric, device_ts - MOD(device_ts, 300000), product_id,
-  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
-  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
-FROM metric_readings GROUP BY device_id, product_id, metric, device_ts - MOD(device_ts, 300000)
+  'device' AS `scope`, device_id AS `key`, device_ts - MOD(device_ts, 300000) AS window_start, product_id,
+  metric_stats(metrics, device_ts) AS stats
+FROM metric_readings GROUP BY device_id, product_id, device_ts - MOD(device_ts, 300000)
 UNION ALL
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_5m}') */
-  'product', product_id, metric, device_ts - MOD(device_ts, 300000), product_id,
-  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
-  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
-FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 300000);
+  'product', product_id, device_ts - MOD(device_ts, 300000), product_id, metric_stats(metrics, device_ts)
+FROM metric_readings GROUP BY product_id, device_ts - MOD(device_ts, 300000);
 
 -- 1 hour (its fired rows also go to the Iceberg agg_1h history and the MongoDB product summaries).
 CREATE TEMPORARY VIEW agg_1h_updates AS
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
-  'device' AS `scope`, device_id AS `key`, metric, device_ts - MOD(device_ts, 3600000) AS window_start, product_id,
-  COUNT(*) AS `count`, MIN(`value`) AS `min`, MAX(`value`) AS `max`, SUM(`value`) AS `sum`, AVG(`value`) AS `avg`,
-  sample_stddev(`value`) AS stddev, first_by_time(`value`, device_ts) AS `first`, MIN(device_ts) AS first_ts,
-  last_by_time(`value`, device_ts) AS `last`, MAX(device_ts) AS last_ts
-FROM metric_readings GROUP BY device_id, product_id, metric, device_ts - MOD(device_ts, 3600000)
+  'device' AS `scope`, device_id AS `key`, device_ts - MOD(device_ts, 3600000) AS window_start, product_id,
+  metric_stats(metrics, device_ts) AS stats
+FROM metric_readings GROUP BY device_id, product_id, device_ts - MOD(device_ts, 3600000)
 UNION ALL
 SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
-  'product', product_id, metric, device_ts - MOD(device_ts, 3600000), product_id,
-  COUNT(*), MIN(`value`), MAX(`value`), SUM(`value`), AVG(`value`), sample_stddev(`value`),
-  first_by_time(`value`, device_ts), MIN(device_ts), last_by_time(`value`, device_ts), MAX(device_ts)
-FROM metric_readings GROUP BY product_id, metric, device_ts - MOD(device_ts, 3600000);
+  'product', product_id, device_ts - MOD(device_ts, 3600000), product_id, metric_stats(metrics, device_ts)
+FROM metric_readings GROUP BY product_id, device_ts - MOD(device_ts, 3600000);
 
 
 -- Communication quality per device and 5 minutes / 1 hour: readings by device time, dead letters
@@ -109,8 +103,9 @@ FROM comm_counts_1h;
 
 -- The job keys each *_updates changelog by window and releases a window's newest row when the
 -- watermark passes the window's end, and again for each correction within the allowed lateness
--- (io.iotlink.flink.WindowFirings, Java): the views <table>_fired. Only those reach PostgreSQL,
--- so a window is written once plus once per correction, not at every update of the aggregate.
+-- (io.iotlink.flink.WindowFirings, Java), the agg_* windows as one row per metric: the views
+-- <table>_fired. Only those reach PostgreSQL, so a window is written once plus once per
+-- correction, not at every update of the aggregate.
 INSERT INTO agg_1m SELECT * FROM agg_1m_fired;
 INSERT INTO agg_5m SELECT * FROM agg_5m_fired;
 INSERT INTO agg_1h SELECT * FROM agg_1h_fired;

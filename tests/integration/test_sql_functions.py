@@ -1,4 +1,4 @@
-"""The Java aggregate functions of jvm/functions, through Flink SQL, against plain Python."""
+"""The Java aggregate functions of jvm/functions (metric_stats, longest_gap), through Flink SQL, against plain Python."""
 
 import math
 import random
@@ -37,13 +37,14 @@ def expected(rows) -> dict:
         values = [v for _, v in items]
         times = sorted({t for t, _ in items})
         points = [0, *times, 300_000]
-        out[group] = (min(items)[1], max(items)[1], statistics.stdev(values) if len(values) > 1 else None,
-                      max(b - a for a, b in zip(points, points[1:], strict=False)))
+        stats = (len(values), min(values), max(values), math.fsum(values), math.fsum(values) / len(values),
+                 statistics.stdev(values) if len(values) > 1 else None, min(items)[1], min(times), max(items)[1], max(times))
+        out[group] = (stats, max(b - a for a, b in zip(points, points[1:], strict=False)))
     return out
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "streaming-two-phase"])
-def test_first_last_stddev_and_gap_equal_python(batch):
+def test_metric_stats_and_gap_equal_python(batch):
     extra = {} if batch else {"table.exec.mini-batch.enabled": "true", "table.exec.mini-batch.allow-latency": "1 s",
                               "table.exec.mini-batch.size": "100"}
     t_env = create_table_env(parallelism=2, extra=extra, batch=batch)
@@ -52,19 +53,32 @@ def test_first_last_stddev_and_gap_equal_python(batch):
             t_env.execute_sql(statement)
     rows = readings(seed=5)
     t_env.create_temporary_view("r", t_env.from_elements(rows, ["grp", "ts", "v"]))
+    # Two metrics per reading (the second one the negated first), as the job's metrics maps hold them.
     result = t_env.execute_sql(
-        "SELECT grp, first_by_time(v, ts), last_by_time(v, ts), sample_stddev(v), longest_gap(ts, CAST(0 AS BIGINT), CAST(300000 AS BIGINT)) "
-        "FROM r GROUP BY grp"
+        "SELECT grp, metric, s.`count`, s.`min`, s.`max`, s.`sum`, s.`avg`, s.stddev, s.`first`, s.first_ts, s.`last`, s.last_ts, gap "
+        "FROM (SELECT grp, metric_stats(MAP['v', v, 'neg', -v], ts) AS stats, "
+        "      longest_gap(ts, CAST(0 AS BIGINT), CAST(300000 AS BIGINT)) AS gap FROM r GROUP BY grp) "
+        "CROSS JOIN UNNEST(stats) AS m (metric, s)"
     )
     got = {}
     with result.collect() as changes:
         for row in changes:
             if row.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
                 continue
-            got[row[0]] = tuple(row[1:])  # streaming: the last update of each group wins
+            # streaming: the last update of each group wins
+            got.setdefault(row[0], ({}, None))
+            got[row[0]] = ({**got[row[0]][0], row[1]: tuple(row[2:12])}, row[12])
     want = expected(rows)
+    negated = expected([(group, ts, -value) for group, ts, value in rows])
     assert set(got) == set(want)
-    for group, (first, last, stddev, gap) in want.items():
-        g_first, g_last, g_stddev, g_gap = got[group]
-        assert (g_first, g_last, g_gap) == (first, last, gap), group
-        assert (g_stddev is None) == (stddev is None) and (stddev is None or math.isclose(g_stddev, stddev, rel_tol=1e-9, abs_tol=1e-9)), group
+    for group, (stats, gap) in want.items():
+        got_stats, got_gap = got[group]
+        assert got_gap == gap and set(got_stats) == {"v", "neg"}, group
+        for metric, wanted in (("v", stats), ("neg", negated[group][0])):
+            g = got_stats[metric]
+            # Exact: count, min, max, first and last with their times; to rounding: sum, avg, stddev.
+            assert g[:3] + g[6:] == wanted[:3] + wanted[6:], (group, metric)
+            for position in (3, 4, 5):
+                assert (g[position] is None) == (wanted[position] is None), (group, metric, position)
+                if wanted[position] is not None:
+                    assert math.isclose(g[position], wanted[position], rel_tol=1e-9, abs_tol=1e-6), (group, metric, position)
