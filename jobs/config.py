@@ -95,6 +95,10 @@ class FlinkSettings(_Strict):
     rest_port: int = Field(18081, ge=0, le=65535)
     execution_mode: str = Field("thread", pattern="^(thread|process)$")
     out_of_orderness_ms: int = Field(5000, ge=0)
+    # How long the alarm rules hold a device's readings for out-of-order ones before evaluating
+    # (device time). 0: each reading at once, for alarms within a checkpoint of the reading; a
+    # reading older than the device's newest evaluated one is then late for the rules only.
+    alarm_reorder_ms: int = Field(0, ge=0)
     idleness_ms: int = Field(10000, ge=0)
     allowed_lateness_ms: int = Field(300_000, ge=0)
     source_parallelism: int | None = Field(None, ge=1)  # None: one source subtask per raw partition

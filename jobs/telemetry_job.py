@@ -199,7 +199,9 @@ class TelemetryLogic:
     Attributes:
         registry_factory: Builds the DecoderRegistry inside the task (default: built-ins).
         rules_factory: Builds the compiled rule sets inside the task.
-        out_of_orderness_ms: Bounded out-of-orderness of device time.
+        out_of_orderness_ms: Bounded out-of-orderness of device time (watermarks).
+        alarm_reorder_ms: How long the alarm rules wait for a device's out-of-order readings
+            (0: each reading is evaluated at once).
         idleness_ms: After this long without data a partition stops holding back watermarks.
         dedup_ttl_ms: Drop readings whose (device, device time, payload) was seen within this
             long, before aggregates and rules (0: no duplicate suppression).
@@ -212,6 +214,7 @@ class TelemetryLogic:
     registry_factory: Callable | None = None
     rules_factory: Callable | None = None
     out_of_orderness_ms: int = 5000
+    alarm_reorder_ms: int = 0
     idleness_ms: int = 0
     dedup_ttl_ms: int = 0
     source_parallelism: int | None = None
@@ -336,13 +339,13 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
             pushed = env.from_source(rules_source, rule_strategy, "Kafka rules source").uid("source-rules").name("Kafka: iotlink.rules")
             alarms = (
                 keyed.connect(pushed.broadcast(RULE_SETS))
-                .process(AlarmBroadcastFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
+                .process(AlarmBroadcastFunction(rules_factory, logic.alarm_reorder_ms), output_type=Types.STRING())
                 .uid("alarm-rules")
                 .name("Alarm rules (per device)")
             )
         else:
             alarms = (
-                keyed.process(AlarmFunction(rules_factory, out_of_orderness_ms), output_type=Types.STRING())
+                keyed.process(AlarmFunction(rules_factory, logic.alarm_reorder_ms), output_type=Types.STRING())
                 .uid("alarm-rules")
                 .name("Alarm rules (per device)")
             )
@@ -631,7 +634,8 @@ def create_job(settings: Settings, options: RunOptions):
         ),
         TelemetryLogic(
             registry_factory=registry_factory, rules_factory=rules_factory, out_of_orderness_ms=settings.flink.out_of_orderness_ms,
-            idleness_ms=settings.flink.idleness_ms, dedup_ttl_ms=settings.flink.dedup_ttl_ms, source_parallelism=source_parallelism,
+            alarm_reorder_ms=settings.flink.alarm_reorder_ms, idleness_ms=settings.flink.idleness_ms,
+            dedup_ttl_ms=settings.flink.dedup_ttl_ms, source_parallelism=source_parallelism,
             fault=fault,
         ),
     )

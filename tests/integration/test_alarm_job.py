@@ -51,7 +51,7 @@ def test_overheating_devices_raise_the_same_alarms_in_flink_and_in_replay(settin
         received.setdefault(record["device_id"], []).append(record["device_ts"])
     assert received == sent
     rule_sets = load_rule_sets([settings.rules_dir])
-    replayed = [e for e in replay(telemetry, rule_sets, settings.flink.out_of_orderness_ms, until_ts=2**62) if "command" not in e]
+    replayed = [e for e in replay(telemetry, rule_sets, settings.flink.alarm_reorder_ms, until_ts=2**62) if "command" not in e]
 
     def key(event):
         return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
