@@ -43,6 +43,7 @@ from connectors.http_openapi import openapi_document
 from connectors.raw_producer import BridgeCounters, RawProducer
 from connectors.tcp_framing import DeviceIdError, check_device_id
 from operators.envelope import FORMATS, RawEnvelope
+from operators.hex_text import HexTextError, parse_hex_text
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,9 @@ def check_payload(fmt: str, payload: bytes, where: str = "body") -> None:
             raise HttpError(400, f"invalid_{fmt}", f"{where} is not UTF-8 text: byte {exc.start} is 0x{payload[exc.start]:02x}") from None
         if fmt == "hex":
             try:
-                bytes.fromhex(text)
-            except ValueError as exc:
-                raise HttpError(400, "invalid_hex", f"{where} is not hex digits: {exc}") from None
+                parse_hex_text(text)
+            except HexTextError as exc:
+                raise HttpError(400, "invalid_hex", f"{where}: {exc}") from None
 
 
 def body_length(headers, limit: int) -> int:

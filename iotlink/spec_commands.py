@@ -37,7 +37,9 @@ def add_spec_commands(sub) -> None:
     )
     decode.add_argument("--spec", required=True, metavar="PATH", help="the decoder spec (YAML file)")
     payload = decode.add_mutually_exclusive_group(required=True)
-    payload.add_argument("--hex", metavar="HEX", help="binary payload as hex text (0x prefix and spaces between bytes allowed)")
+    payload.add_argument(
+        "--hex", metavar="HEX", help="binary payload as hex text: 00FD3C, 0x00FD3C, '00 FD 3C', '0x00 0xFD 0x3C', 00:FD:3C or 00-FD-3C, any case"
+    )
     payload.add_argument("--json", metavar="TEXT", help="JSON payload text")
     payload.add_argument("--csv", metavar="TEXT", help="CSV payload text; a literal \\n separates lines when the text has no newline")
     payload.add_argument("--file", metavar="PATH", help="read the payload bytes from a file ('-' for stdin), byte-exact")

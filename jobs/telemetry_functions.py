@@ -18,7 +18,6 @@ from pyflink.datastream.state import MapStateDescriptor
 
 from operators.dead_letter import dead_letter_to_json
 from operators.decode import DecoderRegistry, decode_raw_record
-from operators.telemetry import telemetry_to_json
 
 METRIC_GROUP = "iotlink"
 # (device_id, device_ts, telemetry JSON): typed, so Flink moves it without pickling.
@@ -76,10 +75,9 @@ class DecodeRawFunction(ProcessFunction):
             if letter.get("spec_id") is not None or letter["stage"] in ("parse", "checksum", "contract"):
                 self._spec_counters(letter.get("spec_id"))[1].inc()
             yield DEAD_LETTERS, dead_letter_to_json(letter)
-        for record in outcome.records:
+        for record, text in zip(outcome.records, outcome.texts, strict=True):
             self._decoded.inc()
             self._spec_counters(record.get("spec_id"))[0].inc()
-            text = telemetry_to_json(record)
             # Paired with its event time, which the (Java) watermark operator takes from field 1.
             yield (record["device_id"], record["device_ts"], text), record["device_ts"]
 

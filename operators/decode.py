@@ -23,8 +23,13 @@ import orjson
 
 from operators.dead_letter import make_dead_letter
 from operators.envelope import EnvelopeError, RawEnvelope, parse_envelope
-from operators.telemetry import make_telemetry_record
+from operators.telemetry import make_telemetry_record, telemetry_to_json
 from operators.topic import NO_HUB, TopicError, parse_device_topic
+from operators.value_repr import MAX_REPR_CHARS, bounded_repr
+
+# What the sinks store as an integer: times as a signed 64-bit (PostgreSQL bigint, Iceberg long);
+# a metric up to an unsigned 64-bit counter (JSON carries it; the aggregates take it as a double).
+INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 # Device clocks before this are unset RTCs, not readings (2000-01-01T00:00:00Z).
 MIN_PLAUSIBLE_TS = 946_684_800_000
@@ -99,11 +104,11 @@ def parse_timestamp(value: object, field_name: str) -> int:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise DecodeError("invalid_timestamp", f"{field_name} {value!r} is not ISO 8601 or epoch ms") from None
+            raise DecodeError("invalid_timestamp", f"{field_name} {bounded_repr(value)} is not ISO 8601 or epoch ms") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
-    raise DecodeError("invalid_timestamp", f"{field_name} {value!r} is not ISO 8601 or epoch ms")
+    raise DecodeError("invalid_timestamp", f"{field_name} {bounded_repr(value)} is not ISO 8601 or epoch ms")
 
 
 def check_plausible_time(ts: int, ingest_ts: int, field_name: str) -> None:
@@ -121,9 +126,9 @@ def _metric_value(name: str, value: object) -> object:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise DecodeError("invalid_metric", f"metric {name!r} is not a finite number")
+            raise DecodeError("invalid_metric", f"metric {bounded_repr(name)} is not a finite number")
         return value
-    raise DecodeError("invalid_metric", f"metric {name!r} is a {type(value).__name__}, expected number, bool or string")
+    raise DecodeError("invalid_metric", f"metric {bounded_repr(name)} is a {type(value).__name__}, expected number, bool or string")
 
 
 class ClientJsonDecoder:
@@ -147,7 +152,7 @@ class ClientJsonDecoder:
         if "bin" in data and "metrics" not in data:
             raise DecodeError(
                 "no_decoder_spec",
-                f"payload carries binary data.bin; product {identity.product_id!r} needs a YAML decoder spec",
+                f"payload carries binary data.bin; product {bounded_repr(identity.product_id)} needs a YAML decoder spec",
                 stage="spec_selection",
             )
         raw_metrics = data.get("metrics")
@@ -218,13 +223,15 @@ class DecoderRegistry:
                 if getattr(decoder, "format", None) == wanted:
                     return decoder
             have = ", ".join(getattr(d, "format", "?") for d in decoders)
-            raise DecodeError("no_decoder_spec", f"product {identity.product_id!r} has no {wanted} spec (has: {have})", stage="spec_selection")
+            raise DecodeError(
+                "no_decoder_spec", f"product {bounded_repr(identity.product_id)} has no {wanted} spec (has: {have})", stage="spec_selection"
+            )
         fmt = identity.format or ("json" if json_like else "bin")
         decoder = self.by_format.get(fmt)
         if decoder is None:
             raise DecodeError(
                 "no_decoder_spec",
-                f"no decoder for product {identity.product_id!r} in format {fmt!r}: add a YAML spec",
+                f"no decoder for product {bounded_repr(identity.product_id)} in format {bounded_repr(fmt)}: add a YAML spec",
                 stage="spec_selection",
             )
         return decoder
@@ -246,7 +253,7 @@ def resolve_identity(envelope: RawEnvelope, devices: dict[str, DeviceInfo] | Non
         if device_id is not None and device_id != topic.device_id:
             raise DecodeError(
                 "device_mismatch",
-                f"envelope device_id {device_id!r} differs from topic device {topic.device_id!r}",
+                f"envelope device_id {bounded_repr(device_id)} differs from topic device {bounded_repr(topic.device_id)}",
                 stage="spec_selection",
             )
         device_id, hub_id, child_device_id = topic.device_id, topic.hub_id, topic.child_device_id
@@ -260,7 +267,7 @@ def resolve_identity(envelope: RawEnvelope, devices: dict[str, DeviceInfo] | Non
     if product_id is None:
         raise DecodeError(
             "unknown_product",
-            f"no product id for device {device_id!r}: not in the envelope and not in the device registry",
+            f"no product id for device {bounded_repr(device_id)}: not in the envelope and not in the device registry",
             stage="spec_selection",
         )
     return DeviceIdentity(device_id, product_id, hub_id, child_device_id, fmt, info.tenant if info else None)
@@ -275,21 +282,30 @@ def check_record(record: dict) -> None:
     for name in ("device_id", "product_id"):
         value = record.get(name)
         if not isinstance(value, str) or not value:
-            raise DecodeError("missing_field", f"record {name} is {value!r}, expected a non-empty string", stage="contract")
+            raise DecodeError("missing_field", f"record {name} is {bounded_repr(value)}, expected a non-empty string", stage="contract")
     device_ts = record.get("device_ts")
     if type(device_ts) is not int:
-        raise DecodeError("invalid_timestamp", f"record device_ts {device_ts!r} is not epoch ms", stage="contract")
+        raise DecodeError("invalid_timestamp", f"record device_ts {bounded_repr(device_ts)} is not epoch ms", stage="contract")
     check_plausible_time(device_ts, record["ingest_ts"], "device time")
+    for name, value in record.items():
+        if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            raise DecodeError("value_out_of_range", f"record {name} {bounded_repr(value)} is beyond a 64-bit integer", stage="contract")
     metrics = record.get("metrics")
     if not isinstance(metrics, dict) or not metrics:
         raise DecodeError("empty_metrics", "record has no metrics", stage="contract")
     for name, value in metrics.items():
         kind = type(value)
+        if kind is int and not INT64_MIN <= value <= UINT64_MAX:
+            raise DecodeError(
+                "value_out_of_range", f"metric {bounded_repr(name)} {bounded_repr(value)} is beyond a 64-bit integer", stage="contract"
+            )
         if kind is float:
             if not math.isfinite(value):
-                raise DecodeError("invalid_metric", f"metric {name!r} is not a finite number", stage="contract")
+                raise DecodeError("invalid_metric", f"metric {bounded_repr(name)} is not a finite number", stage="contract")
         elif kind not in (int, bool, str):
-            raise DecodeError("invalid_metric", f"metric {name!r} is a {kind.__name__}, expected number, bool or string", stage="contract")
+            raise DecodeError(
+                "invalid_metric", f"metric {bounded_repr(name)} is a {kind.__name__}, expected number, bool or string", stage="contract"
+            )
 
 
 @dataclass(slots=True)
@@ -298,6 +314,8 @@ class DecodeOutcome:
 
     records: list[dict]
     dead_letters: list[dict] = field(default_factory=list)
+    # The records as iotlink.telemetry JSON, when :func:`decode_raw_record` made them (one per record).
+    texts: list[str] = field(default_factory=list)
 
     @property
     def dead_letter(self) -> dict | None:
@@ -314,8 +332,20 @@ def decode_raw_record(raw_value: bytes, registry: DecoderRegistry, now_ms: int) 
         now_ms: Current time, stamped on dead letters.
 
     Returns:
-        The records, and a dead letter (original payload, stage, spec, reason) for each rejection.
+        The records with their telemetry JSON, and a dead letter (original payload, stage, spec,
+        reason) for each rejection. It never raises: what no rule foresaw becomes a dead letter of
+        stage ``internal`` (reason code ``internal_error``) naming the exception, so one record can
+        never fail the task that decodes it.
     """
+    try:
+        return _decode_raw_record(raw_value, registry, now_ms)
+    except Exception as exc:  # noqa: BLE001 - per-record code never raises; the letter says what failed
+        reason = f"the decoder failed on this record: {type(exc).__name__}: {str(exc)[:MAX_REPR_CHARS]}"
+        return DecodeOutcome([], [make_dead_letter(stage="internal", reason_code="internal_error", reason=reason, failed_at=now_ms,
+                                                   raw_value=raw_value)])
+
+
+def _decode_raw_record(raw_value: bytes, registry: DecoderRegistry, now_ms: int) -> DecodeOutcome:
     try:
         envelope = parse_envelope(raw_value)
     except EnvelopeError as exc:
@@ -331,22 +361,33 @@ def decode_raw_record(raw_value: bytes, registry: DecoderRegistry, now_ms: int) 
         identity = resolve_identity(envelope, registry.devices)
         decoder = registry.decoder_for(identity, envelope.payload)
         decoded = decoder.decode(envelope, identity)
-        records, letters = [], []
+        records, texts, letters = [], [], []
         for item in decoded:
             if isinstance(item, dict):
                 try:
                     check_record(item)
+                    text = _telemetry_text(item)
                 except DecodeError as exc:
                     if len(decoded) == 1:
                         raise
                     letters.append(_letter(exc, envelope, decoder, now_ms))
                     continue
                 records.append(item)
+                texts.append(text)
             else:
                 letters.append(_letter(item.error, envelope, decoder, now_ms, row=item.row, payload=item.payload))
-        return DecodeOutcome(records, letters)
+        return DecodeOutcome(records, letters, texts)
     except DecodeError as exc:
         return DecodeOutcome([], [_letter(exc, envelope, decoder, now_ms)])
+
+
+def _telemetry_text(record: dict) -> str:
+    """The record as telemetry JSON; a value JSON cannot carry (a lone surrogate in a string, say)
+    breaks the contract."""
+    try:
+        return telemetry_to_json(record)
+    except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+        raise DecodeError("unserializable", f"the record cannot be written as JSON: {bounded_repr(str(exc))}", stage="contract") from None
 
 
 def _letter(exc: DecodeError, envelope: RawEnvelope, decoder, now_ms: int, row: int | None = None, payload: bytes | None = None) -> dict:

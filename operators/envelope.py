@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from operators.value_repr import bounded_repr
+
 ENVELOPE_VERSION = 1
 SOURCES = frozenset({"mqtt", "tcp", "http", "file", "kafka"})
 FORMATS = frozenset({"json", "bin", "hex", "csv"})
@@ -83,9 +85,9 @@ def build_envelope(envelope: RawEnvelope) -> bytes:
         EnvelopeError: if source or format is not one of the documented values.
     """
     if envelope.source not in SOURCES:
-        raise EnvelopeError("invalid_source", f"source {envelope.source!r} is not one of {sorted(SOURCES)}")
+        raise EnvelopeError("invalid_source", f"source {bounded_repr(envelope.source)} is not one of {sorted(SOURCES)}")
     if envelope.format is not None and envelope.format not in FORMATS:
-        raise EnvelopeError("invalid_format", f"format {envelope.format!r} is not one of {sorted(FORMATS)}")
+        raise EnvelopeError("invalid_format", f"format {bounded_repr(envelope.format)} is not one of {sorted(FORMATS)}")
     encoding, text = encode_payload(envelope.payload)
     doc: dict[str, object] = {
         "v": ENVELOPE_VERSION,
@@ -106,7 +108,7 @@ def _optional_str(doc: dict, name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise EnvelopeError("invalid_envelope", f"envelope field {name!r} must be a non-empty string, got {value!r}")
+        raise EnvelopeError("invalid_envelope", f"envelope field {bounded_repr(name)} must be a non-empty string, got {bounded_repr(value)}")
     return value
 
 
@@ -130,13 +132,13 @@ def parse_envelope(raw: bytes | str) -> RawEnvelope:
         raise EnvelopeError("invalid_envelope", f"raw record is a JSON {type(doc).__name__}, not an envelope object")
     version = doc.get("v")
     if version != ENVELOPE_VERSION:
-        raise EnvelopeError("unsupported_envelope_version", f"envelope version {version!r} is not {ENVELOPE_VERSION}")
+        raise EnvelopeError("unsupported_envelope_version", f"envelope version {bounded_repr(version)} is not {ENVELOPE_VERSION}")
     source = doc.get("source")
-    if source not in SOURCES:
-        raise EnvelopeError("invalid_envelope", f"envelope source {source!r} is not one of {sorted(SOURCES)}")
+    if not isinstance(source, str) or source not in SOURCES:
+        raise EnvelopeError("invalid_envelope", f"envelope source {bounded_repr(source)} is not one of {sorted(SOURCES)}")
     received_at = doc.get("received_at")
     if not isinstance(received_at, int) or isinstance(received_at, bool) or received_at <= 0:
-        raise EnvelopeError("invalid_envelope", f"envelope received_at {received_at!r} is not epoch milliseconds")
+        raise EnvelopeError("invalid_envelope", f"envelope received_at {bounded_repr(received_at)} is not epoch milliseconds")
     text = doc.get("payload")
     if not isinstance(text, str):
         raise EnvelopeError("invalid_envelope", "envelope has no payload string")
@@ -149,10 +151,10 @@ def parse_envelope(raw: bytes | str) -> RawEnvelope:
         except binascii.Error as exc:
             raise EnvelopeError("invalid_envelope", f"envelope payload is not valid base64: {exc}") from None
     else:
-        raise EnvelopeError("invalid_envelope", f"payload_encoding {encoding!r} is not utf8 or base64")
+        raise EnvelopeError("invalid_envelope", f"payload_encoding {bounded_repr(encoding)} is not utf8 or base64")
     fmt = _optional_str(doc, "format")
     if fmt is not None and fmt not in FORMATS:
-        raise EnvelopeError("invalid_envelope", f"envelope format {fmt!r} is not one of {sorted(FORMATS)}")
+        raise EnvelopeError("invalid_envelope", f"envelope format {bounded_repr(fmt)} is not one of {sorted(FORMATS)}")
     return RawEnvelope(
         payload=payload,
         source=source,

@@ -27,6 +27,7 @@ import orjson
 from operators.checksums import ALGORITHMS as CHECKSUM_FUNCTIONS
 from operators.decode import DecodeError, DeviceIdentity, check_record
 from operators.envelope import RawEnvelope
+from operators.hex_text import HexTextError, looks_like_hex_text, parse_hex_text
 from operators.spec_model import (
     BINARY_TYPES,
     METRICS_TOKENS,
@@ -42,8 +43,9 @@ from operators.spec_model import (
     ValueRules,
     parse_int,
 )
+from operators.value_repr import bounded_repr
 
-_HEX_TEXT = re.compile(rb"^\s*(?:0[xX])?[0-9A-Fa-f\s]*$")
+_HEX_TEXT = re.compile(rb"^[0-9A-Fa-fxX\s:,\-]*$")  # a cheap first look; looks_like_hex_text decides
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _MAX_GROUP_CACHE = 4096
 
@@ -298,7 +300,7 @@ class GroupLayout:
         elif g.count_field is not None:
             count = metrics.get(g.count_field)
             if type(count) is not int or count < 0:
-                raise DecodeError("invalid_count", f"{self.where}group {g.group}: count field {g.count_field} is {count!r}, not a count")
+                raise DecodeError("invalid_count", f"{self.where}group {g.group}: count field {g.count_field} is {bounded_repr(count)}, not a count")
         else:
             available = max(0, total - start)
             count, rest = divmod(available, self.size)
@@ -470,7 +472,7 @@ def compile_path(path: str) -> tuple:
     for name, index in _PATH_PART.findall(path):
         parts.append(int(index) if index else name)
     if not parts:
-        raise ValueError(f"empty path {path!r}")
+        raise ValueError(f"empty path {bounded_repr(path)}")
     return tuple(parts)
 
 
@@ -518,7 +520,7 @@ class TimeReader:
                 unit = "ms" if abs(value) >= 1e11 else "s"
             factor = {"ms": 1, "s": 1000, "us": 0.001}[unit]
             return int(round(value * factor))
-        raise DecodeError("invalid_timestamp", f"{self.what} {value!r} is not a time")
+        raise DecodeError("invalid_timestamp", f"{self.what} {bounded_repr(value)} is not a time")
 
     def _text(self, text: str) -> int:
         try:
@@ -527,8 +529,8 @@ class TimeReader:
             else:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
         except ValueError:
-            expected = f"format {self.format!r}" if self.format else "ISO 8601 or YYYY-MM-DD HH:MM:SS"
-            raise DecodeError("invalid_timestamp", f"{self.what} {text!r} does not match {expected}") from None
+            expected = f"format {bounded_repr(self.format)}" if self.format else "ISO 8601 or YYYY-MM-DD HH:MM:SS"
+            raise DecodeError("invalid_timestamp", f"{self.what} {bounded_repr(text)} does not match {expected}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=self.zone)
         return int(parsed.timestamp() * 1000)
@@ -569,9 +571,9 @@ def coerce_text_value(value, kind: str, what: str):
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise DecodeError("invalid_metric", f"{what} {value!r} is not a boolean")
+        raise DecodeError("invalid_metric", f"{what} {bounded_repr(value)} is not a boolean")
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise DecodeError("invalid_metric", f"{what} {value!r} is not a number")
+        raise DecodeError("invalid_metric", f"{what} {bounded_repr(value)} is not a number")
     number = value
     if isinstance(value, str):
         text = value.strip()
@@ -581,14 +583,14 @@ def coerce_text_value(value, kind: str, what: str):
             try:
                 number = float(text)
             except ValueError:
-                raise DecodeError("invalid_metric", f"{what} {value!r} is not a number") from None
+                raise DecodeError("invalid_metric", f"{what} {bounded_repr(value)} is not a number") from None
     if kind == "float":
         number = float(number)
         if not math.isfinite(number):
-            raise DecodeError("invalid_metric", f"{what} {value!r} is not a finite number")
+            raise DecodeError("invalid_metric", f"{what} {bounded_repr(value)} is not a finite number")
     elif isinstance(number, float):
         if not number.is_integer():
-            raise DecodeError("invalid_metric", f"{what} {value!r} is not an integer")
+            raise DecodeError("invalid_metric", f"{what} {bounded_repr(value)} is not an integer")
         number = int(number)
     return number
 
@@ -721,7 +723,9 @@ class OutputBuilder:
                 device_id = custom["device_id"](ctx)
                 if not isinstance(device_id, str) or not device_id:
                     raise DecodeError(
-                        "missing_field", f"output_schema.device_id {self.templates['device_id']} resolved to {device_id!r}", stage="contract"
+                        "missing_field",
+                        f"output_schema.device_id {self.templates['device_id']} resolved to {bounded_repr(device_id)}",
+                        stage="contract",
                     )
             if "product_id" in custom:
                 product_id = custom["product_id"](ctx)
@@ -839,7 +843,7 @@ class HexBinaryDecoder(SpecDecoder):
                 mode = "json"
             elif payload.lstrip()[:1] == b"{" and _json_object(payload) is not None:
                 return self._from_wrapper(_json_object(payload))
-            elif hint is None and _HEX_TEXT.match(payload) and _even_hex_digits(payload):
+            elif hint is None and _HEX_TEXT.match(payload) and looks_like_hex_text(payload):
                 mode = "hex"
             else:
                 mode = "bytes"
@@ -952,38 +956,22 @@ def _json_object(payload: bytes) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _even_hex_digits(payload: bytes) -> bool:
-    body = payload.strip()
-    if body[:2] in (b"0x", b"0X"):
-        body = body[2:]
-    digits = len(body.translate(None, b" \t\r\n"))
-    return digits > 0 and digits % 2 == 0
-
-
 def decode_hex_text(payload: bytes | str) -> bytes:
-    """Hex text (optional ``0x``, spaces allowed between bytes) -> bytes, with a precise error."""
+    """Hex text in any notation of :mod:`operators.hex_text` -> bytes, with a precise error."""
     text = payload.decode("ascii", errors="replace") if isinstance(payload, bytes) else payload
-    body = text.strip()
-    if body[:2] in ("0x", "0X"):
-        body = body[2:]
     try:
-        return bytes.fromhex(body)
-    except ValueError:
-        compact = "".join(body.split())
-        for position, char in enumerate(compact):
-            if char not in "0123456789abcdefABCDEF":
-                raise DecodeError("invalid_hex", f"payload is not hex: {char!r} at hex digit {position}") from None
-        if len(compact) % 2:
-            raise DecodeError("invalid_hex", f"hex text has an odd number of digits ({len(compact)})") from None
-        raise DecodeError("invalid_hex", "hex digits must come in pairs; spaces may only separate whole bytes") from None
+        return parse_hex_text(text)
+    except HexTextError as exc:
+        raise DecodeError("invalid_hex", str(exc)) from None
 
 
 def decode_hex_or_base64(text: str, where: str) -> bytes:
-    """Decodes binary carried in JSON: hex when it is all hex digits (optional 0x), else base64."""
+    """Decodes binary carried in JSON: hex when it reads as hex text (:mod:`operators.hex_text`), else base64."""
     body = text.strip()
-    hexbody = body[2:] if body[:2] in ("0x", "0X") else body
-    if hexbody and len(hexbody) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in hexbody):
-        return bytes.fromhex(hexbody)
+    try:
+        return parse_hex_text(body)
+    except HexTextError:
+        pass
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
@@ -1038,7 +1026,9 @@ class JsonDecoder(SpecDecoder):
                             continue
                         metrics[name] = value
                     else:
-                        raise DecodeError("invalid_metric", f"metric {name!r} is a {type(value).__name__}, expected number, bool or string")
+                        raise DecodeError(
+                            "invalid_metric", f"metric {bounded_repr(name)} is a {type(value).__name__}, expected number, bool or string"
+                        )
         for f in self.fields:
             f.emit(get_path(doc, f.path), metrics, issues, "path")
         ctx = _Context(identity, envelope.received_at, doc=doc)
@@ -1049,6 +1039,30 @@ class JsonDecoder(SpecDecoder):
         if hub is not _MISSING and hub is not None:
             ctx.hub_ts = self.hub_reader.read(hub)
         return [self.output.build(ctx, metrics, issues)]
+
+
+# A CSV header longer than this rejects the whole payload (each row's dead letter repeats it).
+MAX_CSV_HEADER_CHARS = 16_384
+
+
+class _RejectedRows:
+    """Rejected CSV rows beyond the ones that get a letter each: one summary letter holds them."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self.codes: dict[str, int] = {}
+        self.lines: list[str] = []
+
+    def add(self, row: int, code: str, raw_lines: str) -> None:
+        self.rows.append(row)
+        self.codes[code] = self.codes.get(code, 0) + 1
+        self.lines.append(raw_lines)
+
+    def rejection(self, limit: int, header_text: str) -> RowRejection:
+        reasons = ", ".join(f"{code} ×{count}" for code, count in sorted(self.codes.items()))
+        error = DecodeError("too_many_rejected_rows", f"{len(self.rows)} more rows rejected after the first {limit} "
+                            f"(rows {self.rows[0]}–{self.rows[-1]}: {reasons}); this letter holds them")
+        return RowRejection(error, self.rows[0], (header_text + "".join(self.lines)).encode("utf-8"))
 
 
 class CsvDecoder(SpecDecoder):
@@ -1078,17 +1092,17 @@ class CsvDecoder(SpecDecoder):
             if isinstance(source, int):
                 indexes.append(source)
             elif names is None:
-                raise DecodeError("missing_column", f"column {source!r} needs a header or columns list")
+                raise DecodeError("missing_column", f"column {bounded_repr(source)} needs a header or columns list")
             elif source in names:
                 indexes.append(names.index(source))
             else:
-                raise DecodeError("missing_column", f"column {source!r} is not in the header (columns: {', '.join(names)})")
+                raise DecodeError("missing_column", f"column {bounded_repr(source)} is not in the header (columns: {', '.join(names)})")
         ts_index = None
         if isinstance(self.ts_column, int):
             ts_index = self.ts_column
         elif self.ts_column is not None:
             if names is None or self.ts_column not in names:
-                raise DecodeError("missing_column", f"timestamp column {self.ts_column!r} is not in the header")
+                raise DecodeError("missing_column", f"timestamp column {bounded_repr(self.ts_column)} is not in the header")
             ts_index = names.index(self.ts_column)
         elif names is not None and "timestamp" in names:
             ts_index = names.index("timestamp")
@@ -1109,32 +1123,58 @@ class CsvDecoder(SpecDecoder):
             if self.conv.header:
                 for row in reader:
                     if row:
+                        self._check_width(len(row), "the header")
                         header = [c.strip() for c in row]
                         header_text = "".join(lines[: reader.line_num])
                         break
                 if header is None:
                     raise DecodeError("empty_payload", "CSV payload has no header row")
+                if len(header_text) > MAX_CSV_HEADER_CHARS:
+                    # Each rejected row's letter repeats the header: a long one would multiply.
+                    raise DecodeError(
+                        "header_too_large", f"the CSV header has {len(header_text)} characters, at most {MAX_CSV_HEADER_CHARS} are read"
+                    )
             indexes, ts_index, names = self._columns(header)
             needed = max(indexes + ([ts_index] if ts_index is not None else []))
             out: list = []
             row_number = 0
+            rejected = 0
+            overflow = _RejectedRows()  # rejected rows past max_rejected_rows, for one summary letter
             start = reader.line_num
             for row in reader:
                 end = reader.line_num
                 raw_lines = "".join(lines[start:end])
-                start = end
                 if not row or not any(cell.strip() for cell in row):
+                    start = end
                     continue
                 row_number += 1
+                if row_number > self.conv.max_rows:
+                    rest = "".join(lines[start:])
+                    error = DecodeError("too_many_rows", f"more than {self.conv.max_rows} data rows: rows {row_number} onward "
+                                        f"({len(rest)} characters) are not decoded; this letter holds them")
+                    out.append(RowRejection(error, row_number, (header_text + rest).encode("utf-8")))
+                    break
+                start = end
                 try:
+                    self._check_width(len(row), f"row {row_number}")
                     out.append(self._row(row, row_number, indexes, ts_index, needed, names, envelope, identity))
                 except DecodeError as exc:
-                    out.append(RowRejection(exc, row_number, (header_text + raw_lines).encode("utf-8")))
+                    rejected += 1
+                    if rejected <= self.conv.max_rejected_rows:
+                        out.append(RowRejection(exc, row_number, (header_text + raw_lines).encode("utf-8")))
+                    else:
+                        overflow.add(row_number, exc.code, raw_lines)
         except csv.Error as exc:
             raise DecodeError("invalid_csv", f"CSV line {reader.line_num}: {exc}") from None
         if row_number == 0:
             raise DecodeError("empty_payload", "CSV payload has no data rows")
+        if overflow.rows:
+            out.append(overflow.rejection(self.conv.max_rejected_rows, header_text))
         return out
+
+    def _check_width(self, columns: int, what: str) -> None:
+        if columns > self.conv.max_columns:
+            raise DecodeError("too_many_columns", f"{what} has {columns} columns, the spec reads at most {self.conv.max_columns} (max_columns)")
 
     def _row(self, row, number, indexes, ts_index, needed, names, envelope, identity) -> dict:
         if len(row) <= needed:

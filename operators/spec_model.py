@@ -410,6 +410,11 @@ class CsvConversion(_Model):
     mapping: list[TextMapping] = Field(min_length=1)
     timestamp: TimestampSource | None = None
     output_schema: dict[str, str] | None = None
+    # Bounded work per payload: rows decoded, columns per row, rows rejected one by one (the
+    # rest of each kind goes into one summary dead letter with those rows as its payload).
+    max_rows: int = Field(default=10_000, ge=1)
+    max_columns: int = Field(default=1_000, ge=1)
+    max_rejected_rows: int = Field(default=100, ge=1)
 
     @model_validator(mode="after")
     def _columns(self):

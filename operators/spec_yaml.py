@@ -19,6 +19,9 @@ from pathlib import Path
 import yaml
 
 _MAX_REPAIRS = 20
+# The largest spec or rule file read: the shipped ones are a few kB; the limit keeps a stray
+# 50 MB file from holding `specs check`, `rules check` or a job's start for minutes.
+MAX_YAML_BYTES = 1_048_576
 
 
 class YamlDocumentError(ValueError):
@@ -103,11 +106,28 @@ def _problem_line(source: str, error: yaml.YAMLError) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
+def _alias(text: str) -> str | None:
+    """The first anchor or alias (``&name`` / ``*name``), as ``line: message``, if any.
+
+    Refused outright: a few hundred bytes of nested aliases expand to billions of values in
+    whatever walks the loaded data ("billion laughs"), and no spec or rule needs them.
+    """
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            return f"{event.start_mark.line + 1}: YAML {kind}{event.anchor} is not accepted in spec and rule files (write the values out)"
+    return None
+
+
 def _duplicate_key(node: yaml.Node | None) -> str | None:
     """The first mapping key given twice (YAML would silently keep the last one)."""
     stack = [node] if node is not None else []
+    seen_nodes: set[int] = set()  # each node once, however many aliases lead to it
     while stack:
         current = stack.pop()
+        if id(current) in seen_nodes:
+            continue
+        seen_nodes.add(id(current))
         if isinstance(current, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key_node, value_node in current.value:
@@ -133,13 +153,18 @@ def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
         The document with its data, repair notices and node tree.
 
     Raises:
-        YamlDocumentError: invalid YAML, with file, line and reason.
+        YamlDocumentError: invalid YAML, larger than ``MAX_YAML_BYTES``, or with anchors or
+            aliases, with file, line and reason.
     """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_YAML_BYTES:
+        raise YamlDocumentError(f"{source}: {size} bytes, larger than the {MAX_YAML_BYTES} bytes a spec or rule file may have")
     lines = text.split("\n")
     notices: list[str] = []
     for _ in range(_MAX_REPAIRS):
         current = "\n".join(lines)
         try:
+            alias = _alias(current)  # before anything builds the document
             root = yaml.compose(current, Loader=yaml.SafeLoader)
             data = yaml.safe_load(current)
         except yaml.MarkedYAMLError as exc:
@@ -151,6 +176,8 @@ def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
             continue
         except yaml.YAMLError as exc:
             raise YamlDocumentError(_problem_line(source, exc)) from None
+        if alias is not None:
+            raise YamlDocumentError(f"{source}:{alias}")
         duplicate = _duplicate_key(root)
         if duplicate is not None:
             raise YamlDocumentError(f"{source}:{duplicate}")
@@ -162,6 +189,9 @@ def load_yaml_file(path: str | Path) -> YamlDocument:
     """Loads a YAML file (see :func:`load_yaml_text`)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise YamlDocumentError(f"{path}: {size} bytes, larger than the {MAX_YAML_BYTES} bytes a spec or rule file may have")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise YamlDocumentError(f"{path}: cannot read: {exc.strerror or exc}") from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import orjson
 
+from operators.value_repr import bounded_repr
+
 REQUIRED_FIELDS = ("device_id", "product_id", "device_ts", "ingest_ts", "metrics")
 OPTIONAL_FIELDS = ("hub_id", "child_device_id", "hub_ts", "tenant", "units", "spec_id", "spec_version", "quality")
 MetricValue = float | int | bool | str
@@ -51,7 +53,7 @@ def make_telemetry_record(
     }
     for name, value in optional.items():
         if name not in OPTIONAL_FIELDS:
-            raise ValueError(f"{name!r} is not a telemetry record field")
+            raise ValueError(f"{bounded_repr(name)} is not a telemetry record field")
         if value is not None:
             record[name] = value
     return record

@@ -1,8 +1,10 @@
 import orjson
 import pytest
 
+from operators.dead_letter import dead_letter_to_json
 from operators.decode import DecoderRegistry, decode_raw_record
 from operators.envelope import RawEnvelope, build_envelope
+from operators.telemetry import telemetry_to_json
 
 NOW = 1_756_653_800_000
 TS = 1_756_653_767_451
@@ -103,3 +105,46 @@ def test_product_decoder_overrides_format_default():
     registry = DecoderRegistry(by_product={"product_a": Fixed()})
     out = decode_raw_record(raw(b"\x00\x01\x02", product_id="product_a", format="bin"), registry, NOW)
     assert out.records[0]["metrics"] == {"len": 3}
+
+
+def client_payload(device_timestamp=b"1756653767451", hub_timestamp=b"1756653767454") -> bytes:
+    return b'{"hub_timestamp":' + hub_timestamp + b',"device_timestamp":' + device_timestamp + b',"data":{"metrics":{"tempC":1}}}'
+
+
+@pytest.mark.parametrize(
+    ("value", "code", "fragment"),
+    [
+        # A thousand levels of nesting: the reason shows a few of them (repr would recurse and raise).
+        (raw(client_payload(device_timestamp=b"[" * 1000 + b"]" * 1000)), "invalid_timestamp", "device_timestamp [[[[...]]]] is not"),
+        # A number JSON holds but no sink stores as an integer.
+        (raw(client_payload(hub_timestamp=b"1e300")), "value_out_of_range", "hub_ts <997-bit integer> is beyond a 64-bit integer"),
+        # An envelope whose fields are not the strings they should be.
+        (b'{"v":1,"payload":"{}","source":["a"],"received_at":1}', "invalid_envelope", "envelope source ['a'] is not one of"),
+    ],
+)
+def test_hostile_values_become_dead_letters_with_a_short_reason(value, code, fragment):
+    out = decode(value)
+    assert out.records == [] and len(out.dead_letters) == 1
+    letter = out.dead_letter
+    assert (letter["reason_code"], fragment in letter["reason"]) == (code, True), letter["reason"]
+    assert len(letter["reason"]) < 300
+
+
+def test_a_decoder_failing_unforeseen_is_a_dead_letter_not_an_exception():
+    class Broken:
+        def decode(self, envelope, identity):
+            return [{}.fromkeys(range(3))[7]]  # a KeyError no rule of ours anticipates
+
+    value = raw(b"\x00\x01", product_id="product_a", format="bin")
+    out = decode_raw_record(value, DecoderRegistry(by_product={"product_a": Broken()}), NOW)
+    assert out.records == []
+    assert (out.dead_letter["stage"], out.dead_letter["reason_code"]) == ("internal", "internal_error")
+    assert "KeyError: 7" in out.dead_letter["reason"]
+    letter = orjson.loads(dead_letter_to_json(out.dead_letter))
+    assert letter["payload"] == value.decode()  # the raw record, kept whole
+
+
+
+def test_the_telemetry_text_of_each_record_is_made_once_by_the_decoder():
+    out = decode(raw(client_payload()))
+    assert out.texts == [telemetry_to_json(r) for r in out.records] and len(out.texts) == 1

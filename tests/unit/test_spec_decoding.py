@@ -279,7 +279,7 @@ def test_zero_padded_frame_is_trailing_bytes_although_its_crc_still_matches(regi
         (b"0x00FG3C", {"format": "hex"}, "payload is not hex: 'G' at hex digit 3"),
         (b"00FD3", {"format": "hex"}, "hex text has an odd number of digits (5)"),
         (b"0x00 FD 3", {"format": "hex"}, "hex text has an odd number of digits (5)"),
-        (b"0 0FD3C", {}, "hex digits must come in pairs; spaces may only separate whole bytes"),
+        (b"0 0FD3C", {}, "hex digits must come in pairs; separators may only stand between whole bytes"),
     ],
 )
 def test_bad_hex_text(registry, payload, hints, reason):
@@ -529,6 +529,59 @@ def test_csv_rejected_row_can_be_replayed_on_its_own(registry):
     replay = decode(registry, letter["payload"].encode(), product_id="product_d", format="csv")
     assert replay.records == []
     assert [(d["row"], d["reason"]) for d in replay.dead_letters] == [(1, "row 1: column temp 'x' is not a number")]
+
+
+LIMITED_CSV = """
+product_type: limited
+format: csv
+conversion:
+  max_rows: 6
+  max_columns: 4
+  max_rejected_rows: 2
+  mapping:
+    - {source: temp, target: temperature, type: float}
+"""
+
+
+def test_csv_rows_past_max_rows_go_whole_into_one_letter():
+    registry = spec_registry(LIMITED_CSV)
+    payload = "temp\n" + "".join(f"{20 + i}\n" for i in range(10))
+    out = decode(registry, payload.encode(), product_id="limited", format="csv")
+    assert [r["metrics"]["temperature"] for r in out.records] == [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
+    [letter] = out.dead_letters
+    assert (letter["row"], letter["reason_code"]) == (7, "too_many_rows")
+    assert letter["payload"] == "temp\n26\n27\n28\n29\n"  # nothing lost: the rest, replayable on its own
+
+
+def test_csv_rejected_rows_past_max_rejected_rows_are_summarised_in_one_letter():
+    registry = spec_registry(LIMITED_CSV)
+    out = decode(registry, b"temp\nx1\n20\nx2\nx3\nx4\n,\n", product_id="limited", format="csv")
+    assert [r["metrics"]["temperature"] for r in out.records] == [20.0]
+    assert [(d["row"], d["reason_code"]) for d in out.dead_letters] == [
+        (1, "invalid_metric"), (3, "invalid_metric"), (4, "too_many_rejected_rows")
+    ]
+    summary = out.dead_letters[-1]
+    assert summary["reason"] == "2 more rows rejected after the first 2 (rows 4–5: invalid_metric ×2); this letter holds them"
+    assert summary["payload"] == "temp\nx3\nx4\n"
+
+
+def test_csv_wider_than_max_columns_is_refused_per_row_and_for_the_header():
+    registry = spec_registry(LIMITED_CSV)
+    out = decode(registry, b"temp\n1,2,3,4,5\n21\n", product_id="limited", format="csv")
+    assert [d["reason"] for d in out.dead_letters] == ["row 1 has 5 columns, the spec reads at most 4 (max_columns)"]
+    assert len(out.records) == 1
+    wide = ",".join(f"c{i}" for i in range(10_000)) + ",temp\n" + ",".join(["1"] * 10_001) + "\n"
+    letter = only_letter(decode(registry, wide.encode(), product_id="limited", format="csv"))
+    assert (letter["reason_code"], letter["reason"]) == ("too_many_columns", "the header has 10001 columns, the spec reads at most 4 (max_columns)")
+
+
+def test_a_csv_header_too_long_to_repeat_in_each_letter_rejects_the_payload():
+    header = "temp," + ",".join("x" * 40 for _ in range(3))
+    registry = spec_registry(LIMITED_CSV.replace("max_columns: 4", "max_columns: 1000"))
+    long_header = "temp," + "y" * 20_000
+    letter = only_letter(decode(registry, f"{long_header}\n20,1\n".encode(), product_id="limited", format="csv"))
+    assert letter["reason_code"] == "header_too_large"
+    assert decode(registry, f"{header}\n20,1,2,3\n".encode(), product_id="limited", format="csv").records
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 
 from operators.envelope import RawEnvelope
 from operators.spec_loading import SpecLoadError, load_spec_file, load_spec_text
-from operators.spec_yaml import YamlDocumentError, load_yaml_file, load_yaml_text
+from operators.spec_yaml import MAX_YAML_BYTES, YamlDocumentError, load_yaml_file, load_yaml_text
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "yaml_specs"
 EXAMPLES_MARKER = "# --- Examples"
@@ -197,3 +197,27 @@ def test_a_key_given_twice_is_an_error_not_a_silent_override():
     with pytest.raises(YamlDocumentError) as info:
         load_yaml_text(text, "dup.yaml")
     assert str(info.value) == "dup.yaml:8: key 'scale' is given twice (first on line 7)"
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """Nine aliases of nine aliases of ...: a few hundred bytes that expand to 9**levels values."""
+    text = 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for level in range(1, levels):
+        text += f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]\n"
+    return text
+
+
+def test_anchors_and_aliases_are_refused_before_anything_expands_them():
+    with pytest.raises(YamlDocumentError, match=r"laughs.yaml:1: YAML anchor &l0 is not accepted"):
+        load_yaml_text(billion_laughs(), "laughs.yaml")
+    with pytest.raises(YamlDocumentError, match=r"x.yaml:1: YAML anchor &a is not accepted"):
+        load_yaml_text("a: &a 1\nb: *a\n", "x.yaml")
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("description: |\n  " + "x" * MAX_YAML_BYTES + "\n")
+    with pytest.raises(YamlDocumentError, match=rf"huge.yaml: \d+ bytes, larger than the {MAX_YAML_BYTES} bytes"):
+        load_yaml_file(path)
+    with pytest.raises(YamlDocumentError, match="larger than"):
+        load_yaml_text(path.read_text(), "huge.yaml")
