@@ -34,6 +34,7 @@ from connectors.raw_producer import BridgeCounters, RawProducer
 from operators.dead_letter import dead_letter_to_json, make_dead_letter
 from operators.envelope import RawEnvelope
 from operators.topic import TopicError, parse_device_topic
+from operators.value_repr import masked_url
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def parse_broker_url(url: str) -> BrokerAddress:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"MQTT broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+        raise ValueError(f"MQTT broker URL {masked_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port]")
     tls = parts.scheme == "mqtts"
     return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
 

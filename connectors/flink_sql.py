@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from connectors.iceberg import flink_catalog_options
+from operators.value_repr import masked_url
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "sql" / "flink"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "sql" / "examples"
@@ -94,7 +95,7 @@ def jdbc_options(postgres_url: str) -> dict[str, str]:
     """
     parts = urlsplit(postgres_url)
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise ValueError(f"expected postgresql://user[:password]@host[:port]/database, got {postgres_url!r}")
+        raise ValueError(f"expected postgresql://user[:password]@host[:port]/database, got {masked_url(postgres_url)!r}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = f"{host}:{parts.port}" if parts.port else host
     params = parse_qsl(parts.query, keep_blank_values=True)

@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from operators.value_repr import masked_url
+
 NAMESPACE = "iotlink"
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ def flink_catalog_options(catalog_uri: str, warehouse: str | None = None) -> dic
         if parts.password is not None:
             options["jdbc.password"] = unquote(parts.password)
     else:
-        raise ValueError(f"Iceberg catalog {catalog_uri!r}: expected sqlite:///…, postgresql://… or http(s)://…")
+        raise ValueError(f"Iceberg catalog {masked_url(catalog_uri)!r}: expected sqlite:///…, postgresql://… or http(s)://…")
     if warehouse:
         options["warehouse"] = warehouse
         if warehouse.startswith("s3://"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from connectors.sink_retry import RetryingBatchWriter
 from operators.spec_loading import DeviceInfo, SpecLoadError, load_device_registry_file
+from operators.value_repr import masked_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgres"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -222,20 +223,13 @@ def _devices_from_postgres(url: str) -> dict[str, DeviceInfo]:
             }
             if not {"device_id", "product_id"} <= columns:
                 raise SpecLoadError(
-                    [f"{_redact(url)}: devices: table needs columns device_id and product_id (has: {', '.join(sorted(columns)) or 'no table'})"]
+                    [f"{masked_url(url)}: devices: table needs columns device_id and product_id (has: {', '.join(sorted(columns)) or 'no table'})"]
                 )
             tenant = "tenant_id" if "tenant_id" in columns else "NULL"
             interval = "expected_interval_s" if "expected_interval_s" in columns else "NULL"
             rows = conn.execute(f"SELECT device_id, product_id, {tenant}, {interval} FROM devices").fetchall()
     except psycopg.Error as exc:
-        raise SpecLoadError([f"{_redact(url)}: devices: cannot read the device registry: {str(exc).strip().splitlines()[0]}"]) from None
+        raise SpecLoadError([f"{masked_url(url)}: devices: cannot read the device registry: {str(exc).strip().splitlines()[0]}"]) from None
     return {
         str(d): DeviceInfo(str(p), None if t is None else str(t), None if i is None or i <= 0 else float(i)) for d, p, t, i in rows
     }
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
