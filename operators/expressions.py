@@ -13,6 +13,15 @@ the whitelist, an unknown function, or a name that is not allowed is an
 
 At run time a metric the record does not carry raises :class:`MissingValue`; rule evaluation
 treats that as "unknown" (the rule's state does not change), not as false.
+
+Cost model: every evaluation does a bounded amount of work. The text is at most 2,000 characters
+and 200 levels deep, and each node is evaluated at most once (no loops), so the number of steps
+is bounded by the text. Each value is bounded too, checked before an operation that could make a
+large one and after every operation: integers of at most ``MAX_INT_BITS`` bits, exponents of at
+most ``MAX_EXPONENT``, strings of at most ``MAX_STRING_CHARS`` characters, ``round`` to at most
+``MAX_ROUND_DIGITS`` digits either side of the point; results are real numbers (finite),
+booleans or strings, never complex. Anything else is an :class:`EvaluationError`: a rule error,
+counted, never a crash or a hang.
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ from dataclasses import dataclass, field
 
 RECORD_FIELDS = frozenset({"device_id", "product_id", "device_ts", "tenant", "hub_id"})
 _MAX_LENGTH = 2000
-_MAX_POWER = 1000
 _MAX_DEPTH = 200  # nesting levels: keeps compiling and evaluating far from the recursion limit
+MAX_INT_BITS = 256  # integers: far beyond any sensor value, small enough that arithmetic stays cheap
+MAX_EXPONENT = 1000
+MAX_STRING_CHARS = 1000
+MAX_ROUND_DIGITS = 20
 
 
 class ExpressionError(ValueError):
@@ -50,7 +62,54 @@ def _clamp(value, low, high):
 
 
 def _round(value, digits=0):
+    if abs(digits) > MAX_ROUND_DIGITS:
+        raise EvaluationError(f"round to {_shown(digits)} digits: at most {MAX_ROUND_DIGITS} either side of the point")
     return round(value, int(digits)) if digits else round(value)
+
+
+def _shown(value) -> str:
+    """A value in an error message, short (an integer of thousands of digits is not printed)."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"<{value.bit_length()}-bit integer>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounded(value):
+    """The value, if it is within the cost model; else :class:`EvaluationError`."""
+    kind = type(value)
+    if kind is bool:
+        return value
+    if kind is int:
+        if value.bit_length() > MAX_INT_BITS:
+            raise EvaluationError(f"integer of {value.bit_length()} bits: at most {MAX_INT_BITS}")
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise EvaluationError(f"result {value} is not a finite number")
+        return value
+    if kind is str:
+        if len(value) > MAX_STRING_CHARS:
+            raise EvaluationError(f"string of {len(value)} characters: at most {MAX_STRING_CHARS}")
+        return value
+    raise EvaluationError(f"result {_shown(value)} is a {kind.__name__}, not a real number, boolean or string")
+
+
+def _multiply(left, right):
+    # A string repeated: check the length before Python builds it.
+    for text, times in ((left, right), (right, left)):
+        if isinstance(text, str) and isinstance(times, int) and len(text) * max(times, 0) > MAX_STRING_CHARS:
+            raise EvaluationError(f"string of {len(text)} characters repeated {_shown(times)} times: at most {MAX_STRING_CHARS} characters")
+    return left * right
+
+
+def _power(base, exponent):
+    if isinstance(exponent, int | float) and abs(exponent) > MAX_EXPONENT:
+        raise EvaluationError(f"exponent {_shown(exponent)} is too large (at most {MAX_EXPONENT})")
+    # An integer power's size is known before computing it.
+    if type(base) is int and type(exponent) is int and abs(base) > 1 and (abs(base).bit_length() - 1) * exponent > MAX_INT_BITS:
+        raise EvaluationError(f"{_shown(base)} ** {exponent} has more than {MAX_INT_BITS} bits")
+    return base**exponent
 
 
 FUNCTIONS: dict[str, tuple[Callable, int, int]] = {
@@ -68,11 +127,11 @@ FUNCTIONS: dict[str, tuple[Callable, int, int]] = {
 _BINARY = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _multiply,
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
+    ast.Pow: _power,
 }
 _COMPARE = {
     ast.Lt: operator.lt,
@@ -127,8 +186,8 @@ class Expression:
             return self._fn(metrics, params or {}, record or {})
         except (MissingValue, EvaluationError):
             raise
-        except (ZeroDivisionError, OverflowError, ValueError, TypeError) as exc:
-            raise EvaluationError(f"{self.text!r}: {exc}") from None
+        except (ArithmeticError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+            raise EvaluationError(f"{self.text!r}: {str(exc)[:200] or type(exc).__name__}") from None
 
 
 class _Compiler:
@@ -161,7 +220,11 @@ class _Compiler:
     def _Constant(self, node):  # noqa: N802
         value = node.value
         if not isinstance(value, bool | int | float | str):
-            raise self.error(node, f"constant {value!r} is not a number, string or boolean")
+            raise self.error(node, f"constant {_shown(value)} is not a number, string or boolean")
+        try:
+            _bounded(value)
+        except EvaluationError as exc:
+            raise self.error(node, f"constant: {exc}") from None
         return lambda m, p, r: value
 
     def _metric(self, name: str, node) -> Callable:
@@ -223,7 +286,7 @@ class _Compiler:
         if isinstance(node.op, ast.Not):
             return lambda m, p, r: not operand(m, p, r)
         if isinstance(node.op, ast.USub):
-            return lambda m, p, r: -operand(m, p, r)
+            return lambda m, p, r: _bounded(-operand(m, p, r))
         if isinstance(node.op, ast.UAdd):
             return operand
         raise self.error(node, "operator ~ is not allowed")
@@ -233,16 +296,7 @@ class _Compiler:
         if fn is None:
             raise self.error(node, f"operator {type(node.op).__name__} is not allowed")
         left, right = self.compile(node.left), self.compile(node.right)
-        if fn is operator.pow:
-
-            def power(m, p, r):
-                base, exponent = left(m, p, r), right(m, p, r)
-                if abs(exponent) > _MAX_POWER:
-                    raise EvaluationError(f"exponent {exponent} is too large")
-                return base**exponent
-
-            return power
-        return lambda m, p, r: fn(left(m, p, r), right(m, p, r))
+        return lambda m, p, r: _bounded(fn(left(m, p, r), right(m, p, r)))
 
     def _BoolOp(self, node):  # noqa: N802
         parts = [self.compile(v) for v in node.values]
@@ -303,7 +357,7 @@ class _Compiler:
             expected = str(low) if low == high else f"{low} to {high}"
             raise self.error(node, f"{node.func.id}() takes {expected} arguments, got {len(node.args)}")
         args = [self.compile(a) for a in node.args]
-        return lambda m, p, r: fn(*[a(m, p, r) for a in args])
+        return lambda m, p, r: _bounded(fn(*[a(m, p, r) for a in args]))
 
 
 def compile_expression(text: str, scope: Scope | None = None) -> Expression:

@@ -1,6 +1,7 @@
 """The rule expression language: values, names, functions, runtime errors and what is refused at compile time."""
 
 import math
+import re
 
 import pytest
 
@@ -165,8 +166,35 @@ def test_evaluation_error_is_not_a_missing_value():
 
 
 def test_large_but_allowed_power():
-    assert value("2 ** 1000") == 2**1000
+    assert value("2 ** 255") == 2**255
     assert math.isclose(value("2 ** -1"), 0.5)
+    assert math.isclose(value("1.5 ** 1000"), 1.5**1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("((10**1000)**1000)**1000 > 0", "has more than 256 bits"),  # used to hang
+        ("2 ** 1000", "has more than 256 bits"),
+        ("2 ** 10001", "exponent 10001 is too large"),
+        ("10.0 ** 400", "Numerical result out of range"),
+        ("round(1, -10**7) >= 0", "round to -10000000 digits"),  # used to hang
+        ('"a" * 10**9 == "b"', "repeated 1000000000 times"),  # used to allocate 1 GB
+        ('"a" * 10**18', "repeated 1000000000000000000 times"),  # used to raise MemoryError
+        ('("ab" + "c" * 999) == "x"', "string of 1001 characters"),
+        ("(-8) ** 0.5 > 1", "is a complex, not a real number"),  # broke event serialization
+        ("1e308 * 10 > 0", "is not a finite number"),
+        ("floor(1e300) > 0", "bits: at most 256"),
+    ],
+)
+def test_evaluation_has_a_cost_model(text, fragment):
+    with pytest.raises(EvaluationError, match=re.escape(fragment)):
+        compile_expression(text).evaluate({})
+
+
+def test_constants_beyond_the_cost_model_are_refused_at_load():
+    with pytest.raises(ExpressionError, match="constant: integer of 333 bits"):
+        compile_expression("x > " + "9" * 100)
 
 
 # --- refused at compile time ------------------------------------------------------------------
