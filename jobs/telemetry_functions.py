@@ -226,12 +226,16 @@ class _AlarmOperator:
         if not self._broadcast_synced and hasattr(ctx, "get_broadcast_state"):
             self._sync_broadcast(ctx)
         state = self._load()
-        item = orjson.loads(value[2])
-        if "ack" in item:
-            ack = item["ack"]
-            out = self._engine.acknowledge(state, ack["device_id"], ack["alarm_id"], ack["ts"], ack.get("by"))
-        else:
-            out = self._engine.on_record(state, item)
+        try:
+            item = orjson.loads(value[2])
+            if "ack" in item:
+                ack = item["ack"]
+                out = self._engine.acknowledge(state, ack["device_id"], ack["alarm_id"], ack["ts"], ack.get("by"))
+            else:
+                out = self._engine.on_record(state, item)
+        except Exception:  # noqa: BLE001 - per-record code never fails the task: counted, the device's state kept as it was
+            self._errors.inc()
+            return
         yield from self._emit(out, state, ctx)
 
     def on_timer(self, timestamp, ctx):

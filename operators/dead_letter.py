@@ -28,6 +28,7 @@ from operators.envelope import RawEnvelope, encode_payload
 DEAD_LETTER_VERSION = 1
 MAX_FULL_PAYLOAD = 4 * 1024 * 1024
 TRUNCATED_PAYLOAD = 1024 * 1024
+MAX_REASON_CHARS = 1000
 
 
 def make_dead_letter(
@@ -74,7 +75,8 @@ def make_dead_letter(
         "failed_at": failed_at,
         "stage": stage,
         "reason_code": reason_code,
-        "reason": reason,
+        # However a reason was made, a letter's reason stays a line, not a copy of the payload.
+        "reason": reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…",
         "device_id": envelope.device_id if envelope else None,
         "product_id": envelope.product_id if envelope else None,
         "source": envelope.source if envelope else None,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -380,7 +381,10 @@ def compile_expression(text: str, scope: Scope | None = None) -> Expression:
     # "and"/"or"/"not" are Python's; && || ! are accepted as the usual spellings.
     source = text.strip().replace("&&", " and ").replace("||", " or ")
     try:
-        tree = ast.parse(source, mode="eval")
+        with warnings.catch_warnings():
+            # "1and x" parses with a SyntaxWarning on stderr; the expression is ours to judge.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"column {exc.offset or 0}: {exc.msg}") from None
     compiler = _Compiler(text, scope or Scope())
