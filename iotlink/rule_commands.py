@@ -104,7 +104,7 @@ def run_alarm_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
     """Dispatches ``rules check`` and ``rules replay``."""
-    from operators.rule_loading import load_rule_sets
+    from operators.rule_loading import load_rule_sets, sample_evaluation_problems
     from operators.spec_loading import SpecLoadError
 
     try:
@@ -119,6 +119,8 @@ def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"ok      {item.source}  product {item.product_id}  version {item.compiled.version}  rules: {rules}")
                 for notice in item.notices:
                     print(f"  note: {notice}")
+                for problem in sample_evaluation_problems(item.compiled):
+                    print(f"  warning: on sample records, {problem}")
             print(f"{len(loaded)} rule set(s) valid")
             return EXIT_OK
         loaded = load_rule_sets([args.rules], metrics)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from operators.alarm_engine import AlarmEngine, CompiledRuleSet, DeviceState, EngineOutput, RuleSetError, compile_rule_set
+from operators.expressions import EvaluationError, MissingValue
 from operators.rule_model import Action, Level, Rule, RuleSet
 from operators.spec_loading import SpecLoadError, spec_files, validation_problems
 from operators.spec_yaml import YamlDocument, YamlDocumentError, load_yaml_file, load_yaml_text
@@ -34,6 +35,51 @@ class LoadedRuleSet:
     def product_id(self) -> str:
         """The product the rules are for."""
         return self.rule_set.product_id
+
+
+# The values every metric takes in the sample records ``rules check`` evaluates rules with.
+SAMPLE_VALUES = (0, 1, -1, 0.5, 1e9, -1e9)
+
+
+def sample_evaluation_problems(compiled: CompiledRuleSet) -> list[str]:
+    """What fails at run time when the rules meet sample records: every metric the expressions
+    read set to each of ``SAMPLE_VALUES`` in turn (a missing metric is not a failure: the rule
+    waits for it). One line per failing expression, with the first sample it failed on.
+
+    Args:
+        compiled: A compiled rule set.
+
+    Returns:
+        Problems such as ``rule ratio condition 'a / b > 2': division by zero (with a=0, b=0)``.
+    """
+    expressions = [(f"formula {name}", expression) for name, expression in compiled.formulas]
+    for item in compiled.rules:
+        rule = item.rule
+        expressions += [(f"rule {rule.rule_id} condition", item.condition), (f"rule {rule.rule_id} clearCondition", item.clear)]
+        expressions += [(f"rule {rule.rule_id} level {severity}", expression) for expression, severity in item.levels]
+    names = sorted({name for _, e in expressions if e is not None for name in e.metric_names})
+    formula_names = [name for name, _ in compiled.formulas]
+    params = {item.rule.rule_id: item.rule.params or {} for item in compiled.rules}
+    problems: dict[str, str] = {}
+    for value in SAMPLE_VALUES:
+        metrics = dict.fromkeys(names, value)
+        for name, expression in compiled.formulas:
+            try:
+                metrics[name] = expression.evaluate(metrics)
+            except (MissingValue, EvaluationError):
+                metrics.pop(name, None)
+        for where, expression in expressions:
+            if expression is None or where in problems:
+                continue
+            rule_id = where.split()[1] if where.startswith("rule ") else None
+            try:
+                expression.evaluate(metrics, params.get(rule_id))
+            except MissingValue:
+                continue
+            except EvaluationError as exc:
+                shown = ", ".join(f"{n}={value}" for n in sorted(expression.metric_names - set(formula_names))) or "no metrics"
+                problems[where] = f"{where} {expression.text!r}: {str(exc).removeprefix(repr(expression.text) + ': ')} (with {shown})"
+    return list(problems.values())
 
 
 def _rule_options() -> list[str]:

@@ -257,3 +257,21 @@ def test_replay_with_an_invalid_rule_set_line(tmp_path, capsys):
     assert code == 2
     assert brief(lines) == [("RAISED", "hot", "critical", t(0), {"tempC": 85})]
     assert "rule x: a threshold rule needs condition or levels" in err
+
+
+def test_check_warns_about_expressions_that_fail_on_sample_records(tmp_path, capsys):
+    rules = (
+        "productId: p\nformulas:\n  root: 'sqrt(volt)'\nrules:\n"
+        "  - {ruleId: ratio, type: threshold, condition: 'a / b > 2'}\n"
+        "  - {ruleId: power, type: threshold, condition: 'volt ** 0.5 > 1', clearCondition: 'volt < 1'}\n"
+        "  - {ruleId: fine, type: threshold, condition: 'a > limit', params: {limit: 3}}\n"
+    )
+    path = write(tmp_path, "rules.yaml", rules)
+    assert main(["rules", "check", str(path), *no_specs(tmp_path)]) == 0  # a warning, not an invalid file
+    warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "warning:" in line]
+    assert warnings == [
+        "warning: on sample records, rule ratio condition 'a / b > 2': division by zero (with a=0, b=0)",
+        "warning: on sample records, formula root 'sqrt(volt)': math domain error (with volt=-1)",
+        "warning: on sample records, rule power condition 'volt ** 0.5 > 1': result (6.123233995736766e-17+1j) is a complex, "
+        "not a real number, boolean or string (with volt=-1)",
+    ]
