@@ -35,5 +35,5 @@ def test_unreachable_registry_database_names_the_url_without_password():
     with pytest.raises(SpecLoadError) as info:
         load_device_registry("postgresql://iot:secret@127.0.0.1:1/iotlink")
     problem = info.value.problems[0]
-    assert problem.startswith("postgresql://***@127.0.0.1:1/iotlink: devices: cannot read the device registry:")
+    assert problem.startswith("postgresql://iot:***@127.0.0.1:1/iotlink: devices: cannot read the device registry:")
     assert "secret" not in problem
