@@ -148,7 +148,7 @@ def parse_envelope(raw: bytes | str) -> RawEnvelope:
     elif encoding == "base64":
         try:
             payload = base64.b64decode(text, validate=True)
-        except binascii.Error as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
             raise EnvelopeError("invalid_envelope", f"envelope payload is not valid base64: {exc}") from None
     else:
         raise EnvelopeError("invalid_envelope", f"payload_encoding {bounded_repr(encoding)} is not utf8 or base64")

@@ -46,3 +46,9 @@ def test_invalid_envelopes_name_the_problem(raw, fragment):
 def test_build_rejects_unknown_source():
     with pytest.raises(EnvelopeError):
         build_envelope(RawEnvelope(payload=b"", source="ftp", received_at=1))
+
+
+def test_a_base64_payload_with_characters_outside_ascii_is_an_invalid_envelope():
+    raw = orjson.dumps({"v": 1, "source": "mqtt", "received_at": 1756653767451, "payload": "AAé=", "payload_encoding": "base64"})
+    with pytest.raises(EnvelopeError, match="envelope payload is not valid base64"):
+        parse_envelope(raw)
