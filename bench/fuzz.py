@@ -30,7 +30,14 @@ import orjson  # noqa: E402
 from operators.dead_letter import dead_letter_to_json  # noqa: E402
 from operators.decode import DecoderRegistry, decode_raw_record  # noqa: E402
 from operators.envelope import RawEnvelope, build_envelope  # noqa: E402
-from operators.expressions import EvaluationError, ExpressionError, MissingValue, compile_expression  # noqa: E402
+from operators.expressions import (  # noqa: E402
+    MAX_INT_BITS,
+    MAX_STRING_CHARS,
+    EvaluationError,
+    ExpressionError,
+    MissingValue,
+    compile_expression,
+)
 from operators.spec_loading import build_registry, example_payload, load_specs  # noqa: E402
 
 NOW = 1_772_359_300_000
@@ -176,8 +183,8 @@ def fuzz_expressions(cases: int, seed: int) -> FuzzReport:
         finally:
             report.seconds.append(time.perf_counter() - started)
         report.records += 1
-        bounded = type(result) in (bool, int, float, str) and (type(result) is not str or len(result) <= 1000)
-        if not bounded or (type(result) is int and result.bit_length() > 256):
+        bounded = type(result) in (bool, int, float, str) and (type(result) is not str or len(result) <= MAX_STRING_CHARS)
+        if not bounded or (type(result) is int and result.bit_length() > MAX_INT_BITS):
             report.internal_errors.append(f"unbounded result {str(result)[:80]} <- {text!r}")
     return report
 

@@ -33,6 +33,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from operators.value_repr import bounded_repr
+
 RECORD_FIELDS = frozenset({"device_id", "product_id", "device_ts", "tenant", "hub_id"})
 _MAX_LENGTH = 2000
 _MAX_DEPTH = 200  # nesting levels: keeps compiling and evaluating far from the recursion limit
@@ -64,16 +66,8 @@ def _clamp(value, low, high):
 
 def _round(value, digits=0):
     if abs(digits) > MAX_ROUND_DIGITS:
-        raise EvaluationError(f"round to {_shown(digits)} digits: at most {MAX_ROUND_DIGITS} either side of the point")
+        raise EvaluationError(f"round to {bounded_repr(digits)} digits: at most {MAX_ROUND_DIGITS} either side of the point")
     return round(value, int(digits)) if digits else round(value)
-
-
-def _shown(value) -> str:
-    """A value in an error message, short (an integer of thousands of digits is not printed)."""
-    if type(value) is int and value.bit_length() > 64:
-        return f"<{value.bit_length()}-bit integer>"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _bounded(value):
@@ -93,23 +87,23 @@ def _bounded(value):
         if len(value) > MAX_STRING_CHARS:
             raise EvaluationError(f"string of {len(value)} characters: at most {MAX_STRING_CHARS}")
         return value
-    raise EvaluationError(f"result {_shown(value)} is a {kind.__name__}, not a real number, boolean or string")
+    raise EvaluationError(f"result {bounded_repr(value)} is a {kind.__name__}, not a real number, boolean or string")
 
 
 def _multiply(left, right):
     # A string repeated: check the length before Python builds it.
     for text, times in ((left, right), (right, left)):
         if isinstance(text, str) and isinstance(times, int) and len(text) * max(times, 0) > MAX_STRING_CHARS:
-            raise EvaluationError(f"string of {len(text)} characters repeated {_shown(times)} times: at most {MAX_STRING_CHARS} characters")
+            raise EvaluationError(f"string of {len(text)} characters repeated {bounded_repr(times)} times: at most {MAX_STRING_CHARS} characters")
     return left * right
 
 
 def _power(base, exponent):
     if isinstance(exponent, int | float) and abs(exponent) > MAX_EXPONENT:
-        raise EvaluationError(f"exponent {_shown(exponent)} is too large (at most {MAX_EXPONENT})")
+        raise EvaluationError(f"exponent {bounded_repr(exponent)} is too large (at most {MAX_EXPONENT})")
     # An integer power's size is known before computing it.
     if type(base) is int and type(exponent) is int and abs(base) > 1 and (abs(base).bit_length() - 1) * exponent > MAX_INT_BITS:
-        raise EvaluationError(f"{_shown(base)} ** {exponent} has more than {MAX_INT_BITS} bits")
+        raise EvaluationError(f"{bounded_repr(base)} ** {exponent} has more than {MAX_INT_BITS} bits")
     return base**exponent
 
 
@@ -221,7 +215,7 @@ class _Compiler:
     def _Constant(self, node):  # noqa: N802
         value = node.value
         if not isinstance(value, bool | int | float | str):
-            raise self.error(node, f"constant {_shown(value)} is not a number, string or boolean")
+            raise self.error(node, f"constant {bounded_repr(value)} is not a number, string or boolean")
         try:
             _bounded(value)
         except EvaluationError as exc:

@@ -19,6 +19,25 @@ class HexTextError(ValueError):
     """Text that is not hex in any accepted notation; the message says where and why."""
 
 
+def _hex_groups(text: str) -> list[str]:
+    """The groups of hex digits between separators, ``0x`` prefixes removed.
+
+    Raises:
+        HexTextError: a character that is neither, named with its position among the hex digits.
+    """
+    bodies = []
+    position = 0
+    for group in _GROUPS.split(text.strip()):
+        body = group[2:] if group[:2] in ("0x", "0X") else group
+        for char in body:
+            if char not in _DIGITS:
+                raise HexTextError(f"payload is not hex: {bounded_repr(char)} at hex digit {position}")
+            position += 1
+        if body:
+            bodies.append(body)
+    return bodies
+
+
 def parse_hex_text(text: str) -> bytes:
     """Hex text -> bytes.
 
@@ -32,21 +51,13 @@ def parse_hex_text(text: str) -> bytes:
         HexTextError: a character that is not a hex digit or separator (named, with its position
             among the hex digits), an odd number of digits, or a separator inside a byte.
     """
-    groups = [g for g in _GROUPS.split(text.strip()) if g]
-    digits = []
-    position = 0
-    for group in groups:
-        body = group[2:] if group[:2] in ("0x", "0X") else group
-        for char in body:
-            if char not in _DIGITS:
-                raise HexTextError(f"payload is not hex: {bounded_repr(char)} at hex digit {position}")
-            position += 1
-        digits.append(body)
-    if position % 2:
-        raise HexTextError(f"hex text has an odd number of digits ({position})")
-    if any(len(body) % 2 for body in digits):
+    bodies = _hex_groups(text)
+    count = sum(len(body) for body in bodies)
+    if count % 2:
+        raise HexTextError(f"hex text has an odd number of digits ({count})")
+    if any(len(body) % 2 for body in bodies):
         raise HexTextError("hex digits must come in pairs; separators may only stand between whole bytes")
-    return bytes.fromhex("".join(digits))
+    return bytes.fromhex("".join(bodies))
 
 
 def looks_like_hex_text(payload: bytes) -> bool:
@@ -54,13 +65,7 @@ def looks_like_hex_text(payload: bytes) -> bool:
     and ``0x`` prefixes, an even number of digits, at least two. (Digits paired across a separator
     still count: :func:`parse_hex_text` then says what is wrong with them.)"""
     try:
-        text = payload.decode("ascii")
-    except UnicodeDecodeError:
+        count = sum(len(body) for body in _hex_groups(payload.decode("ascii")))
+    except (UnicodeDecodeError, HexTextError):
         return False
-    count = 0
-    for group in _GROUPS.split(text.strip()):
-        body = group[2:] if group[:2] in ("0x", "0X") else group
-        if not all(char in _DIGITS for char in body):
-            return False
-        count += len(body)
     return count > 0 and count % 2 == 0

@@ -119,15 +119,16 @@ def _alias(text: str) -> str | None:
     return None
 
 
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_YAML_BYTES:
+        raise YamlDocumentError(f"{source}: {size} bytes, larger than the {MAX_YAML_BYTES} bytes a spec or rule file may have")
+
+
 def _duplicate_key(node: yaml.Node | None) -> str | None:
     """The first mapping key given twice (YAML would silently keep the last one)."""
     stack = [node] if node is not None else []
-    seen_nodes: set[int] = set()  # each node once, however many aliases lead to it
     while stack:
         current = stack.pop()
-        if id(current) in seen_nodes:
-            continue
-        seen_nodes.add(id(current))
         if isinstance(current, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key_node, value_node in current.value:
@@ -156,15 +157,15 @@ def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
         YamlDocumentError: invalid YAML, larger than ``MAX_YAML_BYTES``, or with anchors or
             aliases, with file, line and reason.
     """
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_YAML_BYTES:
-        raise YamlDocumentError(f"{source}: {size} bytes, larger than the {MAX_YAML_BYTES} bytes a spec or rule file may have")
+    _check_size(len(text.encode("utf-8", "surrogatepass")), source)
     lines = text.split("\n")
     notices: list[str] = []
     for _ in range(_MAX_REPAIRS):
         current = "\n".join(lines)
         try:
-            alias = _alias(current)  # before anything builds the document
+            alias = _alias(current)
+            if alias is not None:  # refused before anything builds the document
+                raise YamlDocumentError(f"{source}:{alias}")
             root = yaml.compose(current, Loader=yaml.SafeLoader)
             data = yaml.safe_load(current)
         except yaml.MarkedYAMLError as exc:
@@ -176,8 +177,6 @@ def load_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
             continue
         except yaml.YAMLError as exc:
             raise YamlDocumentError(_problem_line(source, exc)) from None
-        if alias is not None:
-            raise YamlDocumentError(f"{source}:{alias}")
         duplicate = _duplicate_key(root)
         if duplicate is not None:
             raise YamlDocumentError(f"{source}:{duplicate}")
@@ -189,9 +188,7 @@ def load_yaml_file(path: str | Path) -> YamlDocument:
     """Loads a YAML file (see :func:`load_yaml_text`)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise YamlDocumentError(f"{path}: {size} bytes, larger than the {MAX_YAML_BYTES} bytes a spec or rule file may have")
+        _check_size(path.stat().st_size, str(path))  # before reading it
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise YamlDocumentError(f"{path}: cannot read: {exc.strerror or exc}") from None
