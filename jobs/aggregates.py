@@ -3,8 +3,9 @@
     readings (decoded, de-duplicated) --[ReadingRows (Java): lateness check, typed row]--+
     dead letters of known devices ------[RejectionRows (Java)]---------------------------+
         --> view `readings` --> sql/jobs/aggregates.sql (GROUP BY time buckets, Java)
-        --> each table's changelog fired per window on device time (WindowFirings, Java)
-        --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product), comm_quality_5m / _1h
+        --> each view's changelog fired per window on device time (WindowFirings, Java)
+        --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product; a row per metric), and
+            comm_quality_5m / _1h (from the same device windows)
     too-late readings --> iotlink.late
 
 The SQL runs in the same Flink job (one ``StatementSet.attach_as_datastream`` with the Iceberg
@@ -58,15 +59,11 @@ class HourlyWindowRows(FlatMapFunction):
         yield orjson.dumps(hourly_window_row(*value)).decode()
 
 
-# Each table: (its key fields, the window start's position, the window's length, whether its
-# windows hold every metric in one map (metric_stats) to be turned into one row per metric).
-FIRED_TABLES = {
-    "agg_1m": ((0, 1, 2), 2, BUCKETS_MS["1m"], True),
-    "agg_5m": ((0, 1, 2), 2, BUCKETS_MS["5m"], True),
-    "agg_1h": ((0, 1, 2), 2, BUCKETS_MS["1h"], True),
-    "comm_quality_5m": ((0, 1), 1, BUCKETS_MS["5m"], False),
-    "comm_quality_1h": ((0, 1), 1, BUCKETS_MS["1h"], False),
-}
+# The windowed views of sql/jobs/aggregates.sql and their windows' lengths. Each view's rows:
+# scope, key, window_start (the window's key), product_id, stats, then the communication columns.
+WINDOWED_VIEWS = {"agg_1m": BUCKETS_MS["1m"], "agg_5m": BUCKETS_MS["5m"], "agg_1h": BUCKETS_MS["1h"]}
+WINDOW_KEY_FIELDS = (0, 1, 2)
+WINDOW_START_FIELD = 2
 
 
 def aggregate_statements(outputs: AggregateOutputs) -> tuple[list[str], list[str]]:
@@ -99,38 +96,38 @@ def _with_sink_options(insert: str, options: str) -> str:
 
 
 def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
-    """The view ``<table>_fired``: the changelog of ``<table>_updates`` keyed by window in Java
-    (``io.iotlink.flink.WindowFirings``), each window's newest row released when the watermark
-    passes its end and again for each correction; a window of every metric (``metric_stats``)
-    released as one row per metric (``MetricStatsRows``).
+    """The views ``<table>_windows`` and ``<table>_fired``: the changelog of ``<table>_updates``
+    keyed by window in Java (``io.iotlink.flink.WindowFirings``), each window's newest row
+    released when the watermark passes its end and again for each correction; then its metrics
+    as one row per metric (``MetricStatsRows``).
 
     The SQL aggregates' processing-time mini-batches replace device-time watermarks with their
     batch markers, so the readings' watermarks join in through an empty Java stream
     (``NoRows``): a union's watermark is the smaller of its inputs'.
-
-    Returns:
-        The fired rows as a DataStream.
     """
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
     from pyflink.util.java_utils import to_jarray
 
     jvm = get_gateway().jvm
-    key_fields, start_field, size_ms, per_metric = FIRED_TABLES[table]
-    changes = t_env.to_changelog_stream(t_env.from_path(f"{table}_updates"))._j_data_stream
+    # Upserts only: the aggregates leave out the retraction before each update (WindowFirings
+    # keeps a window's newest row and would drop it), half the rows between them.
+    changes = t_env._j_tenv.toChangelogStream(
+        t_env.from_path(f"{table}_updates")._j_table, jvm.org.apache.flink.table.api.Schema.derived(),
+        jvm.org.apache.flink.table.connector.ChangelogMode.upsert(),
+    )
     row_type = changes.getType()
     device_time = readings._j_data_stream.flatMap(jvm.io.iotlink.flink.NoRows(), row_type)
     device_time.uid(f"{table}-watermarks").name(f"Device-time watermarks for {table}")
     changes = changes.union(to_jarray(jvm.org.apache.flink.streaming.api.datastream.DataStream, [device_time]))
-    window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, list(key_fields)))
-    fired = changes.keyBy(window_key).process(jvm.io.iotlink.flink.WindowFirings(row_type, start_field, size_ms, allowed_lateness_ms), row_type)
-    fired.uid(f"{table}-firings").name(f"Fire {table} windows")
-    if per_metric:
-        fired = fired.flatMap(jvm.io.iotlink.flink.MetricStatsRows(), jvm.io.iotlink.flink.MetricStatsRows.rowType())
-        fired.uid(f"{table}-metric-rows").name(f"{table}: a row per metric")
-    stream = DataStream(fired)
-    t_env.create_temporary_view(f"{table}_fired", t_env.from_data_stream(stream))
-    return stream
+    window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, list(WINDOW_KEY_FIELDS)))
+    firings = jvm.io.iotlink.flink.WindowFirings(row_type, WINDOW_START_FIELD, WINDOWED_VIEWS[table], allowed_lateness_ms)
+    windows = changes.keyBy(window_key).process(firings, row_type)
+    windows.uid(f"{table}-firings").name(f"Fire {table} windows")
+    t_env.create_temporary_view(f"{table}_windows", t_env.from_data_stream(DataStream(windows)))
+    fired = windows.flatMap(jvm.io.iotlink.flink.MetricStatsRows(), jvm.io.iotlink.flink.MetricStatsRows.rowType())
+    fired.uid(f"{table}-metric-rows").name(f"{table}: a row per metric")
+    t_env.create_temporary_view(f"{table}_fired", t_env.from_data_stream(DataStream(fired)))
 
 
 def table_environment(env):
@@ -148,7 +145,7 @@ def table_environment(env):
     return t_env
 
 
-def add_aggregates(t_env, statements, readings, dead_letters, outputs: AggregateOutputs, late_sink=None, hourly_rows: bool = False):
+def add_aggregates(t_env, statements, readings, dead_letters, outputs: AggregateOutputs, late_sink=None, product_hours: bool = False):
     """Wires the SQL aggregates onto the job's table environment.
 
     Args:
@@ -159,12 +156,12 @@ def add_aggregates(t_env, statements, readings, dead_letters, outputs: Aggregate
         dead_letters: Dead-letter JSON strings.
         outputs: The PostgreSQL database and the aggregation settings.
         late_sink: Sink for readings later than the allowed lateness (None: dropped, counted).
-        hourly_rows: Also return the fired hourly aggregates as window-row JSON (at the hour's end
-            and per correction), for the MongoDB product summaries. (The view ``agg_1h_fired``
-            holds them for SQL either way.)
+        product_hours: Also return the fired hourly product aggregates as window-row JSON (at
+            the hour's end and per correction), for the MongoDB product summaries. (The view
+            ``agg_1h_fired`` holds every fired hourly row for SQL either way.)
 
     Returns:
-        The hourly window-row stream with ``hourly_rows``, else None.
+        The product hours' window-row stream with ``product_hours``, else None.
     """
     from jobs.java_operators import reading_rows, rejection_rows, side_output, union_all
 
@@ -177,10 +174,12 @@ def add_aggregates(t_env, statements, readings, dead_letters, outputs: Aggregate
     ddl, inserts = aggregate_statements(outputs)
     for statement in ddl:
         t_env.execute_sql(statement)
-    fired = {table: _fire_windows(t_env, readings, table, outputs.allowed_lateness_ms) for table in FIRED_TABLES}
+    for table in WINDOWED_VIEWS:
+        _fire_windows(t_env, readings, table, outputs.allowed_lateness_ms)
     for insert in inserts:
         statements.add_insert_sql(insert)
-    if not hourly_rows:
+    if not product_hours:
         return None
-    rows = fired["agg_1h"].flat_map(HourlyWindowRows(), output_type=Types.STRING())
-    return rows.uid("hourly-rows").name("Hourly aggregates as window rows")
+    # Only the products' rows cross into Python (a few per product and hour, not one per device and metric).
+    products = t_env.to_data_stream(t_env.sql_query("SELECT * FROM agg_1h_fired WHERE `scope` = 'product'"))
+    return products.flat_map(HourlyWindowRows(), output_type=Types.STRING()).uid("hourly-rows").name("Product hours as window rows")

@@ -78,6 +78,11 @@ def rejection_rows(dead_letters: DataStream) -> DataStream:
     return DataStream(dead_letters._j_data_stream.flatMap(_functions().RejectionRows(), READING_ROW.get_java_type_info()))
 
 
+def device_letters(dead_letters: DataStream) -> DataStream:
+    """The dead letters that name a device (``DeviceLetters``: the rule ``RejectionRows`` counts by)."""
+    return DataStream(dead_letters._j_data_stream.filter(_functions().DeviceLetters()))
+
+
 def union_all(first: DataStream, *others: DataStream) -> DataStream:
     """The union of Java streams of one type."""
     if not others:

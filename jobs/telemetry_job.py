@@ -305,13 +305,16 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
     alarm_events = None  # for the Iceberg alarm_events table
     hot = []  # streams for the MongoDB hot layer
     if hot_sink_factory is not None:
-        hot.append(dead_letters.filter(lambda letter: '"device_id":null' not in letter).uid("hot-dead-letters").name("Dead letters of devices"))
+        from jobs.java_operators import device_letters
+
+        hot.append(device_letters(dead_letters).uid("hot-dead-letters").name("Dead letters of devices"))
     if aggregates is not None:
         from jobs.aggregates import add_aggregates
 
-        hourly = add_aggregates(t_env, statements, readings, dead_letters, aggregates, late_sink, hourly_rows=hot_sink_factory is not None)
-        if hot_sink_factory is not None:
-            hot.append(hourly.filter(lambda row: '"scope":"product"' in row).uid("hot-product-hours").name("Product hours"))
+        product_hours = add_aggregates(t_env, statements, readings, dead_letters, aggregates, late_sink,
+                                       product_hours=hot_sink_factory is not None)
+        if product_hours is not None:
+            hot.append(product_hours)
     if rules_factory is not None and alarm_sink is not None:
         from jobs.telemetry_functions import (
             COMMANDS,

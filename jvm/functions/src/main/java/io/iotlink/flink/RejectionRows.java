@@ -17,21 +17,31 @@ public final class RejectionRows implements FlatMapFunction<String, Row> {
 
     @Override
     public void flatMap(String value, Collector<Row> out) {
-        JsonNode letter;
-        try {
-            letter = JSON.readTree(value);
-        } catch (Exception notJson) {
-            return; // the decoder writes every letter as JSON; anything else names no device
-        }
-        JsonNode device = letter.get("device_id");
-        if (device == null || !device.isTextual() || device.asText().isEmpty()) {
+        JsonNode letter = parse(value);
+        if (!namesDevice(letter)) {
             return;
         }
+        JsonNode device = letter.get("device_id");
         JsonNode received = letter.get("received_at");
         long ts = received != null && received.canConvertToLong() && received.isIntegralNumber()
                 ? received.asLong() : System.currentTimeMillis();
         JsonNode product = letter.get("product_id");
         out.collect(Row.of("rejected", device.asText(), product != null && product.isTextual() ? product.asText() : null, ts,
                 null, null));
+    }
+
+    /** The letter's JSON, or null when it is not JSON (the decoder writes every letter as JSON). */
+    static JsonNode parse(String value) {
+        try {
+            return JSON.readTree(value);
+        } catch (Exception notJson) {
+            return null;
+        }
+    }
+
+    /** Whether a parsed letter names a device (a non-empty text {@code device_id}). */
+    static boolean namesDevice(JsonNode letter) {
+        JsonNode device = letter == null ? null : letter.get("device_id");
+        return device != null && device.isTextual() && !device.asText().isEmpty();
     }
 }
