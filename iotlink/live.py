@@ -17,6 +17,7 @@ COUNTERS = {
     "late": "iotlink.late",
     "duplicates": "iotlink.duplicates_dropped",
     "alarms": "iotlink.alarms_raised",
+    "rule_errors": "iotlink.rule_errors",
 }
 
 
@@ -121,8 +122,10 @@ class CounterLine:
             f"dup {counters['duplicates']:>5}",
             f"late {counters['late']:>5}",
             f"alarms {counters['alarms']:>4}",
-            f"{rate:8.0f} rec/s",
         ]
+        if counters.get("rule_errors"):
+            parts.append(f"rule errors {counters['rule_errors']} (iotlink rules status)")
+        parts.append(f"{rate:8.0f} rec/s")
         if completed_checkpoints is not None:
             parts.append(f"checkpoints {completed_checkpoints}")
         return "  ".join(parts)

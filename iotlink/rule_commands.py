@@ -1,4 +1,4 @@
-"""``iotlink rules check`` and ``iotlink rules replay``: alarm rules from the command line.
+"""``iotlink rules check|replay|push|status``: alarm rules from the command line.
 
 ``replay`` runs standard telemetry records (JSON lines) through the same alarm engine the
 job uses and prints the alarm events as JSON lines, in order. Exit codes: 0 done, 1 bad input
@@ -61,6 +61,17 @@ def add_rule_commands(sub, common=None) -> None:
     )
     push.add_argument("file", metavar="FILE", help="the rule-set file")
     push.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for the job's accepted/rejected status")
+    status = actions.add_parser(
+        "status",
+        parents=[common] if common is not None else [],
+        help="show what the running job reported about its rule sets (iotlink.rules.status)",
+        description="Read iotlink.rules.status and show, per product, the newest pushed rule set the job accepted or "
+        "rejected (with the reasons) and the rule evaluation errors it reported: which rule failed on which values and "
+        "how often (the job sends the first error at once, then at most one summary per product and minute).",
+    )
+    status.add_argument("--product", metavar="ID", help="only this product")
+    status.add_argument("--errors", type=int, default=3, metavar="N", help="error summaries shown per product, newest first (default 3)")
+    status.add_argument("--json", action="store_true", help="print the status records as JSON lines instead")
 
 
 def _metrics(args: argparse.Namespace, settings: Settings):
@@ -109,6 +120,8 @@ def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         metrics = _metrics(args, settings)
+        if args.rules_command == "status":
+            return _status(args, settings)
         if args.rules_command == "push":
             return _push(args, settings, metrics)
         if args.rules_command == "check":
@@ -211,12 +224,81 @@ def _push(args: argparse.Namespace, settings: Settings, metrics) -> int:
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
             for status in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.rules_status)):
-                if status.get("product_id") == loaded.product_id and status.get("version") == loaded.compiled.version:
+                if (status.get("status") in ("accepted", "rejected") and status.get("product_id") == loaded.product_id
+                        and status.get("version") == loaded.compiled.version):
                     print(f"job: {status['status']}")
                     return EXIT_OK if status["status"] == "accepted" else EXIT_BAD_RULES
             time.sleep(1)
         print(f"no status from the job within {args.wait:.0f} s (is it running?)", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def status_lines(statuses: list[dict], errors_per_product: int = 3) -> list[str]:
+    """The status records of ``iotlink.rules.status`` (oldest first) as lines for people: per
+    product the newest accepted push (the version in force), the rejected pushes after it (with
+    their problems), then the newest error summaries.
+
+    Args:
+        statuses: Status records as the job wrote them.
+        errors_per_product: Error summaries shown per product.
+    """
+    by_product: dict[str, dict] = {}
+    for status in statuses:
+        if not isinstance(status, dict):
+            continue
+        entry = by_product.setdefault(str(status.get("product_id") or "(unknown product)"), {"pushes": [], "errors": []})
+        if status.get("status") == "errors":
+            entry["errors"].append(status)
+        elif status.get("status") == "accepted":
+            entry["pushes"] = [status]
+        elif status.get("status") == "rejected":
+            entry["pushes"].append(status)
+    lines = []
+    for product_id in sorted(by_product):
+        pushes, errors = by_product[product_id]["pushes"], by_product[product_id]["errors"]
+        for push in pushes:
+            lines.append(f"{product_id}  {push['status']}  version {push.get('version', '?')}")
+            lines += [f"    {problem}" for problem in push.get("problems") or []]
+        for summary in reversed(errors[-errors_per_product:] if errors_per_product > 0 else []):
+            since, until = _iso(summary.get("since")), _iso(summary.get("until"))
+            lines.append(f"{product_id}  errors  version {summary.get('version', '?')}  {summary.get('count', 0)} "
+                         f"from {since} to {until} (subtask {summary.get('subtask', '?')})")
+            for error in summary.get("errors") or []:
+                lines.append(f"    {error.get('count', 0):>6} × {error.get('message')}")
+            if summary.get("other"):
+                lines.append(f"    {summary['other']:>6} × (other messages)")
+    return lines
+
+
+def _iso(epoch_ms) -> str:
+    if not isinstance(epoch_ms, int):
+        return "?"
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from connectors.kafka import read_topic
+
+    try:
+        values = read_topic(settings.bootstrap_servers, settings.topics.rules_status, timeout_s=30)
+    except (OSError, TimeoutError) as exc:
+        print(f"iotlink rules status: cannot read {settings.topics.rules_status}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    statuses = []
+    for value in values:
+        try:
+            status = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(status, dict) and (args.product is None or status.get("product_id") == args.product):
+            statuses.append(status)
+    if args.json:
+        for status in statuses:
+            print(orjson.dumps(status).decode())
+        return EXIT_OK
+    lines = status_lines(statuses, args.errors)
+    print("\n".join(lines) if lines else f"no status on {settings.topics.rules_status} yet")
     return EXIT_OK
 
 

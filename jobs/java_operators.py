@@ -83,6 +83,21 @@ def device_letters(dead_letters: DataStream) -> DataStream:
     return DataStream(dead_letters._j_data_stream.filter(_functions().DeviceLetters()))
 
 
+def ruled_readings(readings: DataStream, products: frozenset[str], pushed: DataStream | None = None) -> DataStream:
+    """The readings of ``products`` (``RuledReadings``) and, with ``pushed`` (the raw rule-set
+    messages of ``iotlink.rules``), of every product whose rule set is pushed while the job runs
+    (``RuledReadingsWithPushes``)."""
+    jvm = get_gateway().jvm
+    names = to_jarray(jvm.String, sorted(products))
+    j_readings = readings._j_data_stream
+    if pushed is None:
+        return DataStream(j_readings.filter(_functions().RuledReadings(names)))
+    broadcast = pushed._j_data_stream.broadcast(to_jarray(
+        jvm.org.apache.flink.api.common.state.MapStateDescriptor, [_functions().RuledReadingsWithPushes.PUSHED]
+    ))
+    return DataStream(j_readings.connect(broadcast).process(_functions().RuledReadingsWithPushes(names), TELEMETRY_TUPLE.get_java_type_info()))
+
+
 def union_all(first: DataStream, *others: DataStream) -> DataStream:
     """The union of Java streams of one type."""
     if not others:

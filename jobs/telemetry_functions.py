@@ -18,6 +18,7 @@ from pyflink.datastream.state import MapStateDescriptor
 
 from operators.dead_letter import dead_letter_to_json
 from operators.decode import DecoderRegistry, decode_raw_record
+from operators.rule_errors import RuleErrorDigest
 
 METRIC_GROUP = "iotlink"
 # (device_id, device_ts, telemetry JSON): typed, so Flink moves it without pickling.
@@ -138,7 +139,8 @@ class _AlarmOperator:
     durations and action verification fire as the watermark passes them. Alarm events go to
     the main output, shadow commands of automatic actions to a side output. Metrics (group
     ``iotlink``): alarms_raised, alarms_cleared, active_alarms (raised minus ended since the task started), alarm_events,
-    rule_late, rule_errors, rule_sets_accepted, rule_sets_rejected.
+    rule_late, rule_errors, rule_sets_accepted, rule_sets_rejected. Which rules fail and why goes
+    out as ``errors`` statuses on the rule-status output (:mod:`operators.rule_errors`).
     """
 
     def __init__(self, rules_factory, max_out_of_orderness_ms: int, idle_ttl_ms: int = 7 * 24 * 3600 * 1000):
@@ -164,6 +166,7 @@ class _AlarmOperator:
         self._state = runtime_context.get_state(descriptor)
         self._timer = runtime_context.get_state(ValueStateDescriptor("alarm-next-timer", Types.LONG()))
         self._subtask = _subtask_index(runtime_context)
+        self._error_digest = RuleErrorDigest(self._subtask)
         self._pushed_versions: dict[str, str] = {}
         self._broadcast_synced = False
         group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
@@ -184,9 +187,24 @@ class _AlarmOperator:
         state = self._state.value()
         return state if state is not None else DeviceState()
 
+    def _record_errors(self, state, messages) -> None:
+        self._errors.inc(len(messages))
+        rule_set = self._engine.rule_sets.get(state.product_id)
+        now = int(time.time() * 1000)
+        for message in messages:
+            self._error_digest.add(state.product_id, rule_set.version if rule_set is not None else None, message, now)
+
+    def _error_statuses(self):
+        # Published on iotlink.rules.status with the pushes' statuses: which rule fails and why.
+        if self._error_digest.pending:
+            for status in self._error_digest.due(int(time.time() * 1000)):
+                yield orjson.dumps({"rule_status": status}).decode()
+
     def _emit(self, out, state, ctx):
         self._late.inc(out.late)
-        self._errors.inc(len(out.errors))
+        if out.errors:
+            self._record_errors(state, out.errors)
+        yield from self._error_statuses()
         for event in out.events:
             self._events.inc()
             if event["event"] == "RAISED":
@@ -233,8 +251,9 @@ class _AlarmOperator:
                 out = self._engine.acknowledge(state, ack["device_id"], ack["alarm_id"], ack["ts"], ack.get("by"))
             else:
                 out = self._engine.on_record(state, item)
-        except Exception:  # noqa: BLE001 - per-record code never fails the task: counted, the device's state kept as it was
-            self._errors.inc()
+        except Exception as exc:  # noqa: BLE001 - per-record code never fails the task: counted, the device's state kept as it was
+            self._record_errors(state, [f"engine: {type(exc).__name__}"])
+            yield from self._error_statuses()
             return
         yield from self._emit(out, state, ctx)
 

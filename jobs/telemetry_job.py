@@ -167,7 +167,8 @@ class TelemetryOutputs:
         alarms: Sink for alarm-event JSON strings (the alarm operator runs when it and the
             logic's ``rules_factory`` are given).
         commands: Sink for shadow-command JSON strings of automatic actions.
-        rule_status: Sink for accepted/rejected statuses of pushed rule sets.
+        rule_status: Sink for accepted/rejected statuses of pushed rule sets and summaries of rule
+            evaluation errors.
         notifications: Sink for notification records (high severity, escalations).
         alarm_store: Picklable factory of the idempotent batch sink of alarm events and the
             ticket queue (PostgreSQL).
@@ -199,6 +200,9 @@ class TelemetryLogic:
     Attributes:
         registry_factory: Builds the DecoderRegistry inside the task (default: built-ins).
         rules_factory: Builds the compiled rule sets inside the task.
+        rule_products: The products that have a rule set at the start: only their readings (and
+            those of products whose rule set is pushed later) cross into the alarm operator.
+            None: every reading does.
         out_of_orderness_ms: Bounded out-of-orderness of device time (watermarks).
         alarm_reorder_ms: How long the alarm rules wait for a device's out-of-order readings
             (0: each reading is evaluated at once).
@@ -213,6 +217,7 @@ class TelemetryLogic:
 
     registry_factory: Callable | None = None
     rules_factory: Callable | None = None
+    rule_products: frozenset[str] | None = None
     out_of_orderness_ms: int = 5000
     alarm_reorder_ms: int = 0
     idleness_ms: int = 0
@@ -327,19 +332,25 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
             SplitAlarmOutput,
         )
 
+        pushed = None
+        if rules_source is not None:
+            # Idle after a second without pushes, so the rule stream never holds back event time.
+            rule_strategy = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
+            pushed = env.from_source(rules_source, rule_strategy, "Kafka rules source").uid("source-rules").name("Kafka: iotlink.rules")
         alarm_input = readings
+        if logic.rule_products is not None:
+            from jobs.java_operators import ruled_readings
+
+            alarm_input = ruled_readings(readings, logic.rule_products, pushed).uid("ruled-readings").name("Readings with rules")
         if control_source is not None:
             idle = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
             acks = (
                 env.from_source(control_source, idle, "Kafka control source").uid("source-control").name("Kafka: iotlink.control")
                 .flat_map(AckToTuple(), output_type=TELEMETRY_TUPLE).uid("control-acks").name("Acknowledge commands")
             )
-            alarm_input = readings.union(acks)
+            alarm_input = alarm_input.union(acks)
         keyed = key_for_python(alarm_input, TELEMETRY_TUPLE, "alarm-keys")
-        if rules_source is not None:
-            # Idle after a second without pushes, so the rule stream never holds back event time.
-            rule_strategy = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_seconds(1))
-            pushed = env.from_source(rules_source, rule_strategy, "Kafka rules source").uid("source-rules").name("Kafka: iotlink.rules")
+        if pushed is not None:
             alarms = (
                 keyed.connect(pushed.broadcast(RULE_SETS))
                 .process(AlarmBroadcastFunction(rules_factory, logic.alarm_reorder_ms), output_type=Types.STRING())
@@ -636,7 +647,8 @@ def create_job(settings: Settings, options: RunOptions):
             archive=archive, hot=hot_sink_factory,
         ),
         TelemetryLogic(
-            registry_factory=registry_factory, rules_factory=rules_factory, out_of_orderness_ms=settings.flink.out_of_orderness_ms,
+            registry_factory=registry_factory, rules_factory=rules_factory,
+            rule_products=getattr(rules_factory, "product_ids", None), out_of_orderness_ms=settings.flink.out_of_orderness_ms,
             alarm_reorder_ms=settings.flink.alarm_reorder_ms, idleness_ms=settings.flink.idleness_ms,
             dedup_ttl_ms=settings.flink.dedup_ttl_ms, source_parallelism=source_parallelism,
             fault=fault,

@@ -201,6 +201,7 @@ class RulesFactory:
 
     def __init__(self, rule_sets: list[LoadedRuleSet]):
         self.sources = [(item.source, item.text) for item in rule_sets]
+        self.product_ids = frozenset(item.product_id for item in rule_sets)
 
     def __call__(self) -> dict[str, CompiledRuleSet]:
         compiled = {}

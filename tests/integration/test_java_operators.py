@@ -1,6 +1,7 @@
 """The Java operators of jvm/functions that carry records past Python (jobs/java_operators.py,
 jobs/archive.py), run in a small bounded Flink job: duplicate suppression, the aggregate rows of
-readings and dead letters, the lateness rule, and the Iceberg archive's rows."""
+readings and dead letters, the lateness rule, the readings that go to the alarm rules, and the
+Iceberg archive's rows."""
 
 import sys
 
@@ -14,7 +15,7 @@ from pyflink.table import StreamTableEnvironment
 from connectors.jars import pipeline_jars_option
 from jobs.archive import RAW_ROW_COLUMNS, TELEMETRY_ROW_COLUMNS, java_rows
 from jobs.connector_classpath import make_connector_jars_visible
-from jobs.java_operators import deduplicate, reading_rows, rejection_rows, side_output, sink_batches
+from jobs.java_operators import deduplicate, device_letters, reading_rows, rejection_rows, ruled_readings, side_output, sink_batches
 from jobs.telemetry_functions import TELEMETRY_TUPLE
 from jobs.telemetry_job import export_python_path
 
@@ -200,3 +201,22 @@ def test_every_telemetry_record_is_one_row_with_its_finite_numeric_metrics(env):
     assert (first["spec_id"], first["spec_version"], first["source_seq"]) == ("product_a", "3", 1)
     assert (second["quality_json"], second["spec_version"], second["source_seq"]) == (None, None, 2)
     assert third["metrics"] == {"tempC": 21.5}
+
+
+def reading_of(product, device_id="d"):
+    """A telemetry tuple whose JSON has ``product_id`` after a nested field (skipped, not parsed)."""
+    text = orjson.dumps({"device_id": device_id, "metrics": {"product_id": "decoy", "x": [1, {"y": 2}]}, "product_id": product}).decode()
+    return device_id, 1, text
+
+
+def test_only_readings_of_products_with_rules_reach_the_rules(env):
+    items = [reading_of("prod-a"), reading_of("product_d"), reading_of(None), ("d", 1, "not json"), ("d", 1, "[1]"),
+             reading_of("prod-b", "d2")]
+    kept = collect(ruled_readings(env.from_collection(items, TELEMETRY_TUPLE), frozenset({"prod-a", "prod-b"})))
+    assert sorted(kept) == sorted([items[0], items[5]])
+
+
+def test_only_dead_letters_that_name_a_device_go_to_its_quality(env):
+    letters = ['{"device_id":"d1","reason":"x"}', '{"device_id":null,"reason":"x"}', '{"device_id":"","reason":"x"}',
+               '{"reason":"x"}', "not json", '{"device_id":7}']
+    assert collect(device_letters(env.from_collection(letters, Types.STRING()))) == ['{"device_id":"d1","reason":"x"}']

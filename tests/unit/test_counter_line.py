@@ -29,3 +29,10 @@ def test_a_reading_that_stands_still_long_enough_means_no_records():
     assert rate_of(line.render(counters(600), 1, now=14.0)) == 0
     text = line.render(counters(600), 1, sent=700, now=16.0)
     assert text.startswith("[    16s]  sent      700  in      600") and text.endswith("checkpoints 1")
+
+
+def test_rule_errors_show_only_when_there_are_some_and_say_where_to_look():
+    line = CounterLine(started=0.0)
+    assert "rule errors" not in line.render(counters(10), 0, now=0.0)
+    text = line.render({**counters(20), "rule_errors": 3}, 0, now=1.0)
+    assert "rule errors 3 (iotlink rules status)" in text

@@ -275,3 +275,29 @@ def test_check_warns_about_expressions_that_fail_on_sample_records(tmp_path, cap
         "warning: on sample records, rule power condition 'volt ** 0.5 > 1': result (6.123233995736766e-17+1j) is a complex, "
         "not a real number, boolean or string (with volt=-1)",
     ]
+
+
+def test_status_lines_show_the_version_in_force_later_rejections_and_newest_errors():
+    from iotlink.rule_commands import status_lines
+
+    t = 1_796_000_000_000
+    statuses = [
+        {"status": "accepted", "product_id": "p", "version": "1"},
+        {"status": "rejected", "product_id": "p", "version": "0", "problems": ["old"]},
+        {"status": "accepted", "product_id": "p", "version": "2"},
+        {"status": "errors", "product_id": "p", "version": "2", "subtask": 0, "since": t, "until": t, "count": 1,
+         "errors": [{"message": "rule a: first", "count": 1}], "other": 0},
+        {"status": "rejected", "product_id": "p", "version": "3", "problems": ["rule x: needs condition or levels"]},
+        {"status": "errors", "product_id": "p", "version": "2", "subtask": 1, "since": t + 60_000, "until": t + 90_000, "count": 9,
+         "errors": [{"message": "rule a: division by zero", "count": 7}], "other": 2},
+        "not a status",
+    ]
+    assert status_lines(statuses, errors_per_product=1) == [
+        "p  accepted  version 2",
+        "p  rejected  version 3",
+        "    rule x: needs condition or levels",
+        "p  errors  version 2  9 from 2026-11-30T00:54:20Z to 2026-11-30T00:54:50Z (subtask 1)",
+        "         7 × rule a: division by zero",
+        "         2 × (other messages)",
+    ]
+    assert status_lines([]) == []
