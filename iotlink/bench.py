@@ -4,6 +4,8 @@ Throughput: preload N raw envelopes (mixed JSON/hex/CSV, many devices), run the 
 from the first to the last preloaded offset, print msgs/s, wall time and peak memory.
 Latency: run the job streaming, publish at a fixed rate, and measure receive time (envelope
 ``received_at``) -> the telemetry record being readable (read_committed) downstream.
+Soak: run the job streaming under a fixed rate (above what it sustains) for minutes, and
+sample its rate, the backlog on the raw topic, its memory and its checkpoints.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ from jobs.config import Settings
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the benchmark options."""
     group = parser.add_argument_group("benchmark")
-    group.add_argument("--mode", choices=("throughput", "latency"), default="throughput", help="what to measure (default throughput)")
+    group.add_argument(
+        "--mode", choices=("throughput", "latency", "soak"), default="throughput",
+        help="what to measure (default throughput); soak: publish at --rate for --duration (e.g. twice what the job "
+        "sustains, for 600 s) and sample the job's rate, backlog, memory and checkpoints every --sample-every seconds",
+    )
     group.add_argument("--messages", type=int, default=500_000, metavar="N", help="messages to preload (throughput; default 500000)")
     group.add_argument("--devices", type=int, default=10_000, metavar="N", help="simulated devices (default 10000)")
     group.add_argument("--forms", default="json,hex,csv", metavar="LIST", help="payload forms mixed in (default json,hex,csv)")
-    group.add_argument("--rate", type=float, default=2000.0, metavar="MSG/S", help="publish rate in latency mode (default 2000)")
-    group.add_argument("--duration", type=float, default=60.0, metavar="S", help="publishing time in latency mode (default 60)")
+    group.add_argument("--rate", type=float, default=2000.0, metavar="MSG/S", help="publish rate in latency and soak mode (default 2000)")
+    group.add_argument("--duration", type=float, default=60.0, metavar="S", help="publishing time in latency and soak mode (default 60)")
+    group.add_argument("--sample-every", type=float, default=10.0, metavar="S", help="seconds between the soak's samples (default 10)")
     group.add_argument("--seed", type=int, default=11, help="simulator seed (default 11)")
 
 
@@ -319,6 +326,140 @@ def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class SoakSample:
+    """One sample of a soak run."""
+
+    elapsed_s: float
+    sent: int
+    consumed: int  # raw records the job has read (task counters: a restart sets them back)
+    rss_bytes: int  # the job's process tree
+    checkpoints_completed: int
+    checkpoints_failed: int
+    last_checkpoint_ms: int  # duration of the newest completed checkpoint
+    restarts: int
+
+
+def soak_summary(samples: list[SoakSample]) -> dict[str, float]:
+    """What a soak run shows, from its samples (at least two; the first minute is warm-up).
+
+    Returns:
+        ``offered`` and ``processed`` msgs/s after the warm-up, ``backlog_growth`` msgs/s (the
+        difference, as the raw topic's lag grew), ``backlog_end`` records, ``rss_first`` /
+        ``rss_last`` MiB (mean of the first and last quarter after the warm-up) and
+        ``rss_slope`` MiB per minute (least squares over the same samples),
+        ``checkpoint_max_ms``, ``checkpoints_failed``, ``restarts``.
+    """
+    warm = [s for s in samples if s.elapsed_s >= 60] or samples
+    if len(warm) < 2:
+        warm = samples[-2:]
+    first, last = warm[0], warm[-1]
+    span = max(last.elapsed_s - first.elapsed_s, 1e-9)
+    quarter = max(len(warm) // 4, 1)
+    mib = [s.rss_bytes / 2**20 for s in warm]
+    minutes = [s.elapsed_s / 60 for s in warm]
+    mean_t, mean_m = statistics.fmean(minutes), statistics.fmean(mib)
+    spread = sum((t - mean_t) ** 2 for t in minutes)
+    slope = sum((t - mean_t) * (m - mean_m) for t, m in zip(minutes, mib, strict=True)) / spread if spread else 0.0
+    return {
+        "offered": (last.sent - first.sent) / span,
+        "processed": (last.consumed - first.consumed) / span,
+        "backlog_growth": ((last.sent - last.consumed) - (first.sent - first.consumed)) / span,
+        "backlog_end": last.sent - last.consumed,
+        "rss_first": statistics.fmean(mib[:quarter]),
+        "rss_last": statistics.fmean(mib[-quarter:]),
+        "rss_slope": slope,
+        "checkpoint_max_ms": max(s.last_checkpoint_ms for s in warm),
+        "checkpoints_failed": last.checkpoints_failed,
+        "restarts": last.restarts,
+    }
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+    return total
+
+
+def bench_soak(args: argparse.Namespace, settings: Settings) -> int:
+    """Publishes at ``--rate`` for ``--duration`` seconds while the job runs, sampling it."""
+    from connectors.kafka import end_offsets
+    from iotlink.job_process import stop_job_process
+    from iotlink.live import FlinkRest
+    from iotlink.simulator import PublishStats, run_simulation
+
+    print(f"machine: {_machine()}")
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    start = ",".join(f"{p}={o}" for p, o in sorted(before.items()))
+    job_name = f"iotlink-soak-{int(time.time())}"
+    proc = _start_job(settings, ["--start-offsets", start, "--job-name", job_name], "bench-soak-job.log")
+    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
+    deadline = time.monotonic() + 180
+    while (job_id := rest.running_job()) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print("error: the job did not start; see the job log")
+            stop_job_process(proc, rest)
+            return 1
+        time.sleep(0.5)
+    sim_args = argparse.Namespace(
+        devices=args.devices, rate=args.rate, duration=args.duration, count=None, profile="normal=90,overheat=10",
+        forms=args.forms, seed=args.seed, target="kafka", mqtt_env="dev", repeat=0.0,
+    )
+    stats = PublishStats()
+    publisher = threading.Thread(target=run_simulation, args=(settings, sim_args), kwargs={"stats": stats}, daemon=True)
+    print(f"publishing {args.rate:.0f} msg/s from {args.devices} devices for {args.duration:.0f} s; a sample every "
+          f"{args.sample_every:.0f} s (checkpoint interval {settings.flink.checkpoint_interval_ms} ms)")
+    print(f"{'time':>6} {'sent':>9} {'read':>9} {'backlog':>8} {'msgs/s':>7} {'RSS MiB':>8} {'ckpts':>6} {'last ckpt':>10} {'failed':>6}")
+    samples: list[SoakSample] = []
+    started = time.monotonic()
+    publisher.start()
+    previous = None
+    while publisher.is_alive() and proc.poll() is None:
+        time.sleep(args.sample_every)
+        try:
+            consumed = rest.job_counters(job_id)["records_in"]
+            checkpoints = rest.checkpoints(job_id)
+            restarts = int(float(next(iter(rest.get(f"/jobs/{job_id}/metrics?get=numRestarts")), {}).get("value", 0)))
+        except (OSError, KeyError, ValueError):
+            continue
+        latest = (checkpoints.get("latest") or {}).get("completed") or {}
+        sample = SoakSample(
+            time.monotonic() - started, stats.sent, consumed, _tree_rss(proc.pid), checkpoints["counts"]["completed"],
+            checkpoints["counts"]["failed"], int(latest.get("end_to_end_duration", 0)), restarts,
+        )
+        rate = (sample.consumed - previous.consumed) / (sample.elapsed_s - previous.elapsed_s) if previous else 0.0
+        print(f"{sample.elapsed_s:6.0f} {sample.sent:9d} {sample.consumed:9d} {sample.sent - sample.consumed:8d} {rate:7.0f} "
+              f"{sample.rss_bytes / 2**20:8.0f} {sample.checkpoints_completed:6d} {sample.last_checkpoint_ms:8d}ms "
+              f"{sample.checkpoints_failed:6d}", flush=True)
+        samples.append(sample)
+        previous = sample
+    alive = proc.poll() is None
+    stop_job_process(proc, rest)
+    if not alive:
+        print("error: the job ended during the soak; see the job log")
+        return 1
+    if len(samples) < 2:
+        print("error: fewer than two samples (is --duration longer than --sample-every?)")
+        return 1
+    summary = soak_summary(samples)
+    print()
+    print(f"offered            {summary['offered']:.0f} msgs/s (after the first minute)")
+    print(f"processed          {summary['processed']:.0f} msgs/s")
+    print(f"backlog            grew {summary['backlog_growth']:.0f} msgs/s, {summary['backlog_end']:.0f} records at the end "
+          "(in Kafka; the job reads at its own pace)")
+    print(f"memory             {summary['rss_first']:.0f} -> {summary['rss_last']:.0f} MiB, slope {summary['rss_slope']:+.1f} MiB/min "
+          "(job process tree RSS)")
+    print(f"checkpoints        longest {summary['checkpoint_max_ms']:.0f} ms, {summary['checkpoints_failed']:.0f} failed; "
+          f"{summary['restarts']:.0f} restarts")
+    return 0
+
+
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the chosen benchmark, on the embedded stack when ``--embedded`` is given."""
     from iotlink.stack import EmbeddedStack
@@ -333,6 +474,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.mode == "latency":
             return bench_latency(args, settings)
+        if args.mode == "soak":
+            return bench_soak(args, settings)
         return bench_throughput(args, settings)
     finally:
         if stack is not None:
