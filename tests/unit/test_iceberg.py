@@ -20,6 +20,18 @@ def test_init_is_idempotent(catalog_args):
     assert {t[1] for t in catalog.list_tables("iotlink")} == {"raw_payloads", "telemetry", "alarm_events", "agg_1h"}
 
 
+def test_tables_name_zstd_for_the_java_writers_also_when_created_before(catalog_args):
+    catalog = open_catalog(*catalog_args)
+    for name in ("raw_payloads", "telemetry", "alarm_events", "agg_1h"):
+        assert catalog.load_table(f"iotlink.{name}").properties["write.parquet.compression-codec"] == "zstd"
+    table = catalog.load_table("iotlink.telemetry")
+    with table.transaction() as transaction:
+        transaction.remove_properties("write.parquet.compression-codec")
+    assert "write.parquet.compression-codec" not in catalog.load_table("iotlink.telemetry").properties
+    init_tables(catalog)
+    assert catalog.load_table("iotlink.telemetry").properties["write.parquet.compression-codec"] == "zstd"
+
+
 def test_a_table_written_elsewhere_is_queried_with_duckdb(catalog_args):
     import pyarrow as pa
 
