@@ -14,6 +14,7 @@ from iotlink.job_process import start_job_process, stop_job_process
 from iotlink.stack import print_endpoints, with_stack
 from jobs.config import ConfigError, Settings, connection_options, settings_from_args
 from operators.spec_loading import SpecLoadError
+from operators.value_repr import masked_url
 
 EPILOG = """\
 Endpoints come from (lowest to highest priority): defaults, the config file (--config or
@@ -642,20 +643,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args, settings)
+    # Messages of drivers and libraries may quote the connection URL: its password is masked.
     except ConfigError as exc:
-        print(f"iotlink: configuration error: {exc}", file=sys.stderr)
+        print(f"iotlink: configuration error: {masked_url(str(exc))}", file=sys.stderr)
         return 2
     except SpecLoadError as exc:
         for problem in exc.problems:
             print(f"iotlink: {problem}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"iotlink: {exc}", file=sys.stderr)
+        print(f"iotlink: {masked_url(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:  # one clear line for operators; the traceback only with IOTLINK_DEBUG
         if os.environ.get("IOTLINK_DEBUG"):
             raise
-        print(f"iotlink {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"iotlink {args.command}: error: {type(exc).__name__}: {masked_url(str(exc))}", file=sys.stderr)
         return 1
 
 
