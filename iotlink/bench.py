@@ -42,37 +42,58 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class MemoryPeak:
-    """Samples the resident memory of a process tree and keeps the peak."""
+class ProcessTreeUsage:
+    """Samples a process tree every half second: the peak of its resident memory (summed over
+    its processes) and the CPU time its processes used (user + system, as last sampled; a
+    process that ended keeps its last sample)."""
 
     pid: int
     peak_bytes: int = 0
+    _cpu: dict[tuple[int, float], float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def _sample(self) -> None:
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds used by the tree's processes while sampled."""
+        return sum(self._cpu.values())
+
+    def sample(self) -> None:
+        """Takes one sample now."""
         import psutil
 
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error), proc.oneshot():
+                total += proc.memory_info().rss
+                times = proc.cpu_times()
+                self._cpu[(proc.pid, proc.create_time())] = times.user + times.system
+        self.peak_bytes = max(self.peak_bytes, total)
+
+    def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-                total = 0
-                for proc in procs:
-                    with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
-                self.peak_bytes = max(self.peak_bytes, total)
-            except psutil.Error:
-                pass
+            self.sample()
             self._stop.wait(0.5)
 
-    def __enter__(self) -> MemoryPeak:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+    def __enter__(self) -> ProcessTreeUsage:
+        self.sample()
+        self._baseline = dict(self._cpu)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        # Only what was used while sampled: processes already running at the start (the
+        # embedded stack's servers) count from then.
+        for key, before in self._baseline.items():
+            if key in self._cpu:
+                self._cpu[key] -= before
 
 
 def preload(settings: Settings, messages: int, devices: int, forms: str, seed: int) -> tuple[dict[int, int], int, int, float]:
@@ -183,7 +204,9 @@ def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
 
     rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
     running_at = None
-    with MemoryPeak(proc.pid) as memory:
+    # The job's process tree, and everything this benchmark started (the embedded stack's
+    # servers too): the whole platform on this machine.
+    with ProcessTreeUsage(proc.pid) as memory, ProcessTreeUsage(os.getpid()) as platform:
         while proc.poll() is None:
             if running_at is None and rest.running_job() is not None:
                 running_at = time.monotonic()
@@ -209,7 +232,10 @@ def bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     print(f"wall time          {wall:.1f} s (JVM start, job, shutdown)")
     print(f"job running time   {job_s:.1f} s (RUNNING -> finished)")
     print(f"throughput         {sent / job_s:.0f} msgs/s while running, {sent / wall:.0f} msgs/s over the whole run")
-    print(f"peak memory        {memory.peak_bytes / 2**20:.0f} MiB (job process tree RSS)")
+    print(f"peak memory        {memory.peak_bytes / 2**20:.0f} MiB (job process tree RSS); "
+          f"{platform.peak_bytes / 2**20:.0f} MiB with the broker and databases")
+    print(f"cores used         {memory.cpu_seconds / wall:.2f} by the job, {platform.cpu_seconds / wall:.2f} by everything "
+          f"(of {os.cpu_count()}); {memory.cpu_seconds / sent * 1e6:.0f} µs of job CPU per message")
     print(f"Java-only ceiling  {counted / ceiling_s:.0f} msgs/s ({counted} records counted in {ceiling_s:.1f} s); "
           f"the job runs at {sent / job_s / (counted / ceiling_s):.1%} of it")
     return 0 if telemetry + dlq == sent and counted == sent else 1

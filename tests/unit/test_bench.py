@@ -30,3 +30,19 @@ def test_growing_memory_shows_as_a_slope_per_minute():
 def test_a_short_run_uses_its_last_two_samples():
     summary = soak_summary([sample(10, 100, 50, 900, failed=1), sample(20, 300, 100, 950, failed=2)])
     assert summary["offered"] == pytest.approx(20) and summary["checkpoints_failed"] == 2
+
+
+def test_process_tree_usage_counts_the_cpu_of_children_that_ended_and_not_before_it_started():
+    import subprocess
+    import sys
+    import time
+
+    from iotlink.bench import ProcessTreeUsage
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\ntime.sleep(0.6)"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"])
+    with ProcessTreeUsage(parent.pid) as usage:
+        parent.wait(30)
+        time.sleep(0.1)
+    assert 0.3 <= usage.cpu_seconds < 5
+    assert usage.peak_bytes > 1_000_000
