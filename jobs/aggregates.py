@@ -3,7 +3,7 @@
     readings (decoded, de-duplicated) --[ReadingRows (Java): lateness check, typed row]--+
     dead letters of known devices ------[RejectionRows (Java)]---------------------------+
         --> view `readings` --> sql/jobs/aggregates.sql (GROUP BY time buckets, Java)
-        --> each view's changelog fired per window on device time (WindowFirings, Java)
+        --> the views' changelog fired per window on device time (WindowFirings, Java)
         --> JDBC upserts: agg_1m / agg_5m / agg_1h (device, product; a row per metric), and
             comm_quality_5m / _1h (from the same device windows)
     too-late readings --> iotlink.late
@@ -59,11 +59,15 @@ class HourlyWindowRows(FlatMapFunction):
         yield orjson.dumps(hourly_window_row(*value)).decode()
 
 
-# The windowed views of sql/jobs/aggregates.sql and their windows' lengths. Each view's rows:
-# scope, key, window_start (the window's key), product_id, stats, then the communication columns.
-WINDOWED_VIEWS = {"agg_1m": BUCKETS_MS["1m"], "agg_5m": BUCKETS_MS["5m"], "agg_1h": BUCKETS_MS["1h"]}
-WINDOW_KEY_FIELDS = (0, 1, 2)
+# The window lengths of sql/jobs/aggregates.sql's view agg_updates. Its rows: scope, key,
+# window_start, product_id, stats, the communication columns, window_ms (the window's key is
+# scope, key, window_start and window_ms).
+WINDOW_SIZES = {"agg_1m": BUCKETS_MS["1m"], "agg_5m": BUCKETS_MS["5m"], "agg_1h": BUCKETS_MS["1h"]}
+WINDOW_KEY_FIELDS = (0, 1, 2, 10)
 WINDOW_START_FIELD = 2
+WINDOW_SIZE_FIELD = 10
+METRIC_ROW_COLUMNS = ("scope", "key", "metric", "window_start", "product_id", "count", "min", "max", "sum", "avg", "stddev",
+                      "first", "first_ts", "last", "last_ts")
 
 
 def aggregate_statements(outputs: AggregateOutputs) -> tuple[list[str], list[str]]:
@@ -95,11 +99,11 @@ def _with_sink_options(insert: str, options: str) -> str:
     return f"INSERT INTO {table} {options}\n{rest}"
 
 
-def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
-    """The views ``<table>_windows`` and ``<table>_fired``: the changelog of ``<table>_updates``
-    keyed by window in Java (``io.iotlink.flink.WindowFirings``), each window's newest row
-    released when the watermark passes its end and again for each correction; then its metrics
-    as one row per metric (``MetricStatsRows``).
+def _fire_windows(t_env, readings, allowed_lateness_ms: int) -> None:
+    """The views ``agg_<size>_windows`` and ``agg_<size>_fired``: the changelog of
+    ``agg_updates`` keyed by window in Java (``io.iotlink.flink.WindowFirings``), each window's
+    newest row released when the watermark passes its end and again for each correction; then
+    its metrics as one row per metric (``MetricStatsRows``); each split by window length.
 
     The SQL aggregates' processing-time mini-batches replace device-time watermarks with their
     batch markers, so the readings' watermarks join in through an empty Java stream
@@ -110,24 +114,29 @@ def _fire_windows(t_env, readings, table: str, allowed_lateness_ms: int):
     from pyflink.util.java_utils import to_jarray
 
     jvm = get_gateway().jvm
+    functions = jvm.io.iotlink.flink
     # Upserts only: the aggregates leave out the retraction before each update (WindowFirings
     # keeps a window's newest row and would drop it), half the rows between them.
     changes = t_env._j_tenv.toChangelogStream(
-        t_env.from_path(f"{table}_updates")._j_table, jvm.org.apache.flink.table.api.Schema.derived(),
+        t_env.from_path("agg_updates")._j_table, jvm.org.apache.flink.table.api.Schema.derived(),
         jvm.org.apache.flink.table.connector.ChangelogMode.upsert(),
     )
     row_type = changes.getType()
-    device_time = readings._j_data_stream.flatMap(jvm.io.iotlink.flink.NoRows(), row_type)
-    device_time.uid(f"{table}-watermarks").name(f"Device-time watermarks for {table}")
+    device_time = readings._j_data_stream.flatMap(functions.NoRows(), row_type)
+    device_time.uid("agg-watermarks").name("Device-time watermarks for the aggregates")
     changes = changes.union(to_jarray(jvm.org.apache.flink.streaming.api.datastream.DataStream, [device_time]))
-    window_key = jvm.io.iotlink.flink.RowKey(to_jarray(jvm.int, list(WINDOW_KEY_FIELDS)))
-    firings = jvm.io.iotlink.flink.WindowFirings(row_type, WINDOW_START_FIELD, WINDOWED_VIEWS[table], allowed_lateness_ms)
+    window_key = functions.RowKey(to_jarray(jvm.int, list(WINDOW_KEY_FIELDS)))
+    firings = functions.WindowFirings(row_type, WINDOW_START_FIELD, WINDOW_SIZE_FIELD, allowed_lateness_ms)
     windows = changes.keyBy(window_key).process(firings, row_type)
-    windows.uid(f"{table}-firings").name(f"Fire {table} windows")
-    t_env.create_temporary_view(f"{table}_windows", t_env.from_data_stream(DataStream(windows)))
-    fired = windows.flatMap(jvm.io.iotlink.flink.MetricStatsRows(), jvm.io.iotlink.flink.MetricStatsRows.rowType())
-    fired.uid(f"{table}-metric-rows").name(f"{table}: a row per metric")
-    t_env.create_temporary_view(f"{table}_fired", t_env.from_data_stream(DataStream(fired)))
+    windows.uid("agg-firings").name("Fire aggregate windows")
+    fired = windows.flatMap(functions.MetricStatsRows(WINDOW_SIZE_FIELD), functions.MetricStatsRows.rowType())
+    fired.uid("agg-metric-rows").name("Aggregate windows: a row per metric")
+    t_env.create_temporary_view("agg_windows", t_env.from_data_stream(DataStream(windows)))
+    t_env.create_temporary_view("agg_fired", t_env.from_data_stream(DataStream(fired)))
+    columns = ", ".join(f"`{column}`" for column in METRIC_ROW_COLUMNS)
+    for view, size_ms in WINDOW_SIZES.items():
+        t_env.create_temporary_view(f"{view}_windows", t_env.sql_query(f"SELECT * FROM agg_windows WHERE window_ms = {size_ms}"))
+        t_env.create_temporary_view(f"{view}_fired", t_env.sql_query(f"SELECT {columns} FROM agg_fired WHERE window_ms = {size_ms}"))
 
 
 def table_environment(env):
@@ -174,8 +183,7 @@ def add_aggregates(t_env, statements, readings, dead_letters, outputs: Aggregate
     ddl, inserts = aggregate_statements(outputs)
     for statement in ddl:
         t_env.execute_sql(statement)
-    for table in WINDOWED_VIEWS:
-        _fire_windows(t_env, readings, table, outputs.allowed_lateness_ms)
+    _fire_windows(t_env, readings, outputs.allowed_lateness_ms)
     for insert in inserts:
         statements.add_insert_sql(insert)
     if not product_hours:

@@ -89,12 +89,20 @@ SELECT /*+ STATE_TTL('metric_readings' = '${state_ttl_1h}') */
   CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS INT)
 FROM metric_readings GROUP BY product_id, device_ts - MOD(device_ts, 3600000);
 
--- The job keys each agg_*_updates changelog by window and releases a window's newest row when
--- the watermark passes the window's end, and again for each correction within the allowed
--- lateness (io.iotlink.flink.WindowFirings, Java): the views agg_*_windows. Their metrics become
--- one row per metric (MetricStatsRows, Java): the views agg_*_fired. Only those reach
--- PostgreSQL, so a window is written once plus once per correction, not at every update of the
--- aggregate.
+-- The three sizes in one changelog, so the job reads the readings once for all of them.
+CREATE TEMPORARY VIEW agg_updates AS
+SELECT *, CAST(60000 AS BIGINT) AS window_ms FROM agg_1m_updates
+UNION ALL
+SELECT *, CAST(300000 AS BIGINT) AS window_ms FROM agg_5m_updates
+UNION ALL
+SELECT *, CAST(3600000 AS BIGINT) AS window_ms FROM agg_1h_updates;
+
+-- The job keys the agg_updates changelog by window and releases a window's newest row when the
+-- watermark passes the window's end, and again for each correction within the allowed lateness
+-- (io.iotlink.flink.WindowFirings, Java): the views agg_1m_windows, agg_5m_windows,
+-- agg_1h_windows. Their metrics become one row per metric (MetricStatsRows, Java): the views
+-- agg_1m_fired, agg_5m_fired, agg_1h_fired. Only those reach PostgreSQL, so a window is written
+-- once plus once per correction, not at every update of the aggregate.
 INSERT INTO agg_1m SELECT * FROM agg_1m_fired;
 INSERT INTO agg_5m SELECT * FROM agg_5m_fired;
 INSERT INTO agg_1h SELECT * FROM agg_1h_fired;

@@ -10,7 +10,8 @@ import org.apache.flink.types.RowKind;
 import org.apache.flink.util.Collector;
 
 /**
- * Event-time firing for an updating aggregate's changelog, keyed by window: keeps each window's
+ * Event-time firing for an updating aggregate's changelog, keyed by window (windows of several
+ * lengths in one changelog: each row names its window's start and length): keeps each window's
  * newest row and emits it when the watermark passes the window's end; a row that changes the
  * window after that (a late reading within the allowed lateness) is emitted at once, as a
  * correction; the window is forgotten once the allowed lateness has passed too.
@@ -23,20 +24,20 @@ public final class WindowFirings extends KeyedProcessFunction<String, Row, Row> 
 
     private final TypeInformation<Row> rowType;
     private final int windowStartField;
-    private final long windowSizeMs;
+    private final int windowSizeField;
     private final long allowedLatenessMs;
     private transient ValueState<Row> newest;
 
     /**
      * @param rowType the changelog's row type (the state holds one row per open window)
      * @param windowStartField position of the window start (epoch ms, BIGINT) in the row
-     * @param windowSizeMs the window's length
+     * @param windowSizeField position of the window's length (ms, BIGINT) in the row
      * @param allowedLatenessMs how long after its end a window may still change
      */
-    public WindowFirings(TypeInformation<Row> rowType, int windowStartField, long windowSizeMs, long allowedLatenessMs) {
+    public WindowFirings(TypeInformation<Row> rowType, int windowStartField, int windowSizeField, long allowedLatenessMs) {
         this.rowType = rowType;
         this.windowStartField = windowStartField;
-        this.windowSizeMs = windowSizeMs;
+        this.windowSizeField = windowSizeField;
         this.allowedLatenessMs = allowedLatenessMs;
     }
 
@@ -51,7 +52,7 @@ public final class WindowFirings extends KeyedProcessFunction<String, Row, Row> 
             return;
         }
         row.setKind(RowKind.INSERT);
-        long end = ((Number) row.getField(windowStartField)).longValue() + windowSizeMs;
+        long end = ((Number) row.getField(windowStartField)).longValue() + ((Number) row.getField(windowSizeField)).longValue();
         if (ctx.timerService().currentWatermark() >= end) {
             out.collect(row); // a correction of a window that has fired
             newest.clear();
