@@ -131,6 +131,29 @@ def _subtask_index(runtime_context) -> int:
         return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
 
 
+def idle_device_ttl(ttl_ms: int):
+    """The alarm state's time-to-live: refreshed by every write, expired values never returned,
+    removed by RocksDB's compaction filter.
+
+    Built without the Py4J gateway, which inside a task (thread mode) launches a JVM of its own
+    (~100 MiB, seconds of CPU): PyFlink makes its default compaction-filter strategy (a 30-day
+    period) through it whenever cleanup "in background" is on, even when a strategy is given. So
+    background cleanup is off and the compaction filter named, with a period PyFlink does not
+    pass on to Flink in either execution mode; Flink uses a strategy that is named either way.
+    """
+    from pyflink.common.time import Duration, Time
+    from pyflink.datastream.state import StateTtlConfig
+
+    return (
+        StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .disable_cleanup_in_background()
+        .cleanup_in_rocksdb_compact_filter(1000, Duration(None))
+        .build()
+    )
+
+
 class _AlarmOperator:
     """The alarm engine inside a Flink keyed operator (shared by both operator flavours).
 
@@ -149,20 +172,13 @@ class _AlarmOperator:
         self._idle_ttl_ms = idle_ttl_ms
 
     def open(self, runtime_context):
-        from pyflink.common.time import Time
-        from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+        from pyflink.datastream.state import ValueStateDescriptor
 
         from operators.alarm_engine import AlarmEngine
 
         self._engine = AlarmEngine(self._rules_factory(), self._bound)
         descriptor = ValueStateDescriptor("alarm-engine-state", Types.PICKLED_BYTE_ARRAY())
-        ttl = (
-            StateTtlConfig.new_builder(Time.milliseconds(self._idle_ttl_ms))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-            .build()
-        )
-        descriptor.enable_time_to_live(ttl)
+        descriptor.enable_time_to_live(idle_device_ttl(self._idle_ttl_ms))
         self._state = runtime_context.get_state(descriptor)
         self._timer = runtime_context.get_state(ValueStateDescriptor("alarm-next-timer", Types.LONG()))
         self._subtask = _subtask_index(runtime_context)
