@@ -373,7 +373,8 @@ def soak_summary(samples: list[SoakSample]) -> dict[str, float]:
         ``offered`` and ``processed`` msgs/s after the warm-up, ``backlog_growth`` msgs/s (the
         difference, as the raw topic's lag grew), ``backlog_end`` records, ``rss_first`` /
         ``rss_last`` MiB (mean of the first and last quarter after the warm-up) and
-        ``rss_slope`` MiB per minute (least squares over the same samples),
+        ``rss_slope`` MiB per minute (least squares over the second half of the run: memory
+        that fills caches early and then stays is flat there, a leak is not),
         ``checkpoint_max_ms``, ``checkpoints_failed`` (after the warm-up), ``restarts``.
     """
     warm = [s for s in samples if s.elapsed_s >= 60] or samples
@@ -383,10 +384,12 @@ def soak_summary(samples: list[SoakSample]) -> dict[str, float]:
     span = max(last.elapsed_s - first.elapsed_s, 1e-9)
     quarter = max(len(warm) // 4, 1)
     mib = [s.rss_bytes / 2**20 for s in warm]
-    minutes = [s.elapsed_s / 60 for s in warm]
-    mean_t, mean_m = statistics.fmean(minutes), statistics.fmean(mib)
+    late = warm[len(warm) // 2:] if len(warm) >= 4 else warm
+    late_mib = [s.rss_bytes / 2**20 for s in late]
+    minutes = [s.elapsed_s / 60 for s in late]
+    mean_t, mean_m = statistics.fmean(minutes), statistics.fmean(late_mib)
     spread = sum((t - mean_t) ** 2 for t in minutes)
-    slope = sum((t - mean_t) * (m - mean_m) for t, m in zip(minutes, mib, strict=True)) / spread if spread else 0.0
+    slope = sum((t - mean_t) * (m - mean_m) for t, m in zip(minutes, late_mib, strict=True)) / spread if spread else 0.0
     return {
         "offered": (last.sent - first.sent) / span,
         "processed": (last.consumed - first.consumed) / span,
@@ -480,8 +483,8 @@ def bench_soak(args: argparse.Namespace, settings: Settings) -> int:
     print(f"processed          {summary['processed']:.0f} msgs/s")
     print(f"backlog            grew {summary['backlog_growth']:.0f} msgs/s, {summary['backlog_end']:.0f} records at the end "
           "(in Kafka; the job reads at its own pace)")
-    print(f"memory             {summary['rss_first']:.0f} -> {summary['rss_last']:.0f} MiB, slope {summary['rss_slope']:+.1f} MiB/min "
-          "(job process tree RSS)")
+    print(f"memory             {summary['rss_first']:.0f} -> {summary['rss_last']:.0f} MiB (job process tree RSS), "
+          f"slope {summary['rss_slope']:+.1f} MiB/min over the second half")
     print(f"checkpoints        longest {summary['checkpoint_max_ms']:.0f} ms, {summary['checkpoints_failed']:.0f} failed; "
           f"{summary['restarts']:.0f} restarts")
     return 0

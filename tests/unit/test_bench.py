@@ -48,3 +48,9 @@ def test_process_tree_usage_counts_the_cpu_of_children_that_ended_and_not_before
         time.sleep(0.1)
     assert 0.3 <= usage.cpu_seconds < 5
     assert usage.peak_bytes > 1_000_000
+
+
+def test_memory_that_fills_early_and_stays_is_flat_in_the_second_half():
+    samples = [sample(t, 100 * t, 100 * t, min(2000 + 5 * t, 3000)) for t in range(0, 610, 10)]
+    summary = soak_summary(samples)
+    assert summary["rss_slope"] == pytest.approx(0) and summary["rss_last"] == 3000
