@@ -90,9 +90,16 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         # Keep in-flight data small under backpressure: checkpoint barriers (and alarms) do not
         # queue behind seconds of buffered records.
         "taskmanager.network.memory.buffer-debloat.enabled": "true",
-        "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": "5",
-        "restart-strategy.fixed-delay.delay": "1 s",
+        # Restarts back off 1 s, 1.5 s, 2.25 s … up to 30 s apart and never run out, so an outage
+        # of the broker, a database or the catalog is waited out however long it lasts (a fixed
+        # number of attempts counts every failure of the job's life, and five 1 s restarts span
+        # seconds); after 10 minutes without a failure the next one restarts after 1 s again.
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "1 s",
+        "restart-strategy.exponential-delay.backoff-multiplier": "1.5",
+        "restart-strategy.exponential-delay.max-backoff": "30 s",
+        "restart-strategy.exponential-delay.jitter-factor": "0.1",
+        "restart-strategy.exponential-delay.reset-backoff-threshold": "10 min",
         "python.execution-mode": settings.flink.execution_mode,
         "python.fn-execution.bundle.size": "1000",
         "python.fn-execution.bundle.time": "200",
