@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import orjson
 
-from connectors.sink_retry import RetryingBatchWriter
+from connectors.sink_retry import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_MAX_BACKOFF_S, RetryingBatchWriter
 from operators.windows import merge_partials, partial_from_json, partial_to_json
 
 DEFAULT_DATABASE = "iotlink"
@@ -283,14 +283,14 @@ class MongoHotWriter(RetryingBatchWriter):
     Args:
         url: ``mongodb://`` URL; its path names the database.
         max_backoff_s: Upper bound of the doubling retry delay (starts at 0.5 s).
-        give_up_after_s: Raise after failing this long (None: keep trying; the job shows
-            backpressure meanwhile and loses nothing).
+        give_up_after_s: Raise when a batch has been failing this long (the job backs up
+            meanwhile and loses nothing; then it restarts from its last checkpoint).
         sleep: Injected for tests.
     """
 
     label = "mongo"
 
-    def __init__(self, url: str, max_backoff_s: float = 30.0, give_up_after_s: float | None = None,
+    def __init__(self, url: str, max_backoff_s: float = DEFAULT_MAX_BACKOFF_S, give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
                  sleep: Callable[[float], None] = time.sleep):
         super().__init__(url, max_backoff_s, give_up_after_s, sleep)
         self._db = None

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.sink_retry import RetryingBatchWriter
+from connectors.sink_retry import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_MAX_BACKOFF_S, RetryingBatchWriter
 from operators.spec_loading import DeviceInfo, SpecLoadError, load_device_registry_file
 from operators.value_repr import masked_url
 
@@ -121,13 +121,13 @@ class PostgresBatchWriter(RetryingBatchWriter):
     Args:
         url: ``postgresql://`` connection string.
         max_backoff_s: Upper bound of the doubling reconnect delay (starts at 0.5 s).
-        give_up_after_s: Raise after failing this long (None: keep trying).
+        give_up_after_s: Raise when a batch has been failing this long (None: keep trying).
         sleep: Injected for tests.
     """
 
     label = "postgres"
 
-    def __init__(self, url: str, max_backoff_s: float = 30.0, give_up_after_s: float | None = None,
+    def __init__(self, url: str, max_backoff_s: float = DEFAULT_MAX_BACKOFF_S, give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
                  sleep: Callable[[float], None] = time.sleep):
         super().__init__(url, max_backoff_s, give_up_after_s, sleep)
         self._conn = None

@@ -1,6 +1,13 @@
 """The retry loop the database sinks share: a batch is written in one attempt and retried whole
 with doubling back-off while the server is unreachable (every statement is idempotent, so a
-batch written twice is harmless; meanwhile the job backs up, nothing is dropped)."""
+batch written twice is harmless; meanwhile the job backs up, nothing is dropped), for a bounded
+time: then the write raises, the task fails and Flink's restart strategy takes over.
+
+Why bounded: in the job's thread execution mode a writer runs in its task's own thread, which
+Flink's cancellation cannot interrupt while Python waits, so a task retrying in place holds up
+every failover of the job (another sink failing on the same outage, a checkpoint timing out)
+until its retry ends, and past Flink's ``task.cancellation.timeout`` (180 s) the TaskManager is
+killed as stuck."""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BACKOFF_S = 10.0  # retries at least this often, so a server that is back is used soon
+DEFAULT_GIVE_UP_AFTER_S = 60.0  # rides out a minute of outage in place; longer, the job restarts
 
 
 @dataclass
@@ -27,14 +37,14 @@ class RetryingBatchWriter:
     Args:
         url: Server URL.
         max_backoff_s: Upper bound of the doubling retry delay (starts at 0.5 s).
-        give_up_after_s: Raise after failing this long (None: keep trying; Flink then shows
-            backpressure, and the job fails over only if it is cancelled or times out).
+        give_up_after_s: Raise when a batch has been failing this long (None: keep trying, for
+            callers outside a Flink task).
         sleep: Injected for tests.
     """
 
     label = "sink"  # names the sink in log lines
 
-    def __init__(self, url: str, max_backoff_s: float = 30.0, give_up_after_s: float | None = None,
+    def __init__(self, url: str, max_backoff_s: float = DEFAULT_MAX_BACKOFF_S, give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
                  sleep: Callable[[float], None] = time.sleep):
         self.url = url
         self.max_backoff_s = max_backoff_s

@@ -68,6 +68,7 @@ def _announce_specs(settings: Settings) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the telemetry job on the local MiniCluster."""
+    from jobs.checkpoints import LATEST, newest_checkpoint
     from jobs.telemetry_job import options_from_args, run_telemetry_job
 
     options = options_from_args(args)
@@ -76,6 +77,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         print(f"telemetry job '{options.job_name}': {settings.topics.raw} -> {settings.topics.telemetry} (+ {settings.topics.dlq})")
         print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}   checkpoints: {settings.checkpoint_dir}", flush=True)
+        if options.restore_from == LATEST:
+            print(f"restoring from {newest_checkpoint(settings.checkpoint_dir)}", flush=True)
         run_telemetry_job(settings, options)
         print("job finished")
     except KeyboardInterrupt:

@@ -162,9 +162,15 @@ class EmbeddedPostgres:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database or self.database}"
 
     def stop(self) -> None:
-        """Stops the server (fast shutdown) and waits for it."""
+        """Stops the server (fast shutdown) and waits for it.
+
+        Raises:
+            StackError: the server is still running afterwards, with pg_ctl's output.
+        """
         if (self.data_dir / "postmaster.pid").exists():
-            self._run([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], timeout=60)
+            result = self._run([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], timeout=60)
+            if (self.data_dir / "postmaster.pid").exists():
+                raise StackError(f"PostgreSQL on port {self.port} did not stop: {(result.stderr or result.stdout).strip()[-500:]}")
 
 
 def _mqtt_command(port: int, work_dir: Path) -> list[str]:
@@ -471,17 +477,21 @@ class EmbeddedStack:
             self._spawn("mqtt", command, ports.mqtt)
             self.endpoints["mqtt"] = f"mqtt://127.0.0.1:{ports.mqtt}"
         if "mongo" in self.components:
-            # A MongoDB wire-protocol server on SQLite (nx-27017): no MongoDB server installs
-            # from the package registries here; the docker stack runs real MongoDB.
-            mongo_dir = self.data_dir / "mongo"
-            mongo_dir.mkdir(parents=True, exist_ok=True)
-            self._spawn(
-                "mongo",
-                [str(Path(sys.executable).parent / "nx-27017"), "--data-dir", str(mongo_dir), "--host", "127.0.0.1",
-                 "-p", str(ports.mongo), "--log-file", str(mongo_dir / "server.log"), "--pid-file", str(mongo_dir / "server.pid")],
-                ports.mongo,
-            )
+            self._spawn_mongo()
             self.endpoints["mongo"] = f"mongodb://127.0.0.1:{ports.mongo}/iotlink"
+
+    def _spawn_mongo(self) -> None:
+        # A MongoDB wire-protocol server on SQLite (nx-27017): no MongoDB server installs from
+        # the package registries here; the docker stack runs real MongoDB.
+        mongo_dir = self.data_dir / "mongo"
+        mongo_dir.mkdir(parents=True, exist_ok=True)
+        port = self.settings.ports.mongo
+        self._spawn(
+            "mongo",
+            [str(Path(sys.executable).parent / "nx-27017"), "--data-dir", str(mongo_dir), "--host", "127.0.0.1",
+             "-p", str(port), "--log-file", str(mongo_dir / "server.log"), "--pid-file", str(mongo_dir / "server.pid")],
+            port,
+        )
 
     def stop_kafka(self) -> None:
         """Stops this stack's Kafka broker alone (a broker outage under running clients)."""
@@ -498,6 +508,35 @@ class EmbeddedStack:
         if "kafka" not in self._procs:
             self._spawn("kafka", self.kafka.command(), self.kafka.port, timeout_s=90)
             wait_for_kafka(self.kafka.bootstrap, timeout_s=90)
+
+    def stop_postgres(self) -> None:
+        """Stops this stack's PostgreSQL alone (fast shutdown: open sessions are ended), keeping its data."""
+        if self._postgres is None:
+            raise StackError("postgres is not running in this stack")
+        self._postgres.stop()
+
+    def start_postgres(self) -> None:
+        """Starts this stack's PostgreSQL again on the same port and data, after :meth:`stop_postgres`."""
+        if self._postgres is None:
+            raise StackError("postgres is not a component of this stack")
+        self._postgres.start()
+
+    def stop_mongo(self) -> None:
+        """Stops this stack's MongoDB wire-protocol server alone, keeping its data."""
+        proc = self._procs.pop("mongo", None)
+        if proc is not None:
+            _stop_process(proc)
+
+    def start_mongo(self) -> None:
+        """Starts this stack's MongoDB wire-protocol server again on the same port and data, after
+        :meth:`stop_mongo` or after its process died."""
+        if "mongo" not in self.components:
+            raise StackError("mongo is not a component of this stack")
+        proc = self._procs.get("mongo")
+        if proc is not None and proc.poll() is None:
+            return
+        self._procs.pop("mongo", None)
+        self._spawn_mongo()
 
     def settings_with_endpoints(self) -> Settings:
         """The settings with every started endpoint filled in."""

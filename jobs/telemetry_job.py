@@ -28,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connectors.jars import pipeline_jars_option  # noqa: E402
+from jobs.checkpoints import LATEST, newest_checkpoint  # noqa: E402
 from jobs.config import Settings  # noqa: E402
 
 JOB_NAME = "iotlink-telemetry"
@@ -40,7 +41,8 @@ class RunOptions:
     Attributes:
         stop_offsets: Partition -> end offset of the raw topic; makes the job bounded.
         start_offsets: Partition -> start offset; default committed offsets, else earliest.
-        restore_from: Checkpoint or savepoint path to restore state from.
+        restore_from: Checkpoint or savepoint path to restore state from; ``latest``: the newest
+            completed checkpoint of the checkpoint directory.
         fail_after: Test-only fault: fail once after this many records.
         fail_marker: File that records that the fault has fired.
         job_name: Flink job name.
@@ -90,9 +92,16 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         # Keep in-flight data small under backpressure: checkpoint barriers (and alarms) do not
         # queue behind seconds of buffered records.
         "taskmanager.network.memory.buffer-debloat.enabled": "true",
-        "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": "5",
-        "restart-strategy.fixed-delay.delay": "1 s",
+        # Restarts back off 1 s, 1.5 s, 2.25 s … up to 30 s apart and never run out, so an outage
+        # of the broker, a database or the catalog is waited out however long it lasts (a fixed
+        # number of attempts counts every failure of the job's life, and five 1 s restarts span
+        # seconds); after 10 minutes without a failure the next one restarts after 1 s again.
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "1 s",
+        "restart-strategy.exponential-delay.backoff-multiplier": "1.5",
+        "restart-strategy.exponential-delay.max-backoff": "30 s",
+        "restart-strategy.exponential-delay.jitter-factor": "0.1",
+        "restart-strategy.exponential-delay.reset-backoff-threshold": "10 min",
         "python.execution-mode": settings.flink.execution_mode,
         "python.fn-execution.bundle.size": "1000",
         "python.fn-execution.bundle.time": "200",
@@ -121,10 +130,13 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         conf["metrics.reporter.prom.factory.class"] = PROMETHEUS_REPORTER_FACTORY
         conf["metrics.reporter.prom.port"] = str(options.prometheus_port)
     if options.restore_from:
-        path = Path(options.restore_from)
+        restore_from = options.restore_from
+        if restore_from == LATEST:
+            restore_from = str(newest_checkpoint(checkpoint_dir))
+        path = Path(restore_from)
         # A URI (file:/…, s3://…, as Flink reports savepoint locations) is used as given.
-        has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", options.restore_from) is not None
-        conf["execution.state-recovery.path"] = options.restore_from if has_scheme else path.resolve().as_uri()
+        has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", restore_from) is not None
+        conf["execution.state-recovery.path"] = restore_from if has_scheme else path.resolve().as_uri()
     return conf
 
 
@@ -680,7 +692,9 @@ def run_telemetry_job(settings: Settings, options: RunOptions, on_started: Calla
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the per-run options of the telemetry job to a parser."""
     parser.add_argument(
-        "--restore", metavar="PATH", help="restore state from this checkpoint (…/chk-N) or savepoint directory"
+        "--restore", metavar="PATH",
+        help="restore state from this checkpoint (…/chk-N) or savepoint directory; 'latest': the newest completed "
+        "checkpoint of the (local) checkpoint directory",
     )
     parser.add_argument(
         "--stop-offsets",

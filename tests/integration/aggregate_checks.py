@@ -1,4 +1,5 @@
-"""Independent computations the sink tests compare the job's PostgreSQL and Iceberg contents with."""
+"""Independent computations the sink tests compare the job's PostgreSQL, Iceberg and MongoDB
+contents with, and the check that every sink holds exactly what the input makes."""
 
 import math
 import statistics
@@ -7,10 +8,15 @@ from collections import Counter, defaultdict
 import orjson
 import psycopg
 
+from connectors.iceberg import open_catalog
+from connectors.kafka import read_topic
+from connectors.mongo import open_database
 from jobs.telemetry_job import decoder_registry_factory
 from operators.decode import decode_raw_record
 from operators.envelope import parse_envelope
 from operators.windows import SIZES, numeric_metrics
+
+HOUR = 3_600_000
 
 
 def decoded_records(values, settings, deduplicate: bool):
@@ -26,6 +32,42 @@ def decoded_records(values, settings, deduplicate: bool):
             seen.add(identity)
             records.append(record)
     return records
+
+
+def expected_kafka_outputs(values, settings):
+    """What the pure decoder (same specs as the job) makes of raw values, as the job's Kafka
+    outputs hold it: telemetry (device, device time, metrics JSON) and dead letters (reason,
+    payload), each a multiset."""
+    registry = decoder_registry_factory(settings)()
+    telemetry, dead = Counter(), Counter()
+    for value in values:
+        out = decode_raw_record(value, registry, 0)
+        for record in out.records:
+            telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
+        for letter in out.dead_letters:
+            dead[(letter["reason_code"], letter["payload"])] += 1
+    return telemetry, dead
+
+
+def kafka_outputs(settings, received_ats=None, read_committed=True):
+    """The job's telemetry and dead letters on Kafka, as :func:`expected_kafka_outputs` counts
+    them: all of the topics, or (on topics other runs write too) those whose envelopes were
+    received at one of ``received_ats`` (each run stamps its own)."""
+    telemetry = Counter()
+    for value in read_topic(settings.bootstrap_servers, settings.topics.telemetry, read_committed=read_committed):
+        record = orjson.loads(value)
+        if received_ats is None or record["ingest_ts"] in received_ats:
+            telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
+    return telemetry, kafka_dead_letters(settings, received_ats, read_committed)
+
+
+def kafka_dead_letters(settings, received_ats=None, read_committed=True):
+    """The dead letters on Kafka (reason, payload), selected as :func:`kafka_outputs` does."""
+    dead = Counter()
+    for letter in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.dlq, read_committed=read_committed)):
+        if received_ats is None or letter["received_at"] in received_ats:
+            dead[(letter["reason_code"], letter["payload"])] += 1
+    return dead
 
 
 def expected_aggregates(records):
@@ -188,3 +230,96 @@ def hot_layer_differences(db, records, unique, devices, alarm_events, want, sinc
         if got is None or (got["count"], got["min"], got["max"]) != want_day or not close(got["sum"], math.fsum(values)):
             return f"product_summary_1d {product} {day} {metric}: {got} != {want_day} sum {math.fsum(values)}"
     return None
+
+
+def assert_sinks_hold_exactly(settings, values, fleet, since, until):
+    """Asserts that every sink holds exactly what the raw ``values`` make, nothing lost or doubled:
+    Kafka ``telemetry`` and ``dlq`` read committed hold each decoded record and each dead letter
+    once, the PostgreSQL aggregates of the fleet's windows in [since, until) equal the independent
+    computation, Iceberg ``raw_payloads`` and ``telemetry`` hold each raw record and each decoded
+    record of the raw topic once, Iceberg ``agg_1h`` holds the same hours with no repeated
+    version, PostgreSQL ``alarm_events``, Kafka ``alarms`` read committed and Iceberg
+    ``alarm_events`` hold the same events once each, and the MongoDB hot layer
+    (``settings.mongo_url``) matches the input. The topics must be the run's own.
+
+    Returns:
+        The Iceberg ``raw_payloads`` table, for further checks.
+    """
+    records = decoded_records(values, settings, deduplicate=False)
+    unique = decoded_records(values, settings, deduplicate=True)
+    assert len(values) > 3000 and len(unique) > 2000
+    (want_kafka, want_dead), (got_kafka, got_dead) = expected_kafka_outputs(values, settings), kafka_outputs(settings)
+    assert got_kafka == want_kafka, (
+        f"Kafka telemetry (read committed): {sum((want_kafka - got_kafka).values())} missing, e.g. {list(want_kafka - got_kafka)[:2]}; "
+        f"{sum((got_kafka - want_kafka).values())} extra, e.g. {list(got_kafka - want_kafka)[:2]}"
+    )
+    assert got_dead == want_dead, f"Kafka dead letters: {sum((want_dead - got_dead).values())} missing, {sum((got_dead - want_dead).values())} extra"
+    want = {k: v for k, v in expected_aggregates(unique).items() if since <= k[4] < until}
+    got = postgres_aggregates(settings, {d.device_id for d in fleet}, {r["product_id"] for r in unique}, since, until)
+    assert len(want) > 500
+    problem = aggregate_differences(got, want)
+    assert problem is None, problem
+    catalog = open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse)
+    raw = catalog.load_table("iotlink.raw_payloads")
+    got_raw, want_raw = iceberg_raw_payloads(raw, settings.topics.raw), expected_raw_payloads(values)
+    assert got_raw == want_raw, (
+        f"raw_payloads: {sum((got_raw - want_raw).values())} extra, e.g. {list(got_raw - want_raw)[:2]}; "
+        f"{sum((want_raw - got_raw).values())} missing, e.g. {list(want_raw - got_raw)[:2]}"
+    )
+    telemetry = catalog.load_table("iotlink.telemetry")
+    got_telemetry, want_telemetry = iceberg_telemetry(telemetry, settings.topics.raw), expected_iceberg_telemetry(records)
+    assert got_telemetry == want_telemetry, (
+        f"telemetry: extra {list((got_telemetry - want_telemetry).items())[:3]}, missing {list((want_telemetry - got_telemetry).items())[:3]}"
+    )
+    hourly, repeats = iceberg_hourly(catalog.load_table("iotlink.agg_1h"), since, until)
+    want_hourly = {k: v for k, v in want.items() if k[0] == "agg_1h"}
+    assert repeats == 0
+    problem = aggregate_differences(hourly, want_hourly)
+    assert problem is None, f"iceberg agg_1h: {problem}"
+    # (The stores may hold other runs' events of the same device ids, on other days.)
+    fleet_ids = {d.device_id for d in fleet}
+    with psycopg.connect(settings.postgres_url) as conn:
+        postgres_events = Counter(conn.execute(
+            "SELECT alarm_id, event, device_ts FROM alarm_events WHERE device_id = ANY(%s) AND device_ts >= %s AND device_ts < %s",
+            (sorted(fleet_ids), since, until),
+        ).fetchall())
+    events = catalog.load_table("iotlink.alarm_events").scan().to_arrow()
+    iceberg_events = Counter(
+        (a, e, ts // 1000) for a, e, d, ts in zip(events["alarm_id"].to_pylist(), events["event"].to_pylist(),
+                                              events["device_id"].to_pylist(), events["device_ts"].cast("int64").to_pylist(), strict=True)
+        if d in fleet_ids and since <= ts // 1000 < until
+    )
+    assert postgres_events, "no alarm events in PostgreSQL"
+    kafka_events = Counter((e["alarm_id"], e["event"], e["device_ts"]) for e in map(orjson.loads, read_topic(
+        settings.bootstrap_servers, settings.topics.alarms)) if e.get("alarm_id") and e.get("device_id") in fleet_ids
+        and since <= e["device_ts"] < until)
+    assert kafka_events == postgres_events, (
+        f"Kafka alarms (read committed): extra {list((kafka_events - postgres_events).items())[:3]}, "
+        f"missing {list((postgres_events - kafka_events).items())[:3]}"
+    )
+    assert all(n == 1 for n in postgres_events.values()), f"alarm events twice in PostgreSQL: {[e for e, n in postgres_events.items() if n > 1][:3]}"
+    assert iceberg_events == postgres_events, (
+        f"Iceberg alarm_events: extra {list((iceberg_events - postgres_events).items())[:3]}, "
+        f"missing {list((postgres_events - iceberg_events).items())[:3]}"
+    )
+    with psycopg.connect(settings.postgres_url) as conn:
+        # (The database is shared: other tests' fleets have the same device ids, on other days.)
+        alarm_events = conn.execute(
+            "SELECT alarm_id, event, device_id FROM alarm_events WHERE device_id = ANY(%s) AND device_ts >= %s AND device_ts < %s",
+            (sorted(d.device_id for d in fleet), since, until),
+        ).fetchall()
+    problem = hot_layer_differences(open_database(settings.mongo_url), records, unique, [d.device_id for d in fleet], alarm_events,
+                                    want, since, until)
+    assert problem is None, f"mongo: {problem}"
+    return raw
+
+
+def sinks_hold_exactly(settings, values, fleet, since, until) -> bool:
+    """:func:`assert_sinks_hold_exactly` as a condition to poll (the caller asserts afterwards,
+    which says what is missing)."""
+    try:
+        assert_sinks_hold_exactly(settings, values, fleet, since, until)
+    except AssertionError:
+        return False
+    return True
+

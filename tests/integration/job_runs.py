@@ -1,10 +1,58 @@
-"""Running the telemetry job unbounded in tests: wait until it caught up, then cancel."""
+"""Running the telemetry job unbounded in tests: its input, topics and hot layer of a test's
+own, waiting until it caught up, stopping it with a savepoint, cancelling it."""
 
+import dataclasses
 import time
 from pathlib import Path
 
+from kafka import KafkaProducer
+
+from connectors.mongo import init_collections, open_database
 from iotlink.live import FlinkRest
+from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka
 from jobs.telemetry_job import create_job
+
+
+def produce(settings, fleet, start, steps, seed):
+    """Sends the fleet's messages (plus redelivered duplicates); returns the values and end offsets."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20)
+    messages = list(FleetSimulator(fleet, seed=seed, interval_ms=2_000).messages(start, steps))
+    messages += messages[::23]  # QoS 1 redeliveries
+    values, futures, ends = [], [], {}
+    for message in messages:
+        key, value = encode_for_kafka(message, message.device_ts + 500)
+        futures.append(producer.send(settings.topics.raw, key=key, value=value))
+        values.append(value)
+    for future in futures:
+        meta = future.get(30)
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    producer.close()
+    return values, ends
+
+
+def produce_ticks(settings, partitions, ts):
+    """One valid reading per raw partition at ``ts``, from devices outside the fleet."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    device = build_fleet(1, forms=("json",), seed=1)[0]
+    values = []
+    for p in partitions:
+        tick = dataclasses.replace(device, device_id=f"tick-{p}", hub_id="nohub")
+        message = next(iter(FleetSimulator([tick], seed=p).messages(ts, 1)))
+        key, value = encode_for_kafka(message, ts + 500)
+        producer.send(settings.topics.raw, key=key, value=value, partition=p).get(30)
+        values.append(value)
+    producer.close()
+    return values
+
+
+def with_own_hot_layer(settings, mongo_url, name):
+    """The settings with a MongoDB database of their own."""
+    url = mongo_url.rsplit("/", 1)[0] + f"/{name}"
+    db = open_database(url)
+    for collection in db.list_collection_names():
+        db.drop_collection(collection)
+    init_collections(db)
+    return settings.model_copy(update={"mongo_url": url})
 
 
 def run_until_caught_up(settings, options, expected_in, while_running=None, timeout_s=150, until=None):

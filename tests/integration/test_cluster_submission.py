@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aggregate_checks import expected_kafka_outputs, kafka_outputs
 from job_runs import with_own_topics
 from kafka import KafkaProducer
-from test_telemetry_job import START, actual_outputs, expected_outputs, telemetry_gap
+from test_telemetry_job import START, telemetry_gap
 
 from iotlink.cluster import TELEMETRY_SCRIPT, FlinkCluster, running_cluster, telemetry_job_arguments
 from iotlink.live import FlinkRest
@@ -81,7 +82,7 @@ def wait_until_finished(rest: FlinkRest, job_id: str, timeout_s: float = 30) -> 
 def wait_for_outputs(settings, received_ats, want, timeout_s: float = 90) -> None:
     """Polls the committed telemetry and dead letters until they equal ``want`` (then returns)."""
     deadline = time.monotonic() + timeout_s
-    while actual_outputs(settings, received_ats) != want and time.monotonic() < deadline:
+    while kafka_outputs(settings, received_ats) != want and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -122,9 +123,9 @@ def test_flink_run_py_on_a_standalone_cluster_then_savepoint_and_resubmit_are_ex
         job_id = submitted_job_id(flink(cluster, *run, *job_args))
         wait_until_running(rest, job_id)
         first = produce(settings, devices=20, steps=30, seed=101, start_ts=start)
-        want_first = expected_outputs(first, settings)
+        want_first = expected_kafka_outputs(first, settings)
         wait_for_outputs(settings, {first_at}, want_first)
-        got = actual_outputs(settings, {first_at})
+        got = kafka_outputs(settings, {first_at})
         assert got == want_first, telemetry_gap(settings, want_first[0], got[0], {first_at})
         assert sum(want_first[0].values()) > 200 and sum(want_first[1].values()) > 20
 
@@ -138,12 +139,12 @@ def test_flink_run_py_on_a_standalone_cluster_then_savepoint_and_resubmit_are_ex
         wait_until_running(rest, resumed_id)
         restored = rest.get(f"/jobs/{resumed_id}/checkpoints")["latest"]["restored"]
         assert restored is not None and restored["is_savepoint"], restored
-        want_both = expected_outputs(first + second, settings)
+        want_both = expected_kafka_outputs(first + second, settings)
         wait_for_outputs(settings, {first_at, second_at}, want_both)
         # Stopping commits the last transactions: whatever the second run wrote is visible now.
         flink(cluster, "stop", "--savepointPath", (tmp_path / "savepoints").as_uri(), resumed_id)
         wait_until_finished(rest, resumed_id)
-        got = actual_outputs(settings, {first_at, second_at})
+        got = kafka_outputs(settings, {first_at, second_at})
         assert got[0] == want_both[0], telemetry_gap(settings, want_both[0], got[0], {first_at, second_at})
         assert got[1] == want_both[1], f"dead letters: {sum((want_both[1] - got[1]).values())} missing, {sum((got[1] - want_both[1]).values())} extra"
     finally:

@@ -3,114 +3,19 @@ checkpoint, and after a stop with a savepoint and a resume from it, every Postgr
 equals an independent computation from the input, Iceberg ``telemetry`` holds each decoded
 record exactly once, ``raw_payloads`` holds each raw record's original bytes exactly once, and
 the MongoDB hot layer holds each device's newest reading, the alarms still
-active and the product summaries of the input."""
+active and the product summaries of the input; the Kafka outputs read committed hold each
+record once."""
 
-import dataclasses
-from collections import Counter
-
-import psycopg
 import pytest
-from aggregate_checks import (
-    aggregate_differences,
-    decoded_records,
-    expected_aggregates,
-    expected_iceberg_telemetry,
-    expected_raw_payloads,
-    hot_layer_differences,
-    iceberg_hourly,
-    iceberg_raw_payloads,
-    iceberg_telemetry,
-    postgres_aggregates,
-)
-from job_runs import run_until_caught_up, stop_with_savepoint, with_own_topics
-from kafka import KafkaProducer
+from aggregate_checks import HOUR, assert_sinks_hold_exactly, sinks_hold_exactly
+from job_runs import produce, produce_ticks, run_until_caught_up, stop_with_savepoint, with_own_hot_layer, with_own_topics
 from pyiceberg.expressions import EqualTo
 
-from connectors.iceberg import open_catalog
 from connectors.kafka import end_offsets
-from connectors.mongo import init_collections, open_database
-from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
+from iotlink.simulator import build_fleet, parse_profile_mix
 from jobs.telemetry_job import RunOptions, run_telemetry_job
 
 pytestmark = pytest.mark.integration
-HOUR = 3_600_000
-
-
-def produce(settings, fleet, start, steps, seed):
-    """Sends the fleet's messages (plus redelivered duplicates); returns the values and end offsets."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20)
-    messages = list(FleetSimulator(fleet, seed=seed, interval_ms=2_000).messages(start, steps))
-    messages += messages[::23]  # QoS 1 redeliveries
-    values, futures, ends = [], [], {}
-    for message in messages:
-        key, value = encode_for_kafka(message, message.device_ts + 500)
-        futures.append(producer.send(settings.topics.raw, key=key, value=value))
-        values.append(value)
-    for future in futures:
-        meta = future.get(30)
-        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-    producer.close()
-    return values, ends
-
-
-def assert_sinks_hold_exactly(settings, values, fleet, since, until):
-    records = decoded_records(values, settings, deduplicate=False)
-    unique = decoded_records(values, settings, deduplicate=True)
-    assert len(values) > 3000 and len(unique) > 2000
-    want = {k: v for k, v in expected_aggregates(unique).items() if since <= k[4] < until}
-    got = postgres_aggregates(settings, {d.device_id for d in fleet}, {r["product_id"] for r in unique}, since, until)
-    assert len(want) > 500
-    problem = aggregate_differences(got, want)
-    assert problem is None, problem
-    catalog = open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse)
-    raw = catalog.load_table("iotlink.raw_payloads")
-    got_raw, want_raw = iceberg_raw_payloads(raw, settings.topics.raw), expected_raw_payloads(values)
-    assert got_raw == want_raw, (
-        f"raw_payloads: {sum((got_raw - want_raw).values())} extra, e.g. {list(got_raw - want_raw)[:2]}; "
-        f"{sum((want_raw - got_raw).values())} missing, e.g. {list(want_raw - got_raw)[:2]}"
-    )
-    telemetry = catalog.load_table("iotlink.telemetry")
-    got_telemetry, want_telemetry = iceberg_telemetry(telemetry, settings.topics.raw), expected_iceberg_telemetry(records)
-    assert got_telemetry == want_telemetry, (
-        f"telemetry: extra {list((got_telemetry - want_telemetry).items())[:3]}, missing {list((want_telemetry - got_telemetry).items())[:3]}"
-    )
-    hourly, repeats = iceberg_hourly(catalog.load_table("iotlink.agg_1h"), since, until)
-    want_hourly = {k: v for k, v in want.items() if k[0] == "agg_1h"}
-    assert repeats == 0
-    problem = aggregate_differences(hourly, want_hourly)
-    assert problem is None, f"iceberg agg_1h: {problem}"
-    with psycopg.connect(settings.postgres_url) as conn:
-        postgres_events = Counter(conn.execute(
-            "SELECT alarm_id, event, device_ts FROM alarm_events WHERE device_id = ANY(%s)", (sorted(d.device_id for d in fleet),)
-        ).fetchall())
-    events = catalog.load_table("iotlink.alarm_events").scan().to_arrow()
-    iceberg_events = Counter(
-        (a, e, ts // 1000) for a, e, d, ts in zip(events["alarm_id"].to_pylist(), events["event"].to_pylist(),
-                                              events["device_id"].to_pylist(), events["device_ts"].cast("int64").to_pylist(), strict=True)
-        if d in {f.device_id for f in fleet}
-    )
-    assert postgres_events and all(n == 1 for n in postgres_events.values())
-    assert iceberg_events == postgres_events
-    with psycopg.connect(settings.postgres_url) as conn:
-        # (The database is shared: other tests' fleets have the same device ids, on other days.)
-        alarm_events = conn.execute(
-            "SELECT alarm_id, event, device_id FROM alarm_events WHERE device_id = ANY(%s) AND device_ts >= %s AND device_ts < %s",
-            (sorted(d.device_id for d in fleet), since, until),
-        ).fetchall()
-    problem = hot_layer_differences(open_database(settings.mongo_url), records, unique, [d.device_id for d in fleet], alarm_events,
-                                    want, since, until)
-    assert problem is None, f"mongo: {problem}"
-    return raw
-
-
-def with_own_hot_layer(settings, mongo_url, name):
-    """The settings with a MongoDB database of their own."""
-    url = mongo_url.rsplit("/", 1)[0] + f"/{name}"
-    db = open_database(url)
-    for collection in db.list_collection_names():
-        db.drop_collection(collection)
-    init_collections(db)
-    return settings.model_copy(update={"mongo_url": url})
 
 
 def test_crash_after_a_checkpoint_restores_without_loss_or_duplicates(settings, mongo_url, tmp_path):
@@ -160,31 +65,11 @@ def test_stop_with_savepoint_and_resume_without_loss_or_duplicates(settings, mon
     second, _ = produce(settings, fleet, start + 120_000, 60, seed=44)
     ticks = produce_ticks(settings, partitions, start + 86_400_000)
     values = first + second + ticks
-
-    def complete():
-        try:
-            assert_sinks_hold_exactly(settings, values, fleet, start - HOUR, start + 2 * HOUR)
-            return True
-        except AssertionError:
-            return False
-
     # Resumed from the savepoint, the job reads on from its offsets; the ticks (a day later, one
     # per partition) move event time past every window, so all of them fire.
+    # (Asserted while the job runs: a cancelled job leaves its open Kafka transactions holding back
+    # what read_committed readers see until they time out.)
     run_until_caught_up(settings, RunOptions(restore_from=savepoint, job_name="it-eo-savepoint"), len(second) + len(ticks),
-                        until=complete)
-    assert_sinks_hold_exactly(settings, values, fleet, start - HOUR, start + 2 * HOUR)
+                        until=lambda: sinks_hold_exactly(settings, values, fleet, start - HOUR, start + 2 * HOUR),
+                        while_running=lambda rest, job_id: assert_sinks_hold_exactly(settings, values, fleet, start - HOUR, start + 2 * HOUR))
 
-
-def produce_ticks(settings, partitions, ts):
-    """One valid reading per raw partition at ``ts``, from devices outside the fleet."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-    device = build_fleet(1, forms=("json",), seed=1)[0]
-    values = []
-    for p in partitions:
-        tick = dataclasses.replace(device, device_id=f"tick-{p}", hub_id="nohub")
-        message = next(iter(FleetSimulator([tick], seed=p).messages(ts, 1)))
-        key, value = encode_for_kafka(message, ts + 500)
-        producer.send(settings.topics.raw, key=key, value=value, partition=p).get(30)
-        values.append(value)
-    producer.close()
-    return values

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aggregate_checks import expected_kafka_outputs, kafka_dead_letters, kafka_outputs
 from job_runs import run_until_caught_up, with_own_topics
 from kafka import KafkaProducer
 
 from connectors.kafka import end_offsets, read_topic
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from iotlink.stack import free_port
-from jobs.telemetry_job import RunOptions, decoder_registry_factory, run_telemetry_job
-from operators.decode import decode_raw_record
+from jobs.telemetry_job import RunOptions, run_telemetry_job
 
 pytestmark = pytest.mark.integration
 START = 1_756_653_767_000
@@ -36,47 +36,15 @@ def produce(settings, devices, steps, seed, start_ts=START):
     return values, ends
 
 
-def expected_outputs(values, settings):
-    """What the pure decoder (same specs as the job) makes of the inputs: telemetry keys and dead letters."""
-    registry = decoder_registry_factory(settings)()
-    telemetry, dead = Counter(), Counter()
-    for value in values:
-        out = decode_raw_record(value, registry, 0)
-        for record in out.records:
-            telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
-        for letter in out.dead_letters:
-            dead[(letter["reason_code"], letter["payload"])] += 1
-    return telemetry, dead
-
-
-def actual_outputs(settings, received_ats, read_committed=True):
-    """This test's outputs: the shared topics hold other tests' records too, so select by the
-    receive times this test stamped on its envelopes (each test uses its own)."""
-    telemetry = Counter()
-    for value in read_topic(settings.bootstrap_servers, settings.topics.telemetry, read_committed=read_committed):
-        record = orjson.loads(value)
-        if record["ingest_ts"] in received_ats:
-            telemetry[(record["device_id"], record["device_ts"], orjson.dumps(record["metrics"]))] += 1
-    return telemetry, actual_dead_letters(settings, received_ats, read_committed)
-
-
-def actual_dead_letters(settings, received_ats, read_committed=True):
-    dead = Counter()
-    for letter in map(orjson.loads, read_topic(settings.bootstrap_servers, settings.topics.dlq, read_committed=read_committed)):
-        if letter["received_at"] in received_ats:
-            dead[(letter["reason_code"], letter["payload"])] += 1
-    return dead
-
-
 def assert_dead_letters(settings, want, received_ats):
     """The committed dead letters equal ``want``: each exactly once."""
-    got = actual_dead_letters(settings, received_ats)
+    got = kafka_dead_letters(settings, received_ats)
     assert got == want, f"dead letters: {sum((want - got).values())} missing, {sum((got - want).values())} extra; missing: {dict(want - got)}"
 
 
 def outputs_written(settings, received_ats, want) -> bool:
     """Whether a run's outputs (telemetry, dead letters) are all committed."""
-    return actual_outputs(settings, received_ats) == want
+    return kafka_outputs(settings, received_ats) == want
 
 
 def current_ends(settings):
@@ -102,8 +70,8 @@ def test_bounded_run_produces_exactly_the_decoded_set(job_settings):
     partitions = sorted(set(before) | set(ends))
     run_telemetry_job(settings, RunOptions(start_offsets=offsets_arg(before, partitions), stop_offsets=offsets_arg(
         {**before, **ends}, partitions), job_name="it-bounded"))
-    want_telemetry, want_dead = expected_outputs(values, settings)
-    got_telemetry, _ = actual_outputs(settings, {START + 200_000})
+    want_telemetry, want_dead = expected_kafka_outputs(values, settings)
+    got_telemetry, _ = kafka_outputs(settings, {START + 200_000})
     assert sum(want_dead.values()) > 50 and sum(want_telemetry.values()) > 300
     assert got_telemetry == want_telemetry, telemetry_gap(settings, want_telemetry, got_telemetry, {START + 200_000})
     assert_dead_letters(settings, want_dead, {START + 200_000})
@@ -121,19 +89,19 @@ def test_restore_from_checkpoint_path_continues_where_it_stopped(job_settings):
     start = START + 2 * DAY
     first, _ = produce(settings, devices=20, steps=30, seed=21, start_ts=start)
     partitions = sorted(before) or [0, 1, 2, 3]
-    want_first = expected_outputs(first, settings)
+    want_first = expected_kafka_outputs(first, settings)
     run_until_caught_up(settings, RunOptions(start_offsets=offsets_arg(before, partitions), job_name="it-restore"), len(first),
                         until=lambda: outputs_written(settings, {start + 200_000}, want_first))
     checkpoint = latest_checkpoint(settings.checkpoint_dir)
 
     second, _ = produce(settings, devices=20, steps=30, seed=22, start_ts=start + 60_000)
-    want_second = expected_outputs(second, settings)
+    want_second = expected_kafka_outputs(second, settings)
     # Restored from the checkpoint, the job must read only the second batch.
     run_until_caught_up(settings, RunOptions(restore_from=str(checkpoint), job_name="it-restore"), len(second),
                         until=lambda: outputs_written(settings, {start + 260_000}, want_second))
-    want_telemetry, want_dead = expected_outputs(first + second, settings)
+    want_telemetry, want_dead = expected_kafka_outputs(first + second, settings)
     received_ats = {start + 200_000, start + 260_000}
-    got_telemetry, _ = actual_outputs(settings, received_ats)
+    got_telemetry, _ = kafka_outputs(settings, received_ats)
     assert got_telemetry == want_telemetry, telemetry_gap(settings, want_telemetry, got_telemetry, received_ats)
     assert_dead_letters(settings, want_dead, received_ats)
 
@@ -147,7 +115,7 @@ def test_a_crash_mid_stream_restores_from_the_checkpoint_and_kafka_holds_each_re
     before = current_ends(settings)
     start = START + 4 * DAY
     values, _ = produce(settings, devices=40, steps=60, seed=41, start_ts=start)
-    want = expected_outputs(values, settings)
+    want = expected_kafka_outputs(values, settings)
     marker = tmp_path / "fault-fired"
     received_ats = {start + 200_000}
     options = RunOptions(start_offsets=offsets_arg(before, sorted(before)), job_name="it-crash",
@@ -157,7 +125,7 @@ def test_a_crash_mid_stream_restores_from_the_checkpoint_and_kafka_holds_each_re
     run_until_caught_up(settings, options, 1, until=lambda: marker.exists() and outputs_written(settings, received_ats, want),
                         timeout_s=180)
     assert marker.exists(), "the injected failure never fired"
-    got_telemetry, got_dead = actual_outputs(settings, received_ats)
+    got_telemetry, got_dead = kafka_outputs(settings, received_ats)
     assert got_telemetry == want[0], telemetry_gap(settings, want[0], got_telemetry, received_ats)
     assert_dead_letters(settings, want[1], received_ats)
     assert sum(want[0].values()) > 1000
@@ -173,7 +141,7 @@ def test_the_job_rides_out_a_broker_outage_with_exact_output(kafka, tmp_path):
     })
     start = START + 6 * DAY
     first, _ = produce(settings, devices=20, steps=30, seed=61, start_ts=start)
-    want_first = expected_outputs(first, settings)
+    want_first = expected_kafka_outputs(first, settings)
     received_ats = {start + 200_000, start + 260_000}
     outage = {}
 
@@ -185,7 +153,7 @@ def test_the_job_rides_out_a_broker_outage_with_exact_output(kafka, tmp_path):
         kafka.start_kafka()
         outage["down_s"] = time.monotonic() - stopped
         second, _ = produce(settings, devices=20, steps=30, seed=62, start_ts=start + 60_000)
-        want = expected_outputs(first + second, settings)
+        want = expected_kafka_outputs(first + second, settings)
         deadline = time.monotonic() + 150
         while not outputs_written(settings, received_ats, want) and time.monotonic() < deadline:
             time.sleep(1)
@@ -196,7 +164,7 @@ def test_the_job_rides_out_a_broker_outage_with_exact_output(kafka, tmp_path):
                         until=lambda: outputs_written(settings, {start + 200_000}, want_first), while_running=break_the_broker,
                         timeout_s=300)
     want_telemetry, want_dead = outage["want"]
-    got_telemetry, _ = actual_outputs(settings, received_ats)
+    got_telemetry, _ = kafka_outputs(settings, received_ats)
     assert outage["down_s"] >= 10 and outage["job_state"] == "RUNNING", outage
     assert got_telemetry == want_telemetry, telemetry_gap(settings, want_telemetry, got_telemetry, received_ats)
     assert_dead_letters(settings, want_dead, received_ats)

@@ -25,6 +25,17 @@ def test_restore_path_is_passed_to_flink(tmp_path):
     assert conf["execution.state-recovery.path"] == "file:/tmp/sp/savepoint-1"
 
 
+def test_restore_latest_is_the_newest_completed_checkpoint(tmp_path):
+    done = tmp_path / "checkpoints" / "job-a" / "chk-7"
+    done.mkdir(parents=True)
+    (done / "_metadata").write_bytes(b"\0")
+    (tmp_path / "checkpoints" / "job-a" / "chk-8").mkdir()  # not finished
+    conf = flink_configuration(Settings(data_dir=tmp_path), RunOptions(restore_from="latest"))
+    assert conf["execution.state-recovery.path"] == done.resolve().as_uri()
+    with pytest.raises(ValueError, match="no completed checkpoint"):
+        flink_configuration(Settings(data_dir=tmp_path / "elsewhere"), RunOptions(restore_from="latest"))
+
+
 def test_job_process_gets_the_endpoints_in_its_environment(tmp_path):
     from iotlink.job_process import job_environment
 
