@@ -275,28 +275,43 @@ def postgres_alarm_latencies(postgres_url: str, since_ms: int) -> list[int]:
     return [latency for (latency,) in rows]
 
 
+def _start_streaming_job(settings: Settings, kind: str):
+    """Starts the job unbounded from the raw topic's current end and waits until it runs.
+
+    Returns:
+        (process, REST client, job id), or None when it did not start within 180 s (said so).
+    """
+    from connectors.kafka import end_offsets
+    from iotlink.job_process import stop_job_process
+    from iotlink.live import FlinkRest
+
+    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
+    start = ",".join(f"{p}={o}" for p, o in sorted(before.items()))
+    job_name = f"iotlink-{kind}-{int(time.time())}"
+    proc = _start_job(settings, ["--start-offsets", start, "--job-name", job_name], f"bench-{kind}-job.log")
+    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
+    deadline = time.monotonic() + 180
+    while (job_id := rest.running_job()) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print("error: the job did not start; see the job log")
+            stop_job_process(proc, rest)
+            return None
+        time.sleep(0.5)
+    return proc, rest, job_id
+
+
 def bench_latency(args: argparse.Namespace, settings: Settings) -> int:
     """Streams at a fixed rate and reports receive -> telemetry-visible and reading -> alarm-visible
     (on the alarm topic and in PostgreSQL) latency percentiles."""
 
-    from connectors.kafka import end_offsets
     from iotlink.job_process import stop_job_process
-    from iotlink.live import FlinkRest
     from iotlink.simulator import PublishStats, run_simulation
 
     print(f"machine: {_machine()}")
-    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
-    start = ",".join(f"{p}={o}" for p, o in sorted(before.items()))
-    job_name = f"iotlink-latency-{int(time.time())}"
-    proc = _start_job(settings, ["--start-offsets", start, "--job-name", job_name], "bench-latency-job.log")
-    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
-    deadline = time.monotonic() + 180
-    while rest.running_job() is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            print("error: the job did not start; see the job log")
-            stop_job_process(proc, rest)
-            return 1
-        time.sleep(0.5)
+    started = _start_streaming_job(settings, "latency")
+    if started is None:
+        return 1
+    proc, rest, _ = started
     latencies: list[int] = []
     alarm_latencies: list[int] = []
     stop = threading.Event()
@@ -419,24 +434,14 @@ def _tree_rss(pid: int) -> int:
 
 def bench_soak(args: argparse.Namespace, settings: Settings) -> int:
     """Publishes at ``--rate`` for ``--duration`` seconds while the job runs, sampling it."""
-    from connectors.kafka import end_offsets
     from iotlink.job_process import stop_job_process
-    from iotlink.live import FlinkRest
     from iotlink.simulator import PublishStats, run_simulation
 
     print(f"machine: {_machine()}")
-    before = end_offsets(settings.bootstrap_servers, settings.topics.raw)
-    start = ",".join(f"{p}={o}" for p, o in sorted(before.items()))
-    job_name = f"iotlink-soak-{int(time.time())}"
-    proc = _start_job(settings, ["--start-offsets", start, "--job-name", job_name], "bench-soak-job.log")
-    rest = FlinkRest(f"http://127.0.0.1:{settings.flink.rest_port}")
-    deadline = time.monotonic() + 180
-    while (job_id := rest.running_job()) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            print("error: the job did not start; see the job log")
-            stop_job_process(proc, rest)
-            return 1
-        time.sleep(0.5)
+    started = _start_streaming_job(settings, "soak")
+    if started is None:
+        return 1
+    proc, rest, job_id = started
     sim_args = argparse.Namespace(
         devices=args.devices, rate=args.rate, duration=args.duration, count=None, profile="normal=90,overheat=10",
         forms=args.forms, seed=args.seed, target="kafka", mqtt_env="dev", repeat=0.0,
