@@ -110,7 +110,7 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.3):
 # --- a second Iceberg writer ---------------------------------------------------------------------
 
 SECOND_WRITER = "iotlink-second-writer"  # the application name of the second writer's catalog sessions
-HOLD_LOCK = 0x1CE_BE26
+HOLD_LOCK = 0x1CE_BE26  # the advisory lock key the held commits wait for (one nothing else uses)
 
 
 @contextlib.contextmanager
@@ -163,18 +163,21 @@ def file_records(settings, fleet, start, steps, seed):
     return decoded_records([encode_for_kafka(m, m.device_ts + 500)[1] for m in messages], settings, deduplicate=True)
 
 
-def second_writer_commits_while_the_job_commits(settings, catalog_url, rest, job_id, records, name) -> dict:
-    """Holds the catalog's commits until the job's commit to ``telemetry`` waits, appends
-    ``records`` as the file batch job does (one commit), releases the job's commit, and waits
-    until the job's first commit after the file's has landed.
+def second_writer_commits_while_the_job_commits(settings, catalog_url, rest, job_id, records, name, arrive) -> dict:
+    """Holds the catalog's commits, lets input ``arrive()`` (so the job has telemetry to commit),
+    waits until the job's commit to ``telemetry`` waits, appends ``records`` as the file batch job
+    does (one commit), releases the job's commit, and waits until the job's first commit after
+    the file's has landed.
 
     Returns:
-        ``{"file_snapshot", "job_snapshot", "waiting", "failures"}``.
+        ``{"file_snapshot", "job_snapshot", "waiting", "failures", "values"}`` (``values``: what
+        ``arrive`` returned).
     """
     second = open_catalog(f"{catalog_url}?application_name={SECOND_WRITER}", settings.iceberg_warehouse)
     held_at = int(time.time() * 1000)
     with catalog_commits_held(catalog_url) as holder:
-        wait_for(lambda: pending_metadata(holder, "telemetry"), 30, "the job's commit to telemetry")
+        values = arrive()
+        wait_for(lambda: pending_metadata(holder, "telemetry"), 60, "the job's commit to telemetry")
         waiting = wait_for(lambda: waiting_commits(holder), 10, "the job's commit to wait for the catalog")
         assert append_file_telemetry(second, f"fault-campaign-{name}", name, records)
     table = second.load_table("iotlink.telemetry")
@@ -187,7 +190,7 @@ def second_writer_commits_while_the_job_commits(settings, catalog_url, rest, job
 
     job_snapshot = wait_for(job_commit_after_the_file, 30, "the job's commit after the file's")
     return {"file_snapshot": file_snapshot, "job_snapshot": job_snapshot, "waiting": waiting,
-            "failures": failures_since(rest, job_id, held_at)}
+            "failures": failures_since(rest, job_id, held_at), "values": values}
 
 
 # --- outages under one running job ---------------------------------------------------------------
@@ -222,8 +225,8 @@ def test_outages_of_broker_database_and_hot_layer_and_a_concurrent_iceberg_write
     def faults(rest, job_id):
         values = list(first)
         # 1. A second writer commits to Iceberg telemetry while the job's commit is in flight.
-        values += batch()
-        seen["iceberg"] = second_writer_commits_while_the_job_commits(settings, catalog_url, rest, job_id, file_rows, "outages")
+        seen["iceberg"] = second_writer_commits_while_the_job_commits(settings, catalog_url, rest, job_id, file_rows, "outages", batch)
+        values += seen["iceberg"]["values"]
         # 2. The broker stops for 5 s; data produced once it is back.
         since = int(time.time() * 1000)
         stack.stop_kafka()
@@ -318,6 +321,7 @@ class DevicePublisher:
         return len(self._sent)
 
     def start(self) -> None:
+        """Starts publishing."""
         self._thread.start()
 
     def _publish(self) -> None:
