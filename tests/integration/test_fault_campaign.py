@@ -67,7 +67,7 @@ def own_stack():
     data_dir = Path(tempfile.mkdtemp(prefix="iotlink-fault-stack-"))
     settings = Settings(
         data_dir=data_dir, ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port(), mongo=free_port()),
-        flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2},
+        flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2, "restart_attempts": 10},
     )
     stack = EmbeddedStack(settings)
     stack.start()
@@ -429,8 +429,8 @@ def test_a_killed_job_restores_and_a_savepoint_resumes_while_devices_keep_publis
     devices = {d.device_id: {"product": d.product_id} for d in fleet} | {f"tick-{p}": {"product": "prod-a"} for p in range(4)}
     registry.write_text(yaml.safe_dump({"devices": devices}))
     settings = settings.model_copy(update={"device_registry": str(registry)})
-    config = tmp_path / "topics.yaml"  # the topic names reach the job process through its config file
-    config.write_text(yaml.safe_dump({"topics": settings.topics.model_dump()}))
+    config = tmp_path / "job.yaml"  # the topic names reach the job process through its config file
+    config.write_text(yaml.safe_dump({"topics": settings.topics.model_dump(), "flink": {"restart_attempts": settings.flink.restart_attempts}}))
     url = urlsplit(settings.mqtt_url)
     bridge = start_bridge(BridgeOptions(settings.bootstrap_servers, settings.topics.raw, settings.topics.dlq,
                                         broker=BrokerAddress(url.hostname, url.port, False), client_id=f"{job_name}-bridge"))
