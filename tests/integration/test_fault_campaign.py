@@ -272,8 +272,13 @@ def test_outages_of_broker_database_and_hot_layer_and_a_concurrent_iceberg_write
         # (Checked while the job runs: a cancelled job leaves its open Kafka transactions holding
         # back what read_committed readers see until they time out.)
         wait_until_sinks_hold_exactly(settings, values, fleet, START - HOUR, START + 2 * HOUR)
+
+        def mongo_retries():
+            # (Polled: the REST API answers from a metric cache that the request itself refreshes.)
+            return sum(n for name, n in rest.metric_totals(job_id, "iotlink.sink.mongo").items() if name.endswith(".retries"))
+
         seen["mongo"] = {"failures": failures_since(rest, job_id, since), "state": job_state(rest, job_id),
-                         "retries": sum(n for name, n in rest.metric_totals(job_id, "iotlink.sink.mongo").items() if name.endswith(".retries"))}
+                         "retries": wait_for(mongo_retries, 20, "the hot-layer writers' retries in the metrics", interval_s=1)}
 
     run_until_caught_up(settings, RunOptions(job_name="it-fault-outages"), len(first), while_running=faults, timeout_s=120)
     # The job's commit to telemetry waited in the catalog while the file's landed, failed its
