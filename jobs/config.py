@@ -104,6 +104,9 @@ class FlinkSettings(_Strict):
     source_parallelism: int | None = Field(None, ge=1)  # None: one source subtask per raw partition
     dedup_ttl_ms: int = Field(3_600_000, ge=0)
     group_id: str = "iotlink-telemetry"
+    # Restarts in a row (without 10 minutes of running between them) after which the job fails
+    # for good; None: no limit, an outage is waited out however long it lasts.
+    restart_attempts: int | None = Field(None, ge=1)
 
 
 class ShadowSettings(_Strict):

@@ -118,6 +118,8 @@ def flink_configuration(settings: Settings, options: RunOptions, source_parallel
         # MiB, so memtables were flushed and compacted all the time.
         "taskmanager.memory.managed.size": "512m",
     }
+    if settings.flink.restart_attempts is not None:
+        conf["restart-strategy.exponential-delay.attempts-before-reset-backoff"] = str(settings.flink.restart_attempts)
     if submitted_by_flink_cli():
         # The cluster's own config.yaml says where its REST API is and how many slots it has;
         # these keys are for the local MiniCluster only.

@@ -3,6 +3,7 @@ contents with, and the check that every sink holds exactly what the input makes.
 
 import math
 import statistics
+import time
 from collections import Counter, defaultdict
 
 import orjson
@@ -323,3 +324,11 @@ def sinks_hold_exactly(settings, values, fleet, since, until) -> bool:
         return False
     return True
 
+
+def wait_until_sinks_hold_exactly(settings, values, fleet, since, until, timeout_s: float = 120) -> None:
+    """Polls :func:`sinks_hold_exactly` until it holds, for at most ``timeout_s``; then asserts
+    (so a failure says what is missing or doubled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not sinks_hold_exactly(settings, values, fleet, since, until):
+        time.sleep(2)
+    assert_sinks_hold_exactly(settings, values, fleet, since, until)

@@ -19,7 +19,8 @@ def stack():
     settings = Settings(
         data_dir=data_dir,
         ports=StackPorts(kafka=free_port(), postgres=free_port(), mqtt=free_port(), mongo=free_port()),
-        flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2},
+        # (A job that keeps failing fails the test after ten restarts instead of restarting on.)
+        flink={"rest_port": free_port(), "checkpoint_interval_ms": 500, "parallelism": 2, "restart_attempts": 10},
     )
     embedded = EmbeddedStack(settings)
     try:

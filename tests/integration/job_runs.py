@@ -5,8 +5,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from connectors.kafka import end_offsets
 from connectors.mongo import init_collections, open_database
 from iotlink.live import FlinkRest
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka
@@ -43,6 +44,18 @@ def produce_ticks(settings, partitions, ts):
         values.append(value)
     producer.close()
     return values
+
+
+def checkpointed_to_the_end(settings) -> bool:
+    """Whether the job's checkpoints cover every raw record sent so far: the source commits its
+    offsets to the consumer group when a checkpoint completes."""
+    # (A consumer of the group that never subscribes only reads the group's committed offsets.)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.flink.group_id, enable_auto_commit=False)
+    try:
+        ends = end_offsets(settings.bootstrap_servers, settings.topics.raw)
+        return all((consumer.committed(TopicPartition(settings.topics.raw, p)) or 0) >= end for p, end in ends.items() if end)
+    finally:
+        consumer.close()
 
 
 def with_own_hot_layer(settings, mongo_url, name):

@@ -25,6 +25,14 @@ def test_restore_path_is_passed_to_flink(tmp_path):
     assert conf["execution.state-recovery.path"] == "file:/tmp/sp/savepoint-1"
 
 
+def test_restarts_back_off_without_a_limit_unless_one_is_set(tmp_path):
+    conf = flink_configuration(Settings(data_dir=tmp_path), RunOptions())
+    assert conf["restart-strategy.type"] == "exponential-delay"
+    assert "restart-strategy.exponential-delay.attempts-before-reset-backoff" not in conf
+    conf = flink_configuration(Settings(data_dir=tmp_path, flink={"restart_attempts": 10}), RunOptions())
+    assert conf["restart-strategy.exponential-delay.attempts-before-reset-backoff"] == "10"
+
+
 def test_restore_latest_is_the_newest_completed_checkpoint(tmp_path):
     done = tmp_path / "checkpoints" / "job-a" / "chk-7"
     done.mkdir(parents=True)
