@@ -66,6 +66,15 @@ WINDOW_SIZES = {"agg_1m": BUCKETS_MS["1m"], "agg_5m": BUCKETS_MS["5m"], "agg_1h"
 WINDOW_KEY_FIELDS = (0, 1, 2, 10)
 WINDOW_START_FIELD = 2
 WINDOW_SIZE_FIELD = 10
+# The metric statistics: a correction that changed only a device's communication counts carries
+# them as NULL, so the tables and the Iceberg history get no second, identical version.
+STATS_FIELD = 4
+# The aggregates' processing-time mini-batches, and how long after the watermark passed a
+# window's end it fires: the watermark does not wait in the mini-batches, the rows do (a local and
+# a global one), so firing at once would often emit a first version without the last second's
+# readings and a correction right after.
+MINI_BATCH_LATENCY_MS = 1000
+FIRING_DELAY_MS = 3 * MINI_BATCH_LATENCY_MS
 METRIC_ROW_COLUMNS = ("scope", "key", "metric", "window_start", "product_id", "count", "min", "max", "sum", "avg", "stddev",
                       "first", "first_ts", "last", "last_ts")
 
@@ -126,7 +135,7 @@ def _fire_windows(t_env, readings, allowed_lateness_ms: int) -> None:
     device_time.uid("agg-watermarks").name("Device-time watermarks for the aggregates")
     changes = changes.union(to_jarray(jvm.org.apache.flink.streaming.api.datastream.DataStream, [device_time]))
     window_key = functions.RowKey(to_jarray(jvm.int, list(WINDOW_KEY_FIELDS)))
-    firings = functions.WindowFirings(row_type, WINDOW_START_FIELD, WINDOW_SIZE_FIELD, allowed_lateness_ms)
+    firings = functions.WindowFirings(row_type, WINDOW_START_FIELD, WINDOW_SIZE_FIELD, STATS_FIELD, allowed_lateness_ms, FIRING_DELAY_MS)
     windows = changes.keyBy(window_key).process(firings, row_type)
     windows.uid("agg-firings").name("Fire aggregate windows")
     fired = windows.flatMap(functions.MetricStatsRows(WINDOW_SIZE_FIELD), functions.MetricStatsRows.rowType())
@@ -149,7 +158,7 @@ def table_environment(env):
     # Mini-batches turn each key's updates within a second into one, and let the aggregates run
     # in two phases (local pre-aggregation before the shuffle).
     config.set("table.exec.mini-batch.enabled", "true")
-    config.set("table.exec.mini-batch.allow-latency", "1 s")
+    config.set("table.exec.mini-batch.allow-latency", f"{MINI_BATCH_LATENCY_MS} ms")
     config.set("table.exec.mini-batch.size", "5000")
     return t_env
 

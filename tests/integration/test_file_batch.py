@@ -6,7 +6,7 @@ import math
 import statistics
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
@@ -96,6 +96,18 @@ def file_rows(settings):
     return sorted(zip(data["source_topic"].to_pylist(), data["source_seq"].to_pylist(), strict=True))
 
 
+def file_load_report(settings, loaded) -> str:
+    """What a failed row count needs to be explained: the rows of each file, and each snapshot of
+    ``telemetry`` that carries a file's digest (its operation and what it added)."""
+    table = open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse).load_table("iotlink.telemetry")
+    per_file = Counter(topic for topic, _ in loaded)
+    snapshots = [
+        (s.snapshot_id, s.parent_snapshot_id, s.summary.operation.value, s.summary.get("iotlink.file-name"), s.summary.get("added-records"))
+        for s in table.snapshots() if s.summary is not None and s.summary.get("iotlink.file-name", "").find("fb-") >= 0
+    ]
+    return f"rows per file {dict(per_file)}; file snapshots (id, parent, operation, file, added) {snapshots}"
+
+
 def test_batch_loads_each_file_once_and_keeps_exact_aggregates(settings, tmp_path):
     url = schema_with(settings, "it_file_batch")
     settings = settings.model_copy(update={"postgres_url": url, "data_dir": tmp_path})
@@ -119,7 +131,7 @@ def test_batch_loads_each_file_once_and_keeps_exact_aggregates(settings, tmp_pat
     assert [(e["line"], e["payload"]) for e in errors["product_a/fb-hex-1.hex"]] == [(4, "00FD")]
     assert "needs 1 byte at offset 2" in errors["product_a/fb-hex-1.hex"][0]["reason"]
     loaded = file_rows(settings)
-    assert len(loaded) == 52 and len(set(loaded)) == 52
+    assert len(loaded) == 52 and len(set(loaded)) == 52, file_load_report(settings, loaded)
     want = expected_windows(readings, now_ms)
     assert_windows(postgres_windows(url), want)
     assert first.windows_recomputed > 0 and first.totals()["rows"] == 55

@@ -1,16 +1,22 @@
 """Windowed aggregates and communication quality in PostgreSQL equal what plain Python
 computes from the same input: 1m/5m/1h per device and per product, with late records inside the
 allowed lateness and redelivered duplicates in the input; messages received / expected /
-missing, longest gap and dead letters per device and 5m/1h window."""
+missing, longest gap and dead letters per device and 5m/1h window; a window corrected after it
+fired by a dead letter alone gets its communication counts updated and no second version of its
+metric statistics."""
 
+import dataclasses
+import time
 from collections import Counter
 
 import psycopg
 import pytest
 from aggregate_checks import aggregate_differences, decoded_records, expected_aggregates, postgres_aggregates
-from job_runs import with_own_topics
+from job_runs import produce_ticks, run_until_caught_up, with_own_topics
 from kafka import KafkaProducer
+from pyiceberg.expressions import EqualTo
 
+from connectors.iceberg import open_catalog
 from connectors.kafka import end_offsets, read_topic
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 from jobs.telemetry_job import RunOptions, decoder_registry_factory, run_telemetry_job
@@ -106,3 +112,57 @@ def test_postgres_aggregates_equal_an_independent_computation(settings, tmp_path
     assert len(letters) > 50 and any(v[4] for v in want_comm.values())
     assert max(v[3] or 0 for k, v in want_comm.items() if k[1] == fleet[2].device_id) >= 120_000  # the silent stretch
     assert got_comm == want_comm
+
+
+def test_a_dead_letter_after_the_window_fired_updates_the_counts_not_the_statistics(settings, tmp_path):
+    start = 1_756_653_767_000 + 35 * 86_400_000
+    start -= start % 3_600_000
+    flink = settings.flink.model_copy(update={"allowed_lateness_ms": 3 * 3_600_000})
+    settings = with_own_topics(settings.model_copy(update={"data_dir": tmp_path, "flink": flink}), "it-comm-correction")
+    device = dataclasses.replace(build_fleet(1, forms=("json",), seed=5)[0], device_id="it-comm-correction-1", hub_id="nohub")
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    readings = list(FleetSimulator([device], seed=5, interval_ms=INTERVAL_MS).messages(start + 60_000, 10))
+    for message in readings:
+        key, value = encode_for_kafka(message, message.device_ts + 500)
+        producer.send(settings.topics.raw, key=key, value=value).get(30)
+    partitions = sorted(end_offsets(settings.bootstrap_servers, settings.topics.raw))
+    ticks = produce_ticks(settings, partitions, start + 2 * 3_600_000)  # past the hour: its windows fire
+    garbage = dataclasses.replace(device, profile="garbage")
+    letter = next(m for m in FleetSimulator([garbage], seed=5, interval_ms=INTERVAL_MS).messages(start + 90_000, 2) if not m.valid)
+
+    def hour_rows(conn, table, columns):
+        return conn.execute(f"SELECT {columns} FROM {table} WHERE {'key' if table == 'agg_1h' else 'device_id'} = %s AND window_start = %s",
+                            (device.device_id, start)).fetchall()
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.5)
+
+    history = open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse)
+
+    def versions():
+        """The device hour's rows in Iceberg agg_1h (one per metric and version)."""
+        rows = history.load_table("iotlink.agg_1h").scan(row_filter=EqualTo("key", device.device_id)).to_arrow().to_pylist()
+        return sorted((r["metric"], r["count"], r["emitted_at"]) for r in rows)
+
+    def correct_after_firing(rest, job_id):
+        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+            # The hour fired with all ten readings and Iceberg committed it.
+            wait_for(lambda: (rows := versions()) and all(max(c for m, c, _ in rows if m == metric) == 10 for metric, _, _ in rows),
+                     "the hour's aggregates in Iceberg")
+            assert hour_rows(conn, "comm_quality_1h", "received, rejected") == [(10, 0)]
+            fired = versions()
+            key, value = encode_for_kafka(letter, letter.device_ts + 500)
+            producer.send(settings.topics.raw, key=key, value=value).get(30)
+            wait_for(lambda: hour_rows(conn, "comm_quality_1h", "received, rejected") == [(10, 1)], "the corrected counts")
+        completed = rest.checkpoints(job_id)["counts"]["completed"]
+        wait_for(lambda: rest.checkpoints(job_id)["counts"]["completed"] >= completed + 2, "two more checkpoints")
+        return fired
+
+    fired = run_until_caught_up(settings, RunOptions(start_offsets={p: 0 for p in partitions}, job_name="it-comm-correction"),
+                                len(readings) + len(ticks), while_running=correct_after_firing)
+    producer.close()
+    # The dead letter changed the hour's counts, not its statistics: no second version of them.
+    assert versions() == fired
