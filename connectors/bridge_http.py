@@ -41,13 +41,15 @@ import orjson
 
 from connectors.http_openapi import openapi_document
 from connectors.raw_producer import BridgeCounters, RawProducer
-from connectors.tcp_framing import DeviceIdError, check_device_id
+from operators.device_id import INVALID_DEVICE_ID, device_id_problem
 from operators.envelope import FORMATS, RawEnvelope
 from operators.hex_text import HexTextError, parse_hex_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# This machine only unless told otherwise: exposing the bridge is a decision (--host 0.0.0.0).
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BATCH_RECORDS = 1000
 TELEMETRY_PREFIX = "/v1/telemetry/"
 BATCH_PATH = "/v1/telemetry:batch"
@@ -139,10 +141,11 @@ def match_route(method: str, target: str) -> RouteMatch:
 
 
 def _valid_id(text: str, name: str, where: str) -> str:
-    try:
-        return check_device_id(text, f"{where} {name}")
-    except DeviceIdError as exc:
-        raise HttpError(400, f"invalid_{name}", exc.reason) from None
+    """``text`` when it follows the device id rule (product ids too), else a 400 ``invalid_<name>``."""
+    problem = device_id_problem(text, f"{where} {name}")
+    if problem is not None:
+        raise HttpError(400, INVALID_DEVICE_ID if name == "device_id" else f"invalid_{name}", problem)
+    return text
 
 
 def media_type(content_type: str | None) -> str:
@@ -324,10 +327,9 @@ def _batch_record(item, index: int) -> BatchRecord:
     device_id = item.get("device_id")
     if not isinstance(device_id, str):
         raise bad("device_id", "device_id is missing or not a string")
-    try:
-        check_device_id(device_id, "device_id")
-    except DeviceIdError as exc:
-        raise bad("device_id", exc.reason) from None
+    problem = device_id_problem(device_id, "device_id")
+    if problem is not None:
+        raise bad("device_id", problem)
     fmt = item.get("format")
     if fmt not in FORMATS:
         raise bad("format", f"format {fmt!r} is not one of {', '.join(sorted(FORMATS))}")
@@ -335,10 +337,10 @@ def _batch_record(item, index: int) -> BatchRecord:
     if product_id is not None:
         if not isinstance(product_id, str):
             raise bad("product_id", "product_id is not a string")
-        try:
-            check_device_id(product_id, "product_id")
-        except DeviceIdError as exc:
-            raise bad("product_id", exc.reason.replace("device id", "product id")) from None
+        # Product ids are held to the device id rule: they travel the same ways (keys, paths).
+        problem = device_id_problem(product_id, "product_id")
+        if problem is not None:
+            raise bad("product_id", problem)
     if "payload" not in item:
         raise bad("payload", "payload is missing")
     value = item["payload"]
@@ -417,7 +419,7 @@ class HttpOptions:
 
     bootstrap_servers: str
     raw_topic: str
-    host: str = "0.0.0.0"
+    host: str = DEFAULT_HOST
     port: int = 8080
     tokens: frozenset[str] = frozenset()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -675,7 +677,8 @@ class IngestHandler(BaseHTTPRequestHandler):
 def add_arguments(parser) -> None:
     """Adds the ``iotlink bridge http`` options."""
     group = parser.add_argument_group("HTTP ingest")
-    group.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    group.add_argument("--host", default=DEFAULT_HOST, metavar="ADDRESS",
+                       help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for every interface)")
     group.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0: any free port)")
     group.add_argument("--token-file", type=Path, metavar="FILE", help="accepted bearer tokens, one per line (# comments)")
     group.add_argument("--token", action="append", metavar="TOKEN", help="an accepted bearer token (repeatable)")

@@ -2,8 +2,10 @@
 
 Every message received on the topic filters (default ``iotlink/+/+/+/+/pub/+/+``) is wrapped in
 the raw envelope (payload byte-exact, topic parts as hints) and produced to the raw topic keyed
-by device id. Messages on topics outside the layout and payloads above the size limit go to the
-dead-letter topic instead, with the original payload and a precise reason.
+by device id. Messages on topics outside the layout, topics whose hub or device level breaks the
+device id rule (:mod:`operators.device_id`) and payloads above the size limit go to the
+dead-letter topic instead, with the original payload and a precise reason: the bridge cannot
+answer the device, so the dead letter is where a rejected message is kept.
 
 Delivery is at least once: the bridge subscribes at QoS 1 with a persistent session and sends the
 PUBACK of a message only after Kafka has confirmed its record (``acks=all``). A crash, a lost
@@ -28,13 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from connectors.mqtt_connection import BrokerAddress, parse_broker_url
 from connectors.raw_producer import BridgeCounters, RawProducer
 from operators.dead_letter import dead_letter_to_json, make_dead_letter
 from operators.envelope import RawEnvelope
 from operators.topic import TopicError, parse_device_topic
-from operators.value_repr import masked_url
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,15 @@ def classify_message(topic: str, payload: bytes, received_at: int, max_payload_b
 
     Returns:
         The classification; rejected ones carry ``invalid_topic`` (not the platform layout),
-        ``not_uplink`` (a ``sub`` topic: commands to devices, not data from them) or
-        ``payload_too_large``.
+        ``invalid_device_id`` (the hub or device level breaks the device id rule; the envelope
+        then names no device, so the dead letter counts against none), ``not_uplink`` (a ``sub``
+        topic: commands to devices, not data from them) or ``payload_too_large``.
     """
     try:
         parts = parse_device_topic(topic)
     except TopicError as exc:
         envelope = RawEnvelope(payload=payload, source="mqtt", received_at=received_at, mqtt_topic=topic)
-        return ClassifiedMessage(envelope, "invalid_topic", str(exc))
+        return ClassifiedMessage(envelope, exc.code, exc.reason)
     envelope = RawEnvelope(
         payload=payload,
         source="mqtt",
@@ -132,28 +134,6 @@ def reconnect_delay(attempt: int, first_s: float = RECONNECT_FIRST_DELAY_S, max_
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
     return min(first_s * 2 ** min(attempt - 1, 32), max_s)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the MQTT broker listens."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parses ``mqtt://host[:port]`` (default port 1883) or ``mqtts://host[:port]`` (TLS, default 8883).
-
-    Raises:
-        ValueError: for another scheme or a missing host.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"MQTT broker URL {masked_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
 
 
 class AckSequencer:
@@ -464,8 +444,11 @@ class PahoTransport:
             manual_ack=True,
             **kwargs,
         )
-        if options.username is not None:
-            self.client.username_pw_set(options.username, options.password)
+        # --username/--password win over a login in the broker URL (the embedded stack's is there).
+        username = options.username if options.username is not None else self.address.username
+        password = options.password if options.password is not None else self.address.password
+        if username is not None:
+            self.client.username_pw_set(username, password)
         if self.address.tls or options.tls_ca or options.tls_cert:
             self.client.tls_set(
                 ca_certs=str(options.tls_ca) if options.tls_ca else None,
@@ -766,8 +749,9 @@ def add_arguments(parser) -> None:
                        help="on Ctrl-C/SIGTERM, how long to wait for Kafka confirmations before disconnecting (default 30)")
     group.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS", help="status line period (default 1; 0: none)")
     auth = parser.add_argument_group("MQTT broker authentication and TLS (with --mqtt-url)")
-    auth.add_argument("--username", help="MQTT user name")
-    auth.add_argument("--password", help="MQTT password (default $IOTLINK_MQTT_PASSWORD)")
+    auth.add_argument("--username", help="MQTT user name (default: the user of --mqtt-url mqtt://user:password@host:port, "
+                      "which --embedded fills in with the embedded broker's login)")
+    auth.add_argument("--password", help="MQTT password (default $IOTLINK_MQTT_PASSWORD, else the password of --mqtt-url)")
     auth.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA certificate(s) that sign the broker certificate (default: system trust store)")
     auth.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate for mutual TLS")
     auth.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of the client certificate")

@@ -40,6 +40,8 @@ ACK_BYTE = b"\x06"
 NAK_BYTE = b"\x15"
 DEAD_LETTER_STAGE = "ingest"
 READ_CHUNK = 65536
+# This machine only unless told otherwise: exposing the gateway is a decision (--host 0.0.0.0).
+DEFAULT_HOST = "127.0.0.1"
 
 
 @dataclass
@@ -60,7 +62,7 @@ class TcpOptions:
     bootstrap_servers: str
     raw_topic: str
     dlq_topic: str
-    host: str = "0.0.0.0"
+    host: str = DEFAULT_HOST
     port: int = 7070
     framing: Framing = field(default_factory=Framing)
     device_id: DeviceIdRule = field(default_factory=lambda: DeviceIdRule("hello"))
@@ -365,7 +367,8 @@ class Connection:
 def add_arguments(parser) -> None:
     """Adds the ``iotlink bridge tcp`` options."""
     group = parser.add_argument_group("TCP gateway")
-    group.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    group.add_argument("--host", default=DEFAULT_HOST, metavar="ADDRESS",
+                       help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for every interface)")
     group.add_argument("--port", type=int, default=7070, help="TCP port (default 7070; 0: any free port)")
     group.add_argument("--framing", choices=("line", "length", "fixed"), default="line",
                        help="line: newline-delimited; length: length prefix counting the payload bytes; fixed: --frame-size bytes (default line)")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 
+from operators.device_id import DEVICE_ID_PATTERN
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -96,7 +98,7 @@ _DOCUMENT = {
                 "required": ["device_id", "format", "payload"],
                 "additionalProperties": False,
                 "properties": {
-                    "device_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"},
+                    "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
                     "format": {"type": "string", "enum": ["json", "csv", "hex", "bin"]},
                     "payload": {
                         "description": "Text (`payload_encoding` utf8) or base64 (`payload_encoding` base64); for format `json` also "
@@ -132,7 +134,7 @@ _DOCUMENT = {
                 "parameters": [
                     {
                         "name": "device_id", "in": "path", "required": True,
-                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"},
+                        "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN},
                     },
                     {
                         "name": "product_id", "in": "query", "required": False, "description": "Product id hint.",

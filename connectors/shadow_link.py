@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from urllib.parse import urlparse
 
+from connectors.mqtt_connection import paho_client, refusal
 from operators.shadow import desired_update, parse_shadow_topic
+from operators.value_repr import masked_url
 
 ANSWER_TOPICS = ("$aws/things/+/shadow/update/accepted", "$aws/things/+/shadow/update/rejected")
 
@@ -87,24 +88,27 @@ class MqttShadowLink(ShadowLink):
     """Shadows on any MQTT broker (``mqtt://`` or ``mqtts://``), e.g. served by ``iotlink shadow-service``."""
 
     def __init__(self, mqtt_url: str, client_id: str = "iotlink-control-sink", on_reported=None, timeout_s: float = 10.0):
-        import paho.mqtt.client as mqtt
-
         super().__init__(on_reported)
-        url = urlparse(mqtt_url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        if url.scheme == "mqtts":
-            self.client.tls_set()
+        self.client, address = paho_client(mqtt_url, client_id)
         self._subscribed = 0
+        self.refused: str | None = None
         self.ready = threading.Event()
         # Subscribing before CONNACK is silently refused by some brokers: subscribe on connect.
-        self.client.on_connect = lambda c, u, f, rc, p: [c.subscribe(t, qos=1) for t in ANSWER_TOPICS]
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda c, u, m: self.handle_message(m.topic, m.payload)
-        self.client.connect(url.hostname or "127.0.0.1", url.port or (8883 if url.scheme == "mqtts" else 1883))
+        self.client.connect(address.host, address.port)
         self.client.loop_start()
         if not self.ready.wait(timeout_s):
             self.close()
-            raise ConnectionError(f"control sink: cannot subscribe on {mqtt_url}")
+            why = f"the broker refused the connection: {self.refused}" if self.refused else f"no subscription within {timeout_s:g} s"
+            raise ConnectionError(f"control sink: cannot subscribe on {masked_url(mqtt_url)}: {why}")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.refused = refusal(reason_code)
+        if self.refused is None:
+            for topic in ANSWER_TOPICS:
+                client.subscribe(topic, qos=1)
 
     def _on_subscribe(self, client, userdata, mid, codes, properties):
         self._subscribed += 1

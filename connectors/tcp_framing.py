@@ -20,17 +20,16 @@ frame (``json:FIELD``, payload unchanged).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import orjson
+
+from operators.device_id import INVALID_DEVICE_ID, device_id_problem
 
 FRAMINGS = ("line", "length", "fixed")
 PREFIX_SIZES = (1, 2, 4)
 BYTE_ORDERS = ("big", "little")
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024
-# Device ids travel as Kafka keys and in MQTT topics: one path segment of printable ASCII.
-DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
 class FrameTooLarge(Exception):
@@ -215,12 +214,18 @@ class DeviceIdError(ValueError):
 
 
 def check_device_id(device_id: str, where: str) -> str:
-    """Returns ``device_id`` when it is a valid id, else raises :class:`DeviceIdError` (``invalid_device_id``)."""
-    if not DEVICE_ID_PATTERN.fullmatch(device_id):
-        raise DeviceIdError(
-            "invalid_device_id",
-            f"{where}: device id {device_id[:80]!r} is not 1-128 characters of letters, digits and . _ : @ - (starting with a letter or digit)",
-        )
+    """Returns ``device_id`` when it follows the device id rule (:mod:`operators.device_id`).
+
+    Args:
+        device_id: The id read from the frame.
+        where: Where it was read, for the reason (``hello frame``, ``JSON field 'id'``).
+
+    Raises:
+        DeviceIdError: ``invalid_device_id`` with the rule's reason.
+    """
+    problem = device_id_problem(device_id)
+    if problem is not None:
+        raise DeviceIdError(INVALID_DEVICE_ID, f"{where}: {problem}")
     return device_id
 
 
@@ -293,14 +298,14 @@ class DeviceIdRule:
             try:
                 text = frame[: self.length].decode("ascii").rstrip(" \x00")
             except UnicodeDecodeError:
-                raise DeviceIdError("invalid_device_id", f"the {self.length}-byte device id prefix is not ASCII") from None
+                raise DeviceIdError(INVALID_DEVICE_ID, f"the {self.length}-byte device id prefix is not ASCII") from None
             return check_device_id(text, f"{self.length}-byte id prefix"), frame[self.length :]
         if self.mode == "header":
             end = self.offset + self.length
             if len(frame) < end:
                 reason = f"frame of {len(frame)} bytes ends before the device id field at bytes {self.offset}..{end - 1}"
                 raise DeviceIdError("frame_too_short", reason)
-            return frame[self.offset : end].hex(), frame
+            return check_device_id(frame[self.offset : end].hex(), f"bytes {self.offset}..{end - 1}"), frame
         if self.mode == "json":
             return self._json_id(frame), frame
         raise ValueError(f"device id rule {self.mode!r} takes the id from the hello frame, not from each frame")
@@ -315,7 +320,7 @@ class DeviceIdRule:
                 raise DeviceIdError("device_id_missing", f"JSON frame has no field {self.field!r}")
             value = value[part]
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise DeviceIdError("invalid_device_id", f"JSON field {self.field!r} is {type(value).__name__}, not a string or integer")
+            raise DeviceIdError(INVALID_DEVICE_ID, f"JSON field {self.field!r} is {type(value).__name__}, not a string or integer")
         return check_device_id(str(value), f"JSON field {self.field!r}")
 
     def describe(self) -> str:

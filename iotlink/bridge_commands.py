@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from connectors import bridge_http, bridge_mqtt, bridge_tcp
 from jobs.config import Settings
+from operators.value_repr import masked_url
 
 # bridge name -> (module, one-line help, description)
 BRIDGES = {
@@ -110,7 +111,7 @@ def serve_until_stopped(label: str, args: argparse.Namespace, settings: Settings
         stack = EmbeddedStack(settings, components, share=True)
         stack.start()
         settings = stack.settings_with_endpoints()
-        print(f"{stack.origin}: " + ", ".join(f"{name} {address}" for name, address in stack.endpoints.items()), flush=True)
+        print(f"{stack.origin}: " + ", ".join(f"{name} {masked_url(address)}" for name, address in stack.endpoints.items()), flush=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -42,6 +42,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         endpoints = stack.start()
         print("iotlink embedded stack is up:")
         print_endpoints(endpoints)
+        if stack.mqtt_login is not None:
+            # The one place the password is shown: devices and tools outside iotlink need it.
+            print(f"  mqtt login  user {stack.mqtt_login.username}, password {stack.mqtt_login.password} "
+                  f"(kept in {stack.mqtt_login_file}; anonymous clients are refused; --embedded commands log in by themselves)")
         print(f"  topics    {', '.join(settings.topics.all())}")
         print(f"  data dir  {stack.data_dir}")
         print("Press Ctrl-C to stop.", flush=True)
@@ -102,7 +106,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         stats = write_simulation_file(args, args.output)
         print(f"wrote {stats.sent} envelopes ({stats.invalid} deliberately malformed, {stats.repeated} repeated) to {args.output}")
         return 0
-    stack, settings = with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" else ("kafka",))
+    # Devices that obey their shadows listen on the broker even when they publish to Kafka.
+    stack, settings = with_stack(args, settings, ("kafka", "mqtt") if args.target == "mqtt" or args.obey_shadow else ("kafka",))
     try:
         stats = run_simulation(settings, args, progress=True)
         print(f"sent {stats.sent} messages ({stats.invalid} deliberately malformed, {stats.repeated} repeated), {stats.errors} send errors")
@@ -145,6 +150,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = stack.settings_with_endpoints()
         print("embedded stack:")
         print_endpoints(stack.endpoints, settings.flink.rest_port)
+        if stack.mqtt_login is not None:
+            print(f"  mqtt login  user {stack.mqtt_login.username}, password in {stack.mqtt_login_file}")
         if settings.device_registry is None:
             # The simulated fleet as master data: products and the reporting interval that
             # communication quality counts missing messages against.
@@ -260,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
         "up", parents=[common], help="start the embedded stack (Kafka-protocol broker, PostgreSQL, Iceberg, MQTT, MongoDB) until Ctrl-C",
-        description="Start the embedded stack on 127.0.0.1, create the topics, print every endpoint; Ctrl-C stops it all.",
+        description="Start the embedded stack on 127.0.0.1, create the topics, print every endpoint and the MQTT broker's "
+        "login (made once per --data-dir, kept in <data-dir>/mqtt/login.json; the broker refuses anonymous clients); "
+        "Ctrl-C stops it all.",
     )
     run = sub.add_parser(
         "run", parents=[common], help="run the telemetry job (raw -> decode -> telemetry + DLQ) on a local Flink cluster",
@@ -461,7 +470,8 @@ def cmd_shadow_service(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         service.start()
-        print(f"shadow service on {settings.mqtt_url}: $aws/things/+/shadow/update|get; shadows kept in {store}; Ctrl-C stops", flush=True)
+        print(f"shadow service on {masked_url(settings.mqtt_url)}: $aws/things/+/shadow/update|get; shadows kept in {store}; Ctrl-C stops",
+              flush=True)
         while True:
             time.sleep(5)
             print(f"  {len(service.shadows)} shadows, {service.updates} updates applied", flush=True)
@@ -492,7 +502,7 @@ def cmd_control_sink(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = threading.Thread(target=work, daemon=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    target = settings.shadow.endpoint if settings.shadow.backend == "aws-iot" else settings.mqtt_url
+    target = settings.shadow.endpoint if settings.shadow.backend == "aws-iot" else masked_url(settings.mqtt_url)
     try:
         worker.start()
         print(f"control sink: {settings.topics.commands} -> $aws/things/<device>/shadow/update on {target} ({settings.shadow.backend})"
@@ -512,7 +522,7 @@ def cmd_control_sink(args: argparse.Namespace, settings: Settings) -> int:
         if stack is not None:
             stack.stop()
     if failure:
-        print(f"iotlink control-sink: error: {type(failure[0]).__name__}: {failure[0]}", file=sys.stderr)
+        print(f"iotlink control-sink: error: {type(failure[0]).__name__}: {masked_url(str(failure[0]))}", file=sys.stderr)
         return 1
     return 0
 

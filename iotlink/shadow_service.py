@@ -13,8 +13,8 @@ import json
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
+from connectors.mqtt_connection import paho_client, refusal
 from operators.shadow import Shadow, ShadowRejected, parse_shadow_topic
 
 SUBSCRIPTIONS = ("$aws/things/+/shadow/update", "$aws/things/+/shadow/get")
@@ -24,16 +24,14 @@ class ShadowService:
     """Serves shadows on an MQTT broker until :meth:`stop`."""
 
     def __init__(self, mqtt_url: str, store: Path | None = None, client_id: str = "iotlink-shadow-service"):
-        import paho.mqtt.client as mqtt
-
-        url = urlparse(mqtt_url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 1883
+        self.client, address = paho_client(mqtt_url, client_id)
+        self.host, self.port = address.host, address.port
         self.store = store
         self.shadows: dict[str, Shadow] = self._load()
         self.lock = threading.Lock()
         self.updates = 0
         self.ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.refused: str | None = None
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 
@@ -55,6 +53,9 @@ class ShadowService:
         tmp.replace(self.store)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.refused = refusal(reason_code)
+        if self.refused is not None:
+            return
         for topic in SUBSCRIPTIONS:
             client.subscribe(topic, qos=1)
         self.ready.set()
@@ -96,7 +97,8 @@ class ShadowService:
         self.client.loop_start()
         if not self.ready.wait(timeout_s):
             self.stop()
-            raise ConnectionError(f"shadow service: no MQTT connection to {self.host}:{self.port} within {timeout_s:.0f} s")
+            why = f"the broker refused the connection: {self.refused}" if self.refused else f"no connection within {timeout_s:.0f} s"
+            raise ConnectionError(f"shadow service: MQTT broker {self.host}:{self.port}: {why}")
 
     def stop(self) -> None:
         """Disconnects."""

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
 
+from connectors.mqtt_connection import paho_client, refusal
 from operators.envelope import RawEnvelope, build_envelope
 from operators.topic import DeviceTopic
+from operators.value_repr import masked_url
 
 PROFILES = ("normal", "overheat", "nodata", "garbage", "late")
 COOL_DOWN_TICKS = 5
@@ -252,27 +255,26 @@ class ShadowFollower:
     """
 
     def __init__(self, mqtt_url: str, apply, client_id: str | None = None, timeout_s: float = 10.0):
-        import threading
-        from urllib.parse import urlparse
-
-        import paho.mqtt.client as mqtt
-
-        url = urlparse(mqtt_url)
         self.apply = apply
         self.applied = 0
         self.ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"iotlink-sim-shadow-{random.randrange(1 << 30)}")
-        if url.scheme == "mqtts":
-            self.client.tls_set()
+        self.refused: str | None = None
+        self.client, address = paho_client(mqtt_url, client_id or f"iotlink-sim-shadow-{random.randrange(1 << 30)}")
         # Subscribing before CONNACK is silently refused by some brokers: subscribe on connect.
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("$aws/things/+/shadow/update/delta", qos=1)
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.ready.set()
         self.client.on_message = self._on_delta
-        self.client.connect(url.hostname or "127.0.0.1", url.port or (8883 if url.scheme == "mqtts" else 1883))
+        self.client.connect(address.host, address.port)
         self.client.loop_start()
         if not self.ready.wait(timeout_s):
             self.close()
-            raise ConnectionError(f"simulator: cannot subscribe to shadow deltas on {mqtt_url}")
+            why = f"the broker refused the connection: {self.refused}" if self.refused else f"no subscription within {timeout_s:g} s"
+            raise ConnectionError(f"simulator: cannot subscribe to shadow deltas on {masked_url(mqtt_url)}: {why}")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.refused = refusal(reason_code)
+        if self.refused is None:
+            client.subscribe("$aws/things/+/shadow/update/delta", qos=1)
 
     def _on_delta(self, client, userdata, message):
         from operators.shadow import parse_shadow_topic, update_topic
@@ -347,19 +349,37 @@ def kafka_publisher(bootstrap_servers: str, topic: str):
     return send, close
 
 
-def mqtt_publisher(mqtt_url: str, env: str = "dev"):
-    """Returns (send(message, received_at), close()) publishing raw payloads on the device topics (QoS 1)."""
-    from urllib.parse import urlparse
+def mqtt_publisher(mqtt_url: str, env: str = "dev", timeout_s: float = 10.0):
+    """Returns (send(message, received_at), close()) publishing raw payloads on the device topics (QoS 1).
 
-    import paho.mqtt.client as mqtt
+    Args:
+        mqtt_url: The broker, with its login when it needs one (``mqtt://user:password@host:port``).
+        env: The env level of the topics.
+        timeout_s: How long to wait for the broker to accept the connection.
 
-    url = urlparse(mqtt_url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iotlink-sim-{random.randrange(1 << 30)}")
-    if url.scheme == "mqtts":
-        client.tls_set()
+    Raises:
+        ConnectionError: the broker refused the connection (a wrong login) or did not answer.
+    """
+    client, address = paho_client(mqtt_url, f"iotlink-sim-{random.randrange(1 << 30)}")
+    answered = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        why = refusal(reason_code)
+        if why is not None:
+            refused.append(why)
+        answered.set()
+
+    client.on_connect = on_connect
     client.max_queued_messages_set(10000)
-    client.connect(url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883))
+    client.connect(address.host, address.port)
     client.loop_start()
+    # Publications before a refused CONNACK would be queued and silently never sent: fail instead.
+    if not answered.wait(timeout_s) or refused:
+        client.loop_stop()
+        client.disconnect()
+        why = f"the broker refused the connection: {refused[0]}" if refused else f"no answer within {timeout_s:g} s"
+        raise ConnectionError(f"simulator: cannot publish on {masked_url(mqtt_url)}: {why}")
 
     def send(message: SimMessage, received_at: int):
         return client.publish(message.device.topic(env), message.payload, qos=1)

@@ -7,7 +7,9 @@ MongoDB wire-protocol server on 127.0.0.1, started as real processes and stopped
   JVM (JDBC) can reach it too.
 - Iceberg: a SQL (JDBC) catalog in the stack's PostgreSQL (database `iceberg_catalog`) with a file
   warehouse under the data directory; pyiceberg and Iceberg's Flink connector open the same catalog.
-- MQTT: ``mosquitto`` when it is installed, else the ``amqtt`` broker.
+- MQTT: ``mosquitto`` when it is installed, else the ``amqtt`` broker; either refuses anonymous
+  clients and takes the login kept in ``<data_dir>/mqtt/login.json`` (:mod:`iotlink.mqtt_login`),
+  which :meth:`EmbeddedStack.settings_with_endpoints` puts into ``mqtt_url`` for our own clients.
 - MongoDB (hot layer): ``nx-27017``, the MongoDB wire protocol on SQLite (CRUD, indexes, TTL
   expiry); the docker stack runs MongoDB.
 """
@@ -28,7 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.jars import kafka_broker_classpath
+from connectors.mqtt_connection import broker_url
+from iotlink.mqtt_login import (
+    LOGIN_FILE,
+    PASSWORD_FILE,
+    MqttLogin,
+    load_or_create_login,
+    private_directory,
+    read_login,
+    write_amqtt_password_file,
+    write_mosquitto_password_file,
+)
 from jobs.config import Settings
+from operators.value_repr import masked_url
 
 COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo")
 ICEBERG_CATALOG_DATABASE = "iceberg_catalog"  # the embedded Iceberg catalog's database in the stack's PostgreSQL
@@ -179,13 +193,28 @@ class EmbeddedPostgres:
                 raise StackError(f"PostgreSQL on port {self.port} did not stop: {(result.stderr or result.stdout).strip()[-500:]}")
 
 
-def _mqtt_command(port: int, work_dir: Path) -> list[str]:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+def mosquitto_executable() -> str | None:
+    """The ``mosquitto`` broker, or None when it is not installed (then the stack runs amqtt)."""
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def _mqtt_command(port: int, work_dir: Path, login: MqttLogin) -> list[str]:
+    """The broker's command line, its configuration and password file written to ``work_dir``:
+    127.0.0.1 only, no anonymous clients, ``login`` the one user."""
+    private_directory(work_dir)
+    password_file = work_dir / PASSWORD_FILE
+    mosquitto = mosquitto_executable()
     if mosquitto:
+        write_mosquitto_password_file(password_file, login)
+        lines = [f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {password_file}", "persistence false"]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto switches to the mosquitto user, which cannot read the
+            # owner-only password file in the owner-only directory; it stays the user that started it.
+            lines.insert(0, "user root")
         conf = work_dir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text("\n".join(lines) + "\n")
         return [mosquitto, "-c", str(conf)]
+    write_amqtt_password_file(password_file, login)
     amqtt = Path(sys.executable).parent / "amqtt"
     conf = work_dir / "amqtt.yaml"
     conf.write_text(
@@ -195,8 +224,9 @@ def _mqtt_command(port: int, work_dir: Path) -> list[str]:
         f"    bind: 127.0.0.1:{port}\n"
         "    max_connections: 1000\n"
         "plugins:\n"
-        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-        "    allow_anonymous: true\n"
+        # The only authentication plugin: a client without the file's user and password is refused.
+        "  amqtt.plugins.authentication.FileAuthPlugin:\n"
+        f"    password_file: {json.dumps(str(password_file))}\n"
         "  amqtt.plugins.sys.broker.BrokerSysPlugin:\n"
         "    sys_interval: 0\n"
     )
@@ -395,11 +425,31 @@ class EmbeddedStack:
         self.data_dir = settings.data_dir.resolve()
         self._procs: dict[str, subprocess.Popen] = {}
         self.mqtt_broker: str | None = None  # "mosquitto" or "amqtt" once started
+        self.mqtt_login: MqttLogin | None = None  # the broker's login, also of a shared stack
         self._postgres: EmbeddedPostgres | None = None
         self.kafka: EmbeddedKafka | None = None
         self.endpoints: dict[str, str] = {}
         self.shared_from: int | None = None  # pid of the process whose stack is used, when shared
         self._owns_stack_file = False
+
+    @property
+    def mqtt_dir(self) -> Path:
+        """The MQTT broker's directory: configuration, login and password file."""
+        return self.data_dir / "mqtt"
+
+    @property
+    def mqtt_login_file(self) -> Path:
+        """Where the broker's login is kept (0600)."""
+        return self.mqtt_dir / LOGIN_FILE
+
+    def mqtt_url_with_login(self) -> str | None:
+        """The broker's URL with its login (``mqtt://user:password@127.0.0.1:port``), for our own
+        clients; None without the MQTT component. Show it only through ``masked_url``."""
+        url = self.endpoints.get("mqtt")
+        if url is None or self.mqtt_login is None:
+            return url
+        port = _endpoint_port(url)
+        return broker_url("127.0.0.1", port, self.mqtt_login.username, self.mqtt_login.password)
 
     @property
     def origin(self) -> str:
@@ -428,6 +478,9 @@ class EmbeddedStack:
             if self.share and all(key in running["endpoints"] for key in keys):
                 self.shared_from = running["pid"]
                 self.endpoints = {key: running["endpoints"][key] for key in keys}
+                if "mqtt" in self.endpoints:
+                    # The owner keeps the login in the data directory; stack.json holds no password.
+                    self.mqtt_login = read_login(self.mqtt_dir)
                 return self.endpoints
             raise StackError(
                 f"an embedded stack already runs on {self.data_dir} (pid {running['pid']}, "
@@ -478,7 +531,8 @@ class EmbeddedStack:
             self.endpoints["iceberg_catalog"] = catalog_uri
             self.endpoints["iceberg_warehouse"] = warehouse
         if "mqtt" in self.components:
-            command = _mqtt_command(ports.mqtt, self.data_dir / "mqtt")
+            self.mqtt_login = load_or_create_login(self.mqtt_dir)
+            command = _mqtt_command(ports.mqtt, self.mqtt_dir, self.mqtt_login)
             self.mqtt_broker = "mosquitto" if Path(command[0]).name == "mosquitto" else "amqtt"
             self._spawn("mqtt", command, ports.mqtt)
             self.endpoints["mqtt"] = f"mqtt://127.0.0.1:{ports.mqtt}"
@@ -555,7 +609,7 @@ class EmbeddedStack:
             update["iceberg_catalog"] = self.endpoints["iceberg_catalog"]
             update["iceberg_warehouse"] = self.endpoints["iceberg_warehouse"]
         if "mqtt" in self.endpoints:
-            update["mqtt_url"] = self.endpoints["mqtt"]
+            update["mqtt_url"] = self.mqtt_url_with_login()
         if "mongo" in self.endpoints:
             update["mongo_url"] = self.endpoints["mongo"]
         return self.settings.model_copy(update=update)
@@ -593,10 +647,10 @@ class EmbeddedStack:
 
 
 def print_endpoints(endpoints: dict[str, str], ui_port: int | None = None) -> None:
-    """Prints the stack's endpoints, one per line (and the Flink web UI when given)."""
+    """Prints the stack's endpoints, one per line (and the Flink web UI when given), passwords masked."""
     width = max(len(k) for k in endpoints) if endpoints else 0
     for name, address in endpoints.items():
-        print(f"  {name:<{width}}  {address}")
+        print(f"  {name:<{width}}  {masked_url(address)}")
     if ui_port is not None:
         print(f"  {'flink ui':<{width}}  http://127.0.0.1:{ui_port}")
 

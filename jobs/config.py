@@ -5,7 +5,7 @@ The config file is YAML (``--config FILE`` or ``IOTLINK_CONFIG``), loaded with `
     bootstrap_servers: kafka-1:9092,kafka-2:9092
     postgres_url: postgresql://iotlink:secret@db:5432/iotlink
     iceberg_catalog: http://rest-catalog:8181
-    mqtt_url: mqtt://mosquitto:1883
+    mqtt_url: mqtt://iotlink:change-me-mqtt@mosquitto:1883   # login in the URL (percent-encode @ : / in it)
     mongo_url: mongodb://mongo:27017/iotlink   # hot layer (DocumentDB: add ?tls=true&retryWrites=false)
     shadow:                      # how the control sink reaches device shadows
       backend: aws-iot           # or mqtt (any broker + iotlink shadow-service)
@@ -177,8 +177,9 @@ class Settings(_Strict):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^mqtts?://[^/:]+(:\d{1,5})?/?$", value):
-            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        # The login may ride in the URL (the embedded stack's does); the message never repeats the value.
+        if value is not None and not re.match(r"^mqtts?://([^/@\s]*@)?[^/:@\s]+(:\d{1,5})?/?$", value):
+            raise ValueError("expected mqtt://[user:password@]host[:port] or mqtts://[user:password@]host[:port]")
         return value
 
     @field_validator("mongo_url")
@@ -291,7 +292,9 @@ def connection_options(embedded: bool = True) -> argparse.ArgumentParser:
                        help="Iceberg catalog: postgresql+psycopg://user@host:port/db (SQL catalog; the job's committers "
                        "need PostgreSQL, sqlite:///path serves reading only) or an http(s):// REST catalog")
     group.add_argument("--iceberg-warehouse", metavar="URI", help="Iceberg warehouse location (file:///… or s3://…)")
-    group.add_argument("--mqtt-url", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port")
+    group.add_argument("--mqtt-url", metavar="URL",
+                       help="MQTT broker, mqtt://[user:password@]host:port or mqtts://…; a password is better given as "
+                       "$IOTLINK_MQTT_URL (options show in ps); --embedded fills in the embedded broker's login")
     group.add_argument("--mongo-url", metavar="URL", help="MongoDB/DocumentDB hot layer, mongodb://host:port/database[?options]")
     group.add_argument("--data-dir", metavar="DIR", help="embedded stack data, checkpoints and logs (default ./.iotlink)")
     ports = parent.add_argument_group("embedded stack ports (127.0.0.1)")

@@ -47,7 +47,8 @@ def make_dead_letter(
     """Builds a dead-letter record.
 
     Args:
-        stage: Pipeline stage that rejected it: ``envelope``, ``spec_selection``, ``parse``, ``checksum`` or ``contract``.
+        stage: Pipeline stage that rejected it: ``envelope``, ``spec_selection``, ``parse``, ``checksum``, ``contract``
+            or ``internal`` in the job, ``ingest`` in a bridge.
         reason_code: Short machine-readable reason, e.g. ``invalid_json``.
         reason: Human-readable, precise reason.
         failed_at: Rejection time, epoch ms UTC.

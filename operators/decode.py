@@ -15,13 +15,14 @@ The built-in decoder understands the client's JSON payload shape::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
 
 from operators.dead_letter import make_dead_letter
+from operators.device_id import INVALID_DEVICE_ID, device_id_problem
 from operators.envelope import EnvelopeError, RawEnvelope, parse_envelope
 from operators.telemetry import make_telemetry_record, telemetry_to_json
 from operators.topic import NO_HUB, TopicError, parse_device_topic
@@ -241,15 +242,23 @@ def resolve_identity(envelope: RawEnvelope, devices: dict[str, DeviceInfo] | Non
     """Resolves device, hub, product and tenant from the envelope, its MQTT topic and master data.
 
     Raises:
-        DecodeError: ``invalid_topic``, ``device_mismatch``, ``unknown_device`` or ``unknown_product``.
+        DecodeError: ``invalid_device_id`` (stage ``envelope``: the envelope's device or hub id, or
+            its topic's, breaks the device id rule), ``invalid_topic``, ``device_mismatch``,
+            ``unknown_device`` or ``unknown_product``.
     """
     device_id, hub_id, fmt = envelope.device_id, envelope.hub_id, envelope.format
+    # A record that reached iotlink.raw without a bridge (another producer) meets the same rule.
+    for name, value in (("device_id", device_id), ("hub_id", hub_id)):
+        problem = None if value is None else device_id_problem(value, f"envelope {name}")
+        if problem is not None:
+            raise DecodeError(INVALID_DEVICE_ID, problem, stage="envelope")
     child_device_id = None
     if envelope.mqtt_topic is not None:
         try:
             topic = parse_device_topic(envelope.mqtt_topic)
         except TopicError as exc:
-            raise DecodeError("invalid_topic", str(exc), stage="spec_selection") from None
+            stage = "envelope" if exc.code == INVALID_DEVICE_ID else "spec_selection"
+            raise DecodeError(exc.code, exc.reason, stage=stage) from None
         if device_id is not None and device_id != topic.device_id:
             raise DecodeError(
                 "device_mismatch",
@@ -391,6 +400,10 @@ def _telemetry_text(record: dict) -> str:
 
 
 def _letter(exc: DecodeError, envelope: RawEnvelope, decoder, now_ms: int, row: int | None = None, payload: bytes | None = None) -> dict:
+    if exc.code == INVALID_DEVICE_ID:
+        # The letter names no device: the job counts dead letters per device (communication
+        # quality, device_state), and an id that breaks the rule must not become one there.
+        envelope = replace(envelope, device_id=None)
     return make_dead_letter(
         stage=exc.stage,
         reason_code=exc.code,

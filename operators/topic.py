@@ -1,8 +1,15 @@
-"""The MQTT topic layout: ``iotlink/{env}/{hub_id}/{device_id}/{type}/{direction}/{role}/{format}``."""
+"""The MQTT topic layout: ``iotlink/{env}/{hub_id}/{device_id}/{type}/{direction}/{role}/{format}``.
+
+The hub and device levels follow the device id rule of :mod:`operators.device_id`, so a topic
+never gives the platform an id that the HTTP and TCP bridges would refuse.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from operators.device_id import INVALID_DEVICE_ID, device_id_problem
+from operators.value_repr import bounded_repr
 
 TOPIC_ROOT = "iotlink"
 ENVS = frozenset({"dev", "stg", "prd"})
@@ -15,7 +22,18 @@ NO_HUB = "nohub"
 
 
 class TopicError(ValueError):
-    """An MQTT topic does not follow the platform layout."""
+    """An MQTT topic does not follow the platform layout.
+
+    Attributes:
+        code: ``invalid_topic`` (not the layout) or ``invalid_device_id`` (the hub or device
+            level breaks the device id rule): the dead-letter reason code.
+        reason: Precise, human-readable reason.
+    """
+
+    def __init__(self, reason: str, code: str = "invalid_topic"):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +79,8 @@ def parse_device_topic(topic: str) -> DeviceTopic:
         The parsed parts.
 
     Raises:
-        TopicError: naming the first part that does not fit the layout.
+        TopicError: naming the first part that does not fit the layout; code
+            ``invalid_device_id`` when the hub or device level breaks the device id rule.
     """
     parts = topic.split("/")
     if len(parts) != 8:
@@ -81,4 +100,9 @@ def parse_device_topic(topic: str) -> DeviceTopic:
     for name, value in (("hub_id", hub_id), ("device_id", device_id)):
         if not value or value in ("+", "#"):
             raise TopicError(f"topic {topic!r}: {name} is empty or a wildcard")
+    for name, value in (("hub_id", hub_id), ("device_id", device_id)):
+        problem = device_id_problem(value, name)
+        if problem is not None:
+            # The topic may be 64 kB of a hostile id: the reason shows a bounded piece of it.
+            raise TopicError(f"topic {bounded_repr(topic)}: {problem}", INVALID_DEVICE_ID)
     return DeviceTopic(env, hub_id, device_id, message_type, direction, role, fmt)

@@ -27,8 +27,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
+import paho.mqtt.client as mqtt
 import psutil
 import psycopg
 import pytest
@@ -42,9 +42,10 @@ from aggregate_checks import (
 )
 from job_runs import checkpointed_to_the_end, produce, produce_ticks, run_until_caught_up, stop_with_savepoint, with_own_hot_layer, with_own_topics
 
-from connectors.bridge_mqtt import BridgeOptions, BrokerAddress, start_bridge
+from connectors.bridge_mqtt import BridgeOptions, start_bridge
 from connectors.iceberg import FILE_PROPERTY, append_file_telemetry, open_catalog
 from connectors.kafka import read_topic
+from connectors.mqtt_connection import paho_client, parse_broker_url
 from iotlink.job_process import start_job_process, stop_job_process
 from iotlink.live import FlinkRest
 from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
@@ -304,19 +305,16 @@ class DevicePublisher:
     until stopped; knows what the broker acknowledged."""
 
     def __init__(self, mqtt_url: str, messages, rate_per_s: float, repeat_every: int = 23):
-        import paho.mqtt.client as mqtt
-
-        url = urlsplit(mqtt_url)
         self._messages = messages
         self._rate = rate_per_s
         self._repeat_every = repeat_every  # a device that did not see its PUBACK sends again
         self._sent: list[tuple[object, str, bytes]] = []
         self._stop = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"it-fault-devices-{os.getpid()}", clean_session=False,
-                                  protocol=mqtt.MQTTv311)
+        # The embedded broker's login is in the URL.
+        self.client, address = paho_client(mqtt_url, f"it-fault-devices-{os.getpid()}", clean_session=False, protocol=mqtt.MQTTv311)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
-        self.client.connect(url.hostname, url.port)
+        self.client.connect(address.host, address.port)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._publish, name="devices", daemon=True)
 
@@ -436,9 +434,8 @@ def test_a_killed_job_restores_and_a_savepoint_resumes_while_devices_keep_publis
     settings = settings.model_copy(update={"device_registry": str(registry)})
     config = tmp_path / "job.yaml"  # the topic names reach the job process through its config file
     config.write_text(yaml.safe_dump({"topics": settings.topics.model_dump(), "flink": {"restart_attempts": settings.flink.restart_attempts}}))
-    url = urlsplit(settings.mqtt_url)
     bridge = start_bridge(BridgeOptions(settings.bootstrap_servers, settings.topics.raw, settings.topics.dlq,
-                                        broker=BrokerAddress(url.hostname, url.port, False), client_id=f"{job_name}-bridge"))
+                                        broker=parse_broker_url(settings.mqtt_url), client_id=f"{job_name}-bridge"))
     # Rounds of 120 readings per device (4 minutes of device time), each with its overheating
     # ramp, for as long as the devices publish.
     simulator = FleetSimulator(fleet, seed=81, interval_ms=2_000)

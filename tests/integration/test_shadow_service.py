@@ -5,22 +5,22 @@ import json
 import queue
 import threading
 
-import paho.mqtt.client as mqtt
 import pytest
 
+from connectors.mqtt_connection import paho_client
 from iotlink.shadow_service import ShadowService
 
 pytestmark = pytest.mark.integration
 
 
-def device_client(port, thing, inbox):
+def device_client(mqtt_url, thing, inbox):
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{thing}")
+    client, address = paho_client(mqtt_url, f"device-{thing}")  # the embedded broker's login is in the URL
     client.on_message = lambda c, u, m: inbox.put((m.topic, json.loads(m.payload) if m.payload else None))
     # Subscribing before the broker's CONNACK is silently refused by paho: subscribe on connect.
     client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"$aws/things/{thing}/shadow/#", qos=1)
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()
-    client.connect("127.0.0.1", port)
+    client.connect(address.host, address.port)
     client.loop_start()
     assert subscribed.wait(10), "device could not subscribe"
     return client
@@ -40,7 +40,7 @@ def test_desired_state_reaches_the_device_and_its_report_closes_the_loop(stack, 
     service = ShadowService(settings.mqtt_url, store)
     service.start()
     inbox: queue.Queue = queue.Queue()
-    device = device_client(settings.ports.mqtt, "fire-0042", inbox)
+    device = device_client(settings.mqtt_url, "fire-0042", inbox)
     try:
         topic = "$aws/things/fire-0042/shadow/update"
         command = {"state": {"desired": {"relay": "open"}}, "clientToken": "cmd-1"}

@@ -1,15 +1,26 @@
+import argparse
+import json
 import os
+import stat
 import threading
+import time
 
-import paho.mqtt.client as mqtt
+import orjson
 import psycopg
 import pytest
 from kafka.admin import KafkaAdminClient
 
+from connectors import bridge_mqtt
 from connectors.iceberg import open_catalog
+from connectors.kafka import ensure_topics, read_topic
 from connectors.mongo import open_database
-from iotlink.stack import EmbeddedStack, StackError, free_port, port_is_free
+from connectors.mqtt_connection import broker_url, paho_client, parse_broker_url, refusal
+from connectors.shadow_link import MqttShadowLink
+from iotlink.shadow_service import ShadowService
+from iotlink.simulator import FleetSimulator, ShadowFollower, build_fleet, mqtt_publisher
+from iotlink.stack import STACK_FILE, EmbeddedStack, StackError, free_port, port_is_free
 from jobs.config import Settings, StackPorts
+from operators.envelope import parse_envelope
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +37,14 @@ def test_every_endpoint_answers(stack, settings, mongo_url):
     assert open_database(mongo_url).command("ping")["ok"] == 1
 
     received = threading.Event()
-    port = settings.ports.mqtt
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    # The broker refuses anonymous clients: the login comes with the URL the stack fills in.
+    sub, address = paho_client(settings.mqtt_url, "it-endpoints-sub")
     sub.on_message = lambda c, u, m: received.set() if m.payload == b"\x01\x02" else None
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe("iotlink/+/+/+/+/pub/+/+", qos=1)
-    sub.connect("127.0.0.1", port)
+    sub.connect(address.host, address.port)
     sub.loop_start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    pub.connect("127.0.0.1", port)
+    pub, _ = paho_client(settings.mqtt_url, "it-endpoints-pub")
+    pub.connect(address.host, address.port)
     pub.loop_start()
     try:
         for _ in range(20):
@@ -173,3 +184,97 @@ def test_the_shared_postgres_survives_another_pytest_session(settings):
     for _ in range(3):  # a checkpoint makes the server open its control file by its full path
         with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
+
+
+def connack(url: str, client_id: str) -> str | None:
+    """How the broker answers a connection from ``url``'s login: None when accepted, else why it refused."""
+    answered, answers = threading.Event(), []
+    client, address = paho_client(url, client_id)
+    client.on_connect = lambda c, u, f, rc, p: (answers.append(refusal(rc)), answered.set())
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        assert answered.wait(10), f"no CONNACK for {client_id}"
+        return answers[0]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_the_embedded_broker_refuses_anonymous_clients_and_wrong_passwords(stack, settings):
+    login = parse_broker_url(settings.mqtt_url)
+    assert login.username == "iotlink" and len(login.password) >= 32
+    port = settings.ports.mqtt
+    assert connack(f"mqtt://127.0.0.1:{port}", "it-anonymous") is not None
+    assert connack(broker_url("127.0.0.1", port, "iotlink", "not-the-password"), "it-wrong-password") is not None
+    assert connack(broker_url("127.0.0.1", port, "someone", login.password), "it-wrong-user") is not None
+    assert connack(settings.mqtt_url, "it-the-login") is None
+    # Kept owner-only in the data directory, and nowhere else in clear: not in stack.json, not in the broker's config.
+    assert stat.S_IMODE(stack.mqtt_login_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(stack.mqtt_dir.stat().st_mode) == 0o700
+    assert json.loads(stack.mqtt_login_file.read_text())["password"] == login.password
+    for path in (stack.data_dir / STACK_FILE, *stack.mqtt_dir.glob("*.conf"), *stack.mqtt_dir.glob("*.yaml"), stack.mqtt_dir / "passwd"):
+        assert login.password not in path.read_text(), path
+
+
+def bridge_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bridge_mqtt.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_bridge_and_the_simulator_log_in_with_the_generated_login(stack, settings):
+    """Neither is given a user or password: both take the login from the settings the stack filled in."""
+    raw, dlq = "it-login.raw", "it-login.dlq"
+    ensure_topics(settings.bootstrap_servers, [raw, dlq])
+    bridge_settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"raw": raw, "dlq": dlq})})
+    options = bridge_mqtt.options_from_args(
+        bridge_args("--topic-filter", "iotlink/stg/+/+/+/pub/+/+", "--client-id", "it-login-bridge", "--session-expiry", "0"), bridge_settings
+    )
+    assert options.username is None and options.broker.username == "iotlink"
+    running = bridge_mqtt.start_bridge(options)
+    fleet = build_fleet(6)
+    messages = list(FleetSimulator(fleet, seed=5).messages(1_795_000_000_000, 3))
+    try:
+        assert running.transport.subscribed.wait(20), "the bridge did not log in and subscribe"
+        send, close = mqtt_publisher(settings.mqtt_url, env="stg")
+        try:
+            for message in messages:
+                send(message, 0).wait_for_publish(10)
+            # A device id that breaks the rule: a dead letter with the payload, not a raw record.
+            hostile_device, _ = paho_client(settings.mqtt_url, "it-login-hostile")
+            hostile_device.connect(options.broker.host, options.broker.port)
+            hostile_device.loop_start()
+            hostile_device.publish("iotlink/stg/nohub/..%2F..\\etc/periodic/pub/telemetry/json", b'{"hostile":1}', qos=1).wait_for_publish(10)
+            hostile_device.loop_stop()
+            hostile_device.disconnect()
+        finally:
+            close()
+        deadline = time.monotonic() + 60
+        while running.counters["produced"] + running.counters["rejected"] < len(messages) + 1:
+            assert time.monotonic() < deadline, f"the bridge took {running.counters} of {len(messages) + 1}"
+            time.sleep(0.1)
+    finally:
+        running.stop()
+    envelopes = [parse_envelope(value) for value in read_topic(settings.bootstrap_servers, raw, timeout_s=30)]
+    assert sorted((e.device_id, e.payload) for e in envelopes) == sorted((m.device.device_id, m.payload) for m in messages)
+    [letter] = [orjson.loads(value) for value in read_topic(settings.bootstrap_servers, dlq, timeout_s=30)]
+    assert (letter["reason_code"], letter["device_id"], letter["payload"]) == ("invalid_device_id", None, '{"hostile":1}')
+    assert "has the path separator '\\\\' at offset 7" in letter["reason"]
+
+
+def test_our_clients_log_in_and_say_why_a_wrong_login_is_refused_without_showing_it(stack, settings):
+    follower = ShadowFollower(settings.mqtt_url, lambda device, desired: True, client_id="it-login-follower")
+    follower.close()
+    wrong = broker_url("127.0.0.1", settings.ports.mqtt, "iotlink", "Pl4nted-wrong")
+    attempts = (
+        lambda: mqtt_publisher(wrong),
+        lambda: ShadowFollower(wrong, lambda device, desired: True, client_id="it-wrong-follower", timeout_s=3),
+        lambda: MqttShadowLink(wrong, "it-wrong-control-sink", timeout_s=3),
+        lambda: ShadowService(wrong, client_id="it-wrong-shadow-service").start(timeout_s=3),
+    )
+    for attempt in attempts:
+        with pytest.raises(ConnectionError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert "refused the connection: Not authorized" in message and "Pl4nted" not in message, message

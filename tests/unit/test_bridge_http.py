@@ -1,5 +1,6 @@
 """Request logic of the HTTP ingest: routing, content type -> format, payload checks, auth, limits, batch, OpenAPI."""
 
+import argparse
 import base64
 import re
 
@@ -9,7 +10,9 @@ import pytest
 from connectors.bridge_http import (
     ROUTES,
     HttpError,
+    HttpOptions,
     TokenCheck,
+    add_arguments,
     body_length,
     check_payload,
     format_for_content_type,
@@ -195,3 +198,42 @@ def test_a_bad_bridge_option_exits_2_before_anything_starts(argv, message, capsy
     monkeypatch.setattr(iotlink.stack, "EmbeddedStack", no_stack)
     assert main(argv) == 2
     assert capsys.readouterr().out.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("path_id", "fragment"),
+    [
+        ("..", "path device_id '..' is a path segment"),
+        ("x" * 10_240, "path device_id of 10240 characters is longer than the limit of 128"),
+        ("dev%201", "path device_id 'dev 1' has ' ' (U+0020) at offset 3"),
+        ("dev%221", "has '\"' (U+0022) at offset 3"),
+        ("..%252F..%5Cetc", "has the path separator '\\\\' at offset 7"),  # %25 decodes to the % of %2F
+        ("..%2F..%5Cetc", "has the path separator '/' at offset 2"),
+        ("%2e%2e", "path device_id '..' is a path segment"),
+    ],
+)
+def test_device_ids_breaking_the_rule_are_answered_400(path_id, fragment):
+    bad = error_of(match_route, "POST", f"/v1/telemetry/{path_id}")
+    assert (bad.status, bad.code) == (400, "invalid_device_id")
+    assert fragment in bad.message and len(bad.message) < 300
+
+
+def test_batch_records_and_product_ids_follow_the_same_rule():
+    items = [
+        {"device_id": "..", "format": "json", "payload": "{}"},
+        {"device_id": "ok-1", "format": "json", "payload": "{}", "product_id": "../p"},
+        {"device_id": "ok-2", "format": "json", "payload": "{}", "product_id": "prod-a"},
+    ]
+    error = error_of(parse_batch, orjson.dumps(items))
+    details = {d["index"]: (d["field"], d["message"]) for d in error.extra["details"]}
+    assert details[0] == ("device_id", "device_id '..' is a path segment ('.' or '..')")
+    assert details[1] == ("product_id", "product_id '../p' has the path separator '/' at offset 2")
+    assert 2 not in details
+
+
+def test_the_bridge_binds_this_machine_only_unless_told_otherwise():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).host == "127.0.0.1" == HttpOptions("k:1", "raw").host
+    assert parser.parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    assert "default 127.0.0.1" in parser.format_help()

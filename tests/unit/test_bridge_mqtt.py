@@ -172,3 +172,46 @@ def test_options_select_aws_iot_and_check_what_is_missing(tmp_path):
         options_from_args(parsed("--tls-cert", "c.pem"), Settings(mqtt_url="mqtt://h"))
     with pytest.raises(ValueError, match="--max-in-flight"):
         options_from_args(parsed("--max-in-flight", "0"), Settings(mqtt_url="mqtt://h"))
+
+
+@pytest.mark.parametrize(
+    ("device", "fragment"),
+    [
+        ("..", "device_id '..' is a path segment"),
+        ("x" * 10_240, "device_id of 10240 characters is longer than the limit of 128"),
+        ("dev 1", "device_id 'dev 1' has ' ' (U+0020) at offset 3"),
+        ("dev'1", "device_id \"dev'1\" has \"'\" (U+0027) at offset 3"),
+        ("..%2F..\\etc", "has the path separator '\\\\' at offset 7"),
+    ],
+)
+def test_a_device_id_breaking_the_rule_goes_to_the_dead_letter_topic_naming_no_device(device, fragment):
+    topic = f"iotlink/prd/nohub/{device}/periodic/pub/telemetry/json"
+    payload = b'{"device_timestamp":1756653767451,"data":{"metrics":{"t":1}}}'
+    message = classify_message(topic, payload, NOW)
+    assert message.rejected and message.reason_code == "invalid_device_id"
+    assert fragment in message.reason
+    assert message.envelope.device_id is None and message.envelope.hub_id is None
+    key, value = dead_letter_record(message, NOW + 5)
+    letter = orjson.loads(value)
+    assert key is None  # no partition, quality row or device document for an id that breaks the rule
+    assert (letter["stage"], letter["reason_code"], letter["source"], letter["device_id"]) == ("ingest", "invalid_device_id", "mqtt", None)
+    assert letter["payload"].encode() == payload and letter["mqtt_topic"] == topic
+    assert fragment in letter["reason"]
+
+
+def test_a_hub_id_breaking_the_rule_is_rejected_too():
+    message = classify_message("iotlink/prd/hub 1/dev-1/periodic/pub/telemetry/json", b"{}", NOW)
+    assert (message.reason_code, message.envelope.device_id) == ("invalid_device_id", None)
+    assert "hub_id 'hub 1' has ' '" in message.reason
+
+
+def test_the_broker_url_carries_the_login_and_the_options_use_it():
+    address = parse_broker_url("mqtt://iotlink:s3cr%40t@127.0.0.1:11883")
+    assert (address.host, address.port, address.tls, address.username, address.password) == ("127.0.0.1", 11883, False, "iotlink", "s3cr@t")
+    assert "s3cr" not in repr(address)
+    options = options_from_args(parsed(), Settings(mqtt_url="mqtt://iotlink:s3cret@127.0.0.1:11883", bootstrap_servers="127.0.0.1:1"))
+    assert (options.broker.username, options.broker.password) == ("iotlink", "s3cret")
+    assert "s3cret" not in options.describe()
+    with pytest.raises(ValueError) as caught:
+        parse_broker_url("http://iotlink:s3cret@127.0.0.1:11883")
+    assert "s3cret" not in str(caught.value) and "iotlink:***@" in str(caught.value)

@@ -2,11 +2,17 @@
 of commands that fail on the URLs that carry it (unreachable servers, malformed URLs, a bad
 configuration file)."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from iotlink import cli, stack
+from iotlink.mqtt_login import MqttLogin
+from jobs.config import Settings
 
 PLANTED = "Pl4nted-S3cret"
 UNREACHABLE = f"iot:{PLANTED}@127.0.0.1:1"
@@ -36,3 +42,32 @@ def test_a_failing_command_shows_no_password(tmp_path, index):
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.name != "iotlink.yaml":
             assert PLANTED not in path.read_text(errors="replace"), f"{path} shows the password"
+
+
+def test_up_prints_the_mqtt_login_once_and_where_it_is_kept(monkeypatch, capsys, tmp_path):
+    """``iotlink up`` is the one place the embedded broker's password is shown (devices and tools need it)."""
+    class StartedStack:
+        def __init__(self, settings):
+            self.data_dir = tmp_path
+            self.mqtt_login = MqttLogin("iotlink", PLANTED)
+            self.mqtt_login_file = tmp_path / "mqtt" / "login.json"
+
+        def start(self):
+            return {"kafka": "127.0.0.1:19092", "mqtt": "mqtt://127.0.0.1:11883"}
+
+        def stop(self):
+            pass
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stack, "EmbeddedStack", StartedStack)
+    monkeypatch.setattr(time, "sleep", interrupt)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.cmd_up(None, Settings(data_dir=tmp_path)) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = capsys.readouterr().out
+    assert f"mqtt login  user iotlink, password {PLANTED} (kept in {tmp_path / 'mqtt' / 'login.json'}" in out
+    assert out.count(PLANTED) == 1 and "mqtt://127.0.0.1:11883" in out

@@ -49,3 +49,11 @@ def test_bad_environment_value_names_the_source():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings("/nonexistent/iotlink.yaml", environ={})
+
+
+def test_an_mqtt_url_may_carry_a_login_and_a_bad_one_is_not_echoed():
+    settings = load_settings(None, environ={"IOTLINK_MQTT_URL": "mqtt://iotlink:s3cr%40t@127.0.0.1:11883"})
+    assert settings.mqtt_url == "mqtt://iotlink:s3cr%40t@127.0.0.1:11883"
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"IOTLINK_MQTT_URL": "mqtt://iotlink:Pl4nted@broker:port"})
+    assert "Pl4nted" not in str(info.value) and "mqtt://[user:password@]host[:port]" in str(info.value)

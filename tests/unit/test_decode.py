@@ -148,3 +148,37 @@ def test_a_decoder_failing_unforeseen_is_a_dead_letter_not_an_exception():
 def test_the_telemetry_text_of_each_record_is_made_once_by_the_decoder():
     out = decode(raw(client_payload()))
     assert out.texts == [telemetry_to_json(r) for r in out.records] and len(out.texts) == 1
+
+
+PAYLOAD = {"device_timestamp": TS, "data": {"metrics": {"t": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("hints", "fragment"),
+    [
+        ({"device_id": ".."}, "envelope device_id '..' is a path segment"),
+        ({"device_id": "x" * 10_240}, "envelope device_id of 10240 characters is longer than the limit of 128"),
+        ({"device_id": "dev 1"}, "envelope device_id 'dev 1' has ' ' (U+0020) at offset 3"),
+        ({"device_id": 'dev"1'}, "has '\"' (U+0022) at offset 3"),
+        ({"device_id": "..%2F..\\etc"}, "has the path separator '\\\\' at offset 7"),
+        ({"device_id": "dev-1", "hub_id": "hub/1"}, "envelope hub_id 'hub/1' has the path separator '/' at offset 3"),
+        ({"device_id": None, "mqtt_topic": "iotlink/prd/nohub/dev%2F1/periodic/pub/telemetry/json"}, "device_id 'dev%2F1' has the percent-encoding"),
+    ],
+)
+def test_an_envelope_whose_device_id_breaks_the_rule_is_a_dead_letter_naming_no_device(hints, fragment):
+    """A record that reached iotlink.raw without a bridge meets the bridges' rule in the decoder."""
+    out = decode(raw(PAYLOAD, **hints))
+    assert out.records == []
+    letter = out.dead_letter
+    assert (letter["stage"], letter["reason_code"]) == ("envelope", "invalid_device_id")
+    assert fragment in letter["reason"] and len(letter["reason"]) < 400
+    # No device: the job counts dead letters per device (communication quality, device state).
+    assert letter["device_id"] is None
+    assert orjson.loads(letter["payload"]) == PAYLOAD  # the original payload, not the envelope
+    assert letter["product_id"] == "prod-a"
+    dead_letter_to_json(letter)
+
+
+def test_valid_ids_from_envelope_and_topic_still_decode():
+    out = decode(raw(PAYLOAD, device_id="dev@site:3_x.y", hub_id="nohub"))
+    assert out.dead_letter is None and out.records[0]["device_id"] == "dev@site:3_x.y"

@@ -218,3 +218,19 @@ def test_job_submission_command_references_existing_files(compose):
     for key in ("IOTLINK_POSTGRES_URL", "IOTLINK_ICEBERG_CATALOG", "IOTLINK_MQTT_URL", "IOTLINK_MONGO_URL"):
         host = re.search(r"//(?:[^@/]*@)?([\w-]+)", environment[key])[1]
         assert host in compose["services"], key
+
+
+def test_mosquitto_refuses_anonymous_clients_and_the_job_logs_in(compose):
+    conf = (DOCKER / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    assert "allow_anonymous false" in conf and "password_file /mosquitto/auth/passwd" in conf
+    services = compose["services"]
+    broker, passwd = services["mosquitto"], services["mosquitto-passwd"]
+    # The one-shot writes the password file into the volume the broker reads, before the broker starts.
+    assert broker["depends_on"]["mosquitto-passwd"]["condition"] == "service_completed_successfully"
+    assert "mosquitto-auth:/mosquitto/auth:ro" in broker["volumes"] and "mosquitto-auth:/mosquitto/auth" in passwd["volumes"]
+    assert passwd["image"] == broker["image"] and "mosquitto_passwd -U /mosquitto/auth/passwd" in passwd["entrypoint"][-1]
+    assert "mosquitto-auth" in compose["volumes"]
+    url = services["jobmanager"]["environment"]["IOTLINK_MQTT_URL"]
+    assert url == "mqtt://${MQTT_USER:-iotlink}:${MQTT_PASSWORD:-change-me-mqtt}@mosquitto:1883"
+    example = (DOCKER / ".env.example").read_text()
+    assert "MQTT_USER=" in example and "MQTT_PASSWORD=" in example

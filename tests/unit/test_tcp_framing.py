@@ -168,3 +168,34 @@ def test_json_rule_reads_nested_string_or_integer_fields():
         b'{"device_id":"a b"}': "invalid_device_id",
         b"[1]": "device_id_missing",
     }
+
+
+@pytest.mark.parametrize(
+    ("hello", "fragment"),
+    [
+        (b"..", "hello frame: device id '..' is a path segment"),
+        (b"x" * 10_240, "hello frame: device id of 10240 characters is longer than the limit of 128"),
+        (b"dev 1", "hello frame: device id 'dev 1' has ' ' (U+0020) at offset 3"),
+        (b'"dev-1"', "hello frame: device id '\"dev-1\"' has '\"' (U+0022) at offset 0"),
+        (b"..%2F..\\etc", "has the path separator '\\\\' at offset 7"),
+        (b"dev%2F1", "has the percent-encoding '%2F' (an encoded '/') at offset 3"),
+    ],
+)
+def test_hostile_hello_ids_break_the_device_id_rule(hello, fragment):
+    with pytest.raises(DeviceIdError) as caught:
+        DeviceIdRule("hello").from_hello(hello)
+    assert caught.value.code == "invalid_device_id"
+    assert fragment in caught.value.reason
+
+
+def test_per_frame_ids_follow_the_same_rule():
+    with pytest.raises(DeviceIdError) as caught:
+        DeviceIdRule("json", field="id").split(b'{"id": "../etc"}')
+    assert (caught.value.code, caught.value.reason) == (
+        "invalid_device_id", "JSON field 'id': device id '../etc' has the path separator '/' at offset 2"
+    )
+    with pytest.raises(DeviceIdError) as caught:
+        DeviceIdRule("prefix", length=4).split(b"..  rest")
+    assert caught.value.code == "invalid_device_id" and "is a path segment" in caught.value.reason
+    # hex of up to 64 bytes is always a valid id
+    assert DeviceIdRule("header", length=64).split(bytes(range(64)))[0] == bytes(range(64)).hex()

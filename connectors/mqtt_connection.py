@@ -1,0 +1,113 @@
+"""Where an MQTT broker is and how to log in to it, from one URL, for every paho client of ours.
+
+``mqtt://[user[:password]@]host[:port]`` (default port 1883) or ``mqtts://…`` (TLS, default
+8883). The login travels inside the URL (``IOTLINK_MQTT_URL``, ``--mqtt-url``, the settings the
+embedded stack fills in), so the bridge, the simulator, the shadow service and the control sink
+all reach a broker that refuses anonymous clients without options of their own. User and
+password are percent-decoded (``%40`` for ``@``). Messages show the URL through
+:func:`operators.value_repr.masked_url` only, never with the password.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from operators.value_repr import masked_url
+
+SCHEMES = ("mqtt", "mqtts")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the MQTT broker listens, and the login the URL carried.
+
+    Attributes:
+        host: Host name or address.
+        port: TCP port.
+        tls: Whether the connection uses TLS (``mqtts``).
+        username: User name, or None for an anonymous connection.
+        password: Password (not shown by ``repr``), or None.
+    """
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parses ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://…``.
+
+    Args:
+        url: The broker URL.
+
+    Returns:
+        The address, with the percent-decoded login when the URL has one.
+
+    Raises:
+        ValueError: for another scheme or a missing host (the message masks the password).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        parts, port = None, None
+    if parts is None or parts.scheme not in SCHEMES or not parts.hostname:
+        raise ValueError(f"MQTT broker URL {masked_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port] (login: mqtt://user:password@host)")
+    tls = parts.scheme == "mqtts"
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls, username, password)
+
+
+def broker_url(host: str, port: int, username: str | None = None, password: str | None = None, tls: bool = False) -> str:
+    """The URL of a broker with its login, user and password percent-encoded.
+
+    Args:
+        host: Host name or address.
+        port: TCP port.
+        username: User name, or None for no login.
+        password: Password, or None.
+        tls: ``mqtts`` instead of ``mqtt``.
+
+    Returns:
+        E.g. ``mqtt://iotlink:s3cret@127.0.0.1:11883``; show it only through ``masked_url``.
+    """
+    login = ""
+    if username is not None:
+        login = quote(username, safe="") + (f":{quote(password, safe='')}" if password is not None else "") + "@"
+    return f"{'mqtts' if tls else 'mqtt'}://{login}{host}:{port}"
+
+
+def paho_client(url: str, client_id: str, **client_options) -> tuple[mqtt.Client, BrokerAddress]:
+    """A paho client (callback API 2) set up for the broker of ``url``: its login and TLS.
+
+    The caller sets its callbacks and connects to ``address.host``, ``address.port``.
+
+    Args:
+        url: The broker URL, login included when the broker needs one.
+        client_id: The MQTT client id.
+        **client_options: Further ``paho.mqtt.client.Client`` arguments (``protocol``, ...).
+
+    Returns:
+        (the client, the parsed address).
+
+    Raises:
+        ValueError: for a URL that is not an MQTT broker URL.
+    """
+    address = parse_broker_url(url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **client_options)
+    if address.username is not None:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set()
+    return client, address
+
+
+def refusal(reason_code) -> str | None:
+    """Why the broker refused a connection (a failed CONNACK, e.g. ``Not authorized``), or None when it accepted it."""
+    return str(reason_code) if getattr(reason_code, "is_failure", False) else None
