@@ -17,8 +17,15 @@ When Kafka does not confirm within ``--ack-timeout`` the answer is ``503`` with 
 the client resends. A record answered 503 may still reach Kafka later (it was handed to the
 producer), so a resend can store it twice — at least once, duplicates are dropped downstream.
 
-Every request runs on its own thread (``ThreadingHTTPServer``), so one waiting for Kafka does
+Every connection runs on its own thread (``ThreadingHTTPServer``), so one waiting for Kafka does
 not hold up the others.
+
+Message framing is checked strictly before anything else (RFC 9112 §6.1/§6.3): a request whose body
+length is ambiguous — ``Transfer-Encoding`` with ``Content-Length``, differing or malformed
+``Content-Length`` values, obsolete line folding, whitespace before a header colon, control
+characters in a header line — is answered ``400`` and the connection is closed, because a proxy in
+front of the bridge may have read the same bytes differently (request smuggling). Chunked bodies
+are not implemented: ``Transfer-Encoding: chunked`` alone is answered ``501``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 import socket
 import struct
 import threading
@@ -193,22 +201,129 @@ def check_payload(fmt: str, payload: bytes, where: str = "body") -> None:
                 raise HttpError(400, "invalid_hex", f"{where}: {exc}") from None
 
 
+# RFC 9110 §5.6.2 token characters: a header name is one token, nothing else (no whitespace).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Control characters other than HTAB are not allowed in a field value (RFC 9110 §5.5). A bare CR
+# matters most: the header parser behind http.server splits lines on it, so "X: 1\rTransfer-Encoding:
+# chunked" would become two header fields there while it is one here.
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() would accept "²" and other Unicode digits
+# More significant digits than this cannot be a body any limit admits; compared as text so int()
+# never meets the 4300-digit conversion limit (a ValueError that would be answered 500).
+_MAX_LENGTH_DIGITS = 18
+
+
+def parse_content_length(values: list[str]) -> int:
+    """The body length from every ``Content-Length`` field value of a request.
+
+    Each value is ``1*DIGIT`` or a comma-separated list of them; all the numbers must be the same
+    (RFC 9112 §6.3 rule 5 lets a recipient accept ``5, 5`` as 5, nothing else).
+
+    Args:
+        values: The field values, in order, optional whitespace around them allowed.
+
+    Raises:
+        HttpError: 400 ``invalid_content_length`` for anything not a decimal number (sign, junk,
+            empty list element), 400 ``conflicting_content_length`` for differing numbers, 413
+            ``payload_too_large`` for a number too long to be a plausible size.
+    """
+    numbers = set()
+    for value in values:
+        for item in value.split(","):
+            item = item.strip(" \t")
+            if not _DIGITS.fullmatch(item):
+                raise HttpError(400, "invalid_content_length", f"Content-Length {value!r} is not a non-negative decimal integer")
+            numbers.add(item.lstrip("0") or "0")
+    if len(numbers) > 1:
+        shown = ", ".join(repr(v) for v in values)
+        raise HttpError(400, "conflicting_content_length", f"Content-Length values {shown} differ: the body length is ambiguous")
+    (number,) = numbers
+    if len(number) > _MAX_LENGTH_DIGITS:
+        raise HttpError(413, "payload_too_large", f"Content-Length of {len(number)} digits is larger than any accepted body")
+    return int(number)
+
+
+def check_framing(header_lines: list[bytes], request_version: str = "HTTP/1.1") -> int | None:
+    """Validates the raw header section of a request and decides its body length (RFC 9112 §6).
+
+    Works on the bytes as received, not on parsed headers: the parser behind ``http.server``
+    (``email``) unfolds continuation lines, splits on a bare CR, and stops at a line without a
+    colon, quietly treating the rest as body — each a way for a front proxy and the bridge to see
+    different headers. Such requests are refused instead.
+
+    Args:
+        header_lines: The header lines with their line endings, up to and including the blank line.
+        request_version: The request's HTTP version (``HTTP/1.0`` may not use ``Transfer-Encoding``).
+
+    Returns:
+        The ``Content-Length`` (validated, see :func:`parse_content_length`), or None without one.
+
+    Raises:
+        HttpError: 400 ``invalid_header`` (obsolete line folding, a line without a colon, a name
+            that is not a token — whitespace before the colon included —, a control character in a
+            value), 400 ``conflicting_framing`` (``Transfer-Encoding`` with ``Content-Length``), 400
+            ``invalid_transfer_encoding`` (final coding not ``chunked``, ``chunked`` twice, an HTTP/1.0
+            request with ``Transfer-Encoding``), 501 ``chunked_not_implemented`` (a valid chunked
+            body: not implemented), and what :func:`parse_content_length` raises.
+    """
+    lengths, encodings = [], []
+    for number, raw in enumerate(header_lines, 1):
+        line = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if not line:
+            break  # the blank line that ends the header section
+        if line[:1] in (b" ", b"\t"):
+            raise HttpError(400, "invalid_header",
+                            f"header line {number} starts with whitespace: obsolete line folding is not accepted (RFC 9112 §5.2)")
+        name, colon, value = line.partition(b":")
+        shown = name[:64].decode("latin-1")
+        if not colon:
+            raise HttpError(400, "invalid_header", f"header line {number} {line[:64].decode('latin-1')!r} has no colon")
+        if not _TOKEN.fullmatch(name):
+            if name and _TOKEN.fullmatch(name.rstrip(b" \t")):
+                raise HttpError(400, "invalid_header", f"header {shown.rstrip()!r} has whitespace before the colon (RFC 9112 §5.1)")
+            raise HttpError(400, "invalid_header", f"header name {shown!r} on line {number} is not a token")
+        bad = _BAD_VALUE_BYTE.search(value)
+        if bad:
+            raise HttpError(400, "invalid_header", f"header {shown!r} has the control character 0x{bad.group()[0]:02x} in its value")
+        lowered = name.lower()
+        if lowered == b"content-length":
+            lengths.append(value.decode("latin-1").strip(" \t"))
+        elif lowered == b"transfer-encoding":
+            encodings.append(value.decode("latin-1").strip(" \t"))
+    if encodings:
+        # Checked before Content-Length: with both, the length is ambiguous whatever the values.
+        if lengths:
+            raise HttpError(400, "conflicting_framing", "Transfer-Encoding and Content-Length together: the body length is ambiguous (RFC 9112 §6.3)")
+        if request_version in ("HTTP/0.9", "HTTP/1.0"):
+            raise HttpError(400, "invalid_transfer_encoding", f"Transfer-Encoding in an {request_version} request (RFC 9112 §6.1)")
+        codings = [item.split(";", 1)[0].strip(" \t").lower() for item in ",".join(encodings).split(",")]
+        if "" in codings:
+            raise HttpError(400, "invalid_transfer_encoding", f"Transfer-Encoding {', '.join(encodings)!r} has an empty coding")
+        if codings[-1] != "chunked" or codings.count("chunked") > 1:
+            raise HttpError(400, "invalid_transfer_encoding",
+                            f"Transfer-Encoding {', '.join(encodings)!r}: the final coding must be chunked, applied once (RFC 9112 §6.3)")
+        raise HttpError(501, "chunked_not_implemented", "chunked request bodies are not implemented: send the body with a Content-Length header")
+    return parse_content_length(lengths) if lengths else None
+
+
 def body_length(headers, limit: int) -> int:
     """The request body size from ``Content-Length``.
 
+    Args:
+        headers: The request headers (``get_all`` is used when there, so every value is checked).
+        limit: The largest accepted body, in bytes.
+
     Raises:
         HttpError: 411 without ``Content-Length`` (chunked bodies are not accepted), 400 for a
-            malformed one, 413 above ``limit``.
+            malformed or ambiguous one, 413 above ``limit``.
     """
-    text = headers.get("Content-Length")
-    if text is None:
+    values = headers.get_all("Content-Length") if hasattr(headers, "get_all") else None
+    if values is None:
+        value = headers.get("Content-Length")
+        values = [] if value is None else [value]
+    if not values:
         raise HttpError(411, "length_required", "send the body with a Content-Length header (chunked transfer encoding is not accepted)")
-    try:
-        length = int(text)
-        if length < 0:
-            raise ValueError
-    except ValueError:
-        raise HttpError(400, "invalid_content_length", f"Content-Length {text!r} is not a non-negative integer") from None
+    length = parse_content_length(values)
     if length > limit:
         raise HttpError(413, "payload_too_large", f"body of {length} bytes is larger than the limit of {limit} bytes")
     return length
@@ -431,6 +546,20 @@ class HttpOptions:
     producer_config: dict = field(default_factory=dict)
 
 
+class IngestServer(ThreadingHTTPServer):
+    """The listening socket and the thread per connection.
+
+    ``socketserver.TCPServer`` listens with a backlog of 5: a burst of more clients than that,
+    arriving faster than the accept loop takes them, overflows the kernel's accept queue and gets
+    dropped SYNs or resets. ``listen()`` takes any int and the kernel caps it at
+    ``net.core.somaxconn``, so asking for ``SOMAXCONN`` means "as many as the host allows".
+    """
+
+    request_queue_size = socket.SOMAXCONN
+    # A connection thread must not keep the process alive at exit; stop() drains requests itself.
+    daemon_threads = True
+
+
 class HttpIngest:
     """The threaded HTTP server and its Kafka producer.
 
@@ -447,7 +576,7 @@ class HttpIngest:
         self.auth = TokenCheck(options.tokens)
         self.producer: RawProducer | None = None
         self.started_at = time.monotonic()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: IngestServer | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._active = 0
@@ -467,8 +596,7 @@ class HttpIngest:
         class Handler(IngestHandler):
             server_ingest = ingest
 
-        self._server = ThreadingHTTPServer((self.options.host, self.options.port), Handler)
-        self._server.daemon_threads = True
+        self._server = IngestServer((self.options.host, self.options.port), Handler)
         self._connector.start()
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-ingest", daemon=True)
         self._thread.start()
@@ -554,6 +682,49 @@ class IngestHandler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         log.debug("http ingest: %s " + format, self.address_string(), *args)
 
+    def parse_request(self) -> bool:
+        """Parses the request line and headers, then refuses ambiguous framing (see :func:`check_framing`).
+
+        Returns:
+            False when the request was answered here (an error) and must not be dispatched.
+        """
+        self._header_lines: list[bytes] = []
+        self._framing_checked = False
+        self._declared_length: int | None = None
+        self._consumed = False
+        real = self.rfile
+        # http.client reads the header lines with readline() only: record them as received.
+        self.rfile = _LineRecorder(real, self._header_lines)
+        try:
+            parsed = super().parse_request()
+        finally:
+            self.rfile = real
+        return parsed and self._check_framing()
+
+    def handle_expect_100(self) -> bool:
+        """Checks the framing before ``100 Continue`` is sent, so a refused client is not asked for its body."""
+        return self._check_framing() and super().handle_expect_100()
+
+    def _check_framing(self) -> bool:
+        if self._framing_checked:
+            return True
+        self._framing_checked = True
+        try:
+            self._declared_length = check_framing(self._header_lines, self.request_version)
+        except HttpError as exc:
+            ingest = self.server_ingest
+            ingest.counters.add("requests")
+            if 400 <= exc.status < 500:
+                ingest.counters.add("client_errors")
+                ingest.counters.add("rejected")
+                if exc.status == 413:
+                    ingest.counters.add("too_large")
+            # Where this request ends is unknown, so nothing after it on the connection can be trusted.
+            self.close_connection = True
+            self._send(exc.status, exc.body(), exc.headers)
+            return False
+        return True
+
     def do_GET(self):  # noqa: N802 - http.server's naming
         self._dispatch("GET")
 
@@ -568,7 +739,6 @@ class IngestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         ingest = self.server_ingest
-        self._consumed = False
         ingest.request_started()
         ingest.counters.add("requests")
         try:
@@ -592,6 +762,10 @@ class IngestHandler(BaseHTTPRequestHandler):
             status, body, headers = 500, {"error": "internal_error", "message": str(exc)}, {}
         finally:
             ingest.request_finished()
+        if self._declared_length and not self._consumed:
+            # A body was announced but not read (a GET, or an early error): its bytes would be
+            # taken for the next request on this connection.
+            self.close_connection = True
         self._send(status, body, headers)
 
     def _handle(self, method: str) -> tuple[int, dict, dict]:
@@ -669,6 +843,22 @@ class IngestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:
             self.close_connection = True  # the client left; nothing to tell it
+
+
+class _LineRecorder:
+    """A read-only file wrapper that keeps a copy of every line read through ``readline``."""
+
+    def __init__(self, raw, lines: list[bytes]):
+        self._raw = raw
+        self._lines = lines
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._raw.readline(size)
+        self._lines.append(line)
+        return line
+
+    def __getattr__(self, name: str):
+        return getattr(self._raw, name)
 
 
 # --- command line --------------------------------------------------------------------------------
