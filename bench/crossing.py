@@ -8,8 +8,8 @@ platform settings, ``$IOTLINK_CONFIG`` / ``$IOTLINK_SPECS_DIR`` or the project's
 records cross between Java and Python differs. Each variant's outputs (telemetry records plus
 dead letters) are counted by Flink in Java, never in Python:
 
-  a      DataStream API, thread mode: Kafka source of raw bytes -> ProcessFunction yielding a
-         typed tuple (device_id STRING, device_ts LONG, telemetry JSON STRING) per record and
+  a      DataStream API, thread mode: Kafka source of raw bytes -> the job's DecodeRawFunction yielding a
+         typed tuple (device_id STRING, device_ts LONG, telemetry JSON STRING) with its event time per record and
          each dead letter's JSON on a side output (as the job's decode operator does) ->
          both streams as tables -> SELECT COUNT(*) over their UNION ALL.
   b      Table API, general Python scalar UDF, thread mode: Kafka SQL table ('format' = 'raw',
@@ -237,33 +237,6 @@ def _run_table(variant: Variant, job: dict, settings: Settings) -> dict:
     return {"counted": counted, "seconds": seconds, "cpu_seconds": cpu, "detail": query}
 
 
-def _decode_process_function(registry_factory):
-    """A ProcessFunction decoding raw records as the job's decode operator does: a typed tuple
-    (device_id, device_ts, telemetry JSON) per record, dead letters' JSON to the job's side output."""
-    from pyflink.datastream import ProcessFunction
-
-    from jobs.telemetry_functions import DEAD_LETTERS
-
-    class DecodeToTuples(ProcessFunction):
-        """Raw bytes -> (device_id, device_ts, text); dead letters -> side output ``dead-letters``."""
-
-        def __init__(self, factory):
-            self._factory = factory
-            self._registry = None
-
-        def open(self, runtime_context):
-            self._registry = self._factory()
-
-        def process_element(self, value, ctx):
-            outcome = decode_raw_record(bytes(value), self._registry, int(time.time() * 1000))
-            for letter in outcome.dead_letters:
-                yield DEAD_LETTERS, dead_letter_to_json(letter)
-            for record, text in zip(outcome.records, outcome.texts, strict=True):
-                yield record["device_id"], record["device_ts"], text
-
-    return DecodeToTuples(registry_factory)
-
-
 def _run_datastream(variant: Variant, job: dict, settings: Settings) -> dict:
     """Variant a: KafkaSource (raw bytes) -> ProcessFunction -> tables -> COUNT(*) of records and letters."""
     from jobs.connector_classpath import export_jvm_classpath
@@ -277,7 +250,7 @@ def _run_datastream(variant: Variant, job: dict, settings: Settings) -> dict:
 
     from connectors.kafka import raw_kafka_source
     from jobs.connector_classpath import make_connector_jars_visible
-    from jobs.telemetry_functions import DEAD_LETTERS, TELEMETRY_TUPLE
+    from jobs.telemetry_functions import DEAD_LETTERS, TIMESTAMPED_TELEMETRY, DecodeRawFunction
 
     conf = {
         "parallelism.default": str(job["parallelism"]),
@@ -294,7 +267,8 @@ def _run_datastream(variant: Variant, job: dict, settings: Settings) -> dict:
     make_connector_jars_visible()
     source = raw_kafka_source(settings.bootstrap_servers, settings.topics.raw, GROUP_ID, stop_offsets=job["stop"], start_offsets=job["start"])
     raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "Kafka raw source")
-    decoded = raw.process(_decode_process_function(registry_factory), output_type=TELEMETRY_TUPLE).name("Decode payloads")
+    # The job's own decode operator (its counters included): what the job hands over.
+    decoded = raw.process(DecodeRawFunction(registry_factory), output_type=TIMESTAMPED_TELEMETRY).name("Decode payloads")
     letters = decoded.get_side_output(DEAD_LETTERS)
     table_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_batch_mode())
     table_env.create_temporary_view("records", table_env.from_data_stream(decoded))
