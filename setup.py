@@ -12,6 +12,7 @@ setup(
     install_requires=[
         "apache-flink==2.0.0",
         "kafka-python==3.0.12",
+        "confluent-kafka==2.16.1",  # librdkafka: the bridges' and the preload's producer (bench/kafka_clients.py)
         "pyyaml==6.0.3",
         "pydantic==2.14.3",
         "pyiceberg[pyarrow,sql-sqlite]==0.8.1",
@@ -31,6 +32,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest==9.2.0", "ruff==0.17.6"],
+        "bench": ["aiomqtt==2.5.1"],  # bench/mqtt_clients.py: the asyncio MQTT client, measured against paho
     },
     entry_points={"console_scripts": ["iotlink=iotlink.cli:main"]},
 )

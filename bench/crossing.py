@@ -43,22 +43,19 @@ message.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import psutil
 
 from connectors.jars import pipeline_jars_option
 from connectors.kafka import end_offsets, read_topic
-from iotlink.bench import ProcessTreeUsage, java_only_ceiling, preload
+from iotlink.bench import ProcessTreeUsage, java_only_ceiling, preload, run_measured
 from iotlink.stack import EmbeddedStack, free_port
 from jobs.config import Settings, load_settings
 from jobs.telemetry_job import decoder_registry_factory, export_python_path
@@ -342,36 +339,6 @@ class Outcome:
     checks: list[str] = field(default_factory=list)
 
 
-def _remember_tree(pid: int, seen: dict[tuple[int, float], psutil.Process]) -> None:
-    """Adds the running descendants of ``pid`` to ``seen`` (its JVM, its Python workers)."""
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                seen.setdefault((child.pid, child.create_time()), child)
-
-
-def _end_processes(proc: subprocess.Popen, seen: dict[tuple[int, float], psutil.Process]) -> None:
-    """Ends a variant's subprocess and every descendant it was seen with (a JVM whose Python
-    parent is gone ends by itself once its stdin closes; this makes sure, after a grace period)."""
-    if proc.poll() is None:
-        _remember_tree(proc.pid, seen)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    descendants = list(seen.values())
-    _, alive = psutil.wait_procs(descendants, timeout=10)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(alive, timeout=10)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-
-
 def run_in_subprocess(variant: Variant, job_file: Path, log_path: Path, timeout_s: float) -> Outcome:
     """Runs one variant in a fresh Python subprocess of this script and measures its process tree.
 
@@ -389,28 +356,15 @@ def run_in_subprocess(variant: Variant, job_file: Path, log_path: Path, timeout_
     command = [sys.executable, str(Path(__file__).resolve()), "--run-variant", variant.name,
                "--job-file", str(job_file), "--result-file", str(result_file)]
     outcome = Outcome(variant)
-    seen: dict[tuple[int, float], psutil.Process] = {}
-    started = time.monotonic()
     # Flink's own log of the subprocess's JVM next to its output (PyFlink's default is inside the venv).
     flink_log_dir = log_path.with_name(f"flink-{variant.name}")
     flink_log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "FLINK_LOG_DIR": str(flink_log_dir)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
-    try:
-        with ProcessTreeUsage(proc.pid) as usage:
-            while proc.poll() is None:
-                _remember_tree(proc.pid, seen)
-                if time.monotonic() - started > timeout_s:
-                    outcome.error = f"timed out after {timeout_s:.0f} s"
-                    break
-                time.sleep(0.5)
-    finally:
-        _end_processes(proc, seen)
-    outcome.process_seconds = time.monotonic() - started
-    outcome.process_cpu_seconds = usage.cpu_seconds
-    if outcome.error is None and proc.returncode != 0:
-        outcome.error = f"exited with code {proc.returncode}"
+    run = run_measured(command, log_path, timeout_s, cwd=ROOT, env={**os.environ, "FLINK_LOG_DIR": str(flink_log_dir)})
+    outcome.process_seconds = run.seconds
+    outcome.process_cpu_seconds = run.cpu_seconds
+    outcome.error = run.error
+    if outcome.error is None and run.returncode != 0:
+        outcome.error = f"exited with code {run.returncode}"
     if outcome.error is None:
         try:
             result = json.loads(result_file.read_text())

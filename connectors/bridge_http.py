@@ -602,14 +602,14 @@ class HttpIngest:
         self._thread.start()
 
     def _connect_producer(self) -> None:
-        config = {"max_block_ms": int(self.options.ack_timeout_s * 1000), **self.options.producer_config}
+        config = self.options.producer_config
         delay = 1.0
         while not self._closing.is_set():
             try:
                 options = self.options
                 self.producer = RawProducer(options.bootstrap_servers, options.raw_topic, options.max_in_flight, self.counters, **config)
                 return
-            except Exception as exc:  # noqa: BLE001 - kafka-python raises several kinds when no broker answers; retried
+            except Exception as exc:  # noqa: BLE001 - a producer that cannot be made is retried, the server keeps answering 503
                 log.warning("http ingest: cannot reach Kafka at %s: %s; retrying in %g s", self.options.bootstrap_servers, exc, delay)
                 self._closing.wait(delay)
                 delay = min(delay * 2, 30.0)

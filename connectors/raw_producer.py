@@ -9,7 +9,7 @@ reached, which is how a slow broker pushes back on the bridge.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -41,15 +41,25 @@ class BridgeCounters:
             return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
+class DeliveryError(Exception):
+    """Kafka did not take a record (its error, as librdkafka reported it)."""
+
+
 class RawProducer:
     """Writes raw envelopes to the raw topic, keyed by device id, with confirmations.
+
+    The client is librdkafka (``confluent-kafka``): per record it costs a fraction of
+    kafka-python's CPU (``bench/kafka_clients.py``, docs/performance.md). The producer is
+    idempotent, so a retried batch lands once and each partition keeps the order of the sends.
+    Confirmations run on one thread of the producer's own (``raw-producer-callbacks``).
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         topic: The raw topic.
         max_in_flight: Records that may wait for Kafka at once; :meth:`send` blocks beyond.
         counters: Counters to update (a new set when omitted).
-        producer_config: Extra kafka-python ``KafkaProducer`` settings.
+        producer_config: Extra librdkafka settings (dotted names given with underscores, e.g.
+            ``linger_ms=20`` for ``linger.ms``).
     """
 
     def __init__(
@@ -60,23 +70,34 @@ class RawProducer:
         counters: BridgeCounters | None = None,
         **producer_config,
     ):
-        from kafka import KafkaProducer
+        from confluent_kafka import Producer
 
         config = {
+            "bootstrap.servers": bootstrap_servers,
             "acks": "all",
-            "linger_ms": 5,
-            "retries": 2**31 - 1,  # retry until delivery_timeout_ms; a retried batch may land twice (at-least-once)
-            "delivery_timeout_ms": 120_000,
-            "request_timeout_ms": 30_000,
-            "max_request_size": 8 * 1024 * 1024,
-            "reconnect_backoff_max_ms": 10_000,
-            **producer_config,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "delivery.timeout.ms": 120_000,  # retried until then; a record not delivered by then fails
+            "request.timeout.ms": 30_000,
+            "message.max.bytes": 8 * 1024 * 1024 + 64 * 1024,
+            "reconnect.backoff.max.ms": 10_000,
+            # librdkafka's own log lines (connection refused, …) through logging, not on stderr.
+            "logger": logging.getLogger("connectors.raw_producer.librdkafka"),
+            **{name.replace("_", "."): value for name, value in producer_config.items()},
         }
         self.topic = topic
         self.counters = counters or BridgeCounters()
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._max_in_flight = max_in_flight
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **config)
+        self._producer = Producer(config)
+        self._closed = threading.Event()
+        self._callbacks = threading.Thread(target=self._serve_callbacks, name="raw-producer-callbacks", daemon=True)
+        self._callbacks.start()
+
+    def _serve_callbacks(self) -> None:
+        # librdkafka calls delivery callbacks only inside poll(); it returns as soon as one ran.
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
 
     @property
     def in_flight(self) -> int:
@@ -126,32 +147,23 @@ class RawProducer:
     def _send(self, topic: str, key: bytes | None, value: bytes, on_done: Completion | None, timeout_s: float | None, counted: bool) -> bool:
         if not self._slots.acquire(timeout=timeout_s):
             return False
+
+        def delivered(error, _message) -> None:
+            self._slots.release()
+            outcome = None if error is None else DeliveryError(str(error))
+            if counted:
+                self.counters.add("produced" if outcome is None else "failed")
+            if on_done is not None:
+                on_done(outcome)
+
         try:
-            future = self._producer.send(topic, key=key, value=value)
-        except Exception as exc:  # noqa: BLE001 - any send failure is the caller's outcome, reported via on_done
+            self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+        except Exception as exc:  # noqa: BLE001 - too large, unknown topic, full queue: the caller's outcome, via on_done
             self._slots.release()
             if counted:
                 self.counters.add("failed")
             if on_done is not None:
                 on_done(exc)
-            return True
-
-        def succeeded(_metadata):
-            self._slots.release()
-            if counted:
-                self.counters.add("produced")
-            if on_done is not None:
-                on_done(None)
-
-        def failed(exc):
-            self._slots.release()
-            if counted:
-                self.counters.add("failed")
-            if on_done is not None:
-                on_done(exc)
-
-        future.add_callback(succeeded)
-        future.add_errback(failed)
         return True
 
     def send_and_wait(self, envelopes: list[RawEnvelope], timeout_s: float = 60.0) -> list[BaseException | None]:
@@ -161,8 +173,6 @@ class RawProducer:
             One entry per envelope, in order: ``None`` when confirmed, else the error (a
             ``TimeoutError`` when Kafka did not answer within ``timeout_s``).
         """
-        from kafka.errors import KafkaTimeoutError
-
         outcomes: list[BaseException | None] = [TimeoutError("no answer from Kafka")] * len(envelopes)
         done = threading.Semaphore(0)
 
@@ -180,18 +190,21 @@ class RawProducer:
                 break
             sent += 1
         # Kafka not answering in time is an outcome, not an error: unanswered envelopes keep their TimeoutError.
-        with contextlib.suppress(KafkaTimeoutError):
-            self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         for _ in range(sent):
             if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 break
         return list(outcomes)
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Waits until every record sent so far has been answered."""
-        self._producer.flush(timeout=timeout_s)
+        """Waits until every record sent so far has been answered (or ``timeout_s`` passed)."""
+        self._producer.flush(-1 if timeout_s is None else timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Flushes and closes the producer."""
-        self._producer.flush(timeout=timeout_s)
-        self._producer.close(timeout=timeout_s)
+        """Waits up to ``timeout_s`` for the records sent so far; those still unanswered then get
+        their ``on_done`` with an error (purged, never confirmed); then the client is closed."""
+        self._producer.flush(timeout_s)
+        self._producer.purge()
+        self._producer.flush(1.0)  # serves the purged records' callbacks
+        self._closed.set()
+        self._callbacks.join()
+        self._producer.close()

@@ -96,29 +96,124 @@ class ProcessTreeUsage:
                 self._cpu[key] -= before
 
 
-def preload(settings: Settings, messages: int, devices: int, forms: str, seed: int) -> tuple[dict[int, int], int, int, float]:
-    """Produces ``messages`` simulated envelopes to the raw topic.
+@dataclass
+class MeasuredRun:
+    """A subprocess run by :func:`run_measured`.
+
+    Attributes:
+        returncode: Its exit code (None when it was stopped).
+        seconds: Wall time from start to end.
+        cpu_seconds: CPU time of its process tree over its whole life.
+        peak_bytes: Peak resident memory of its process tree.
+        error: Why it did not finish (timed out), if so.
+    """
+
+    returncode: int | None
+    seconds: float
+    cpu_seconds: float
+    peak_bytes: int
+    error: str | None = None
+
+
+def _remember_tree(pid: int, seen: dict) -> None:
+    """Adds the running descendants of ``pid`` to ``seen`` (its JVM, its Python workers)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                seen.setdefault((child.pid, child.create_time()), child)
+
+
+def _end_processes(proc, seen: dict) -> None:
+    """Ends a subprocess and every descendant it was seen with (a JVM whose Python parent is
+    gone ends by itself once its stdin closes; this makes sure, after a grace period)."""
+    import subprocess
+
+    import psutil
+
+    if proc.poll() is None:
+        _remember_tree(proc.pid, seen)
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def run_measured(command: list[str], log_path, timeout_s: float, cwd=None, env: dict | None = None) -> MeasuredRun:
+    """Runs a benchmark's subprocess to its end and measures its process tree.
+
+    Args:
+        command: The command line.
+        log_path: Where its output goes.
+        timeout_s: Limit for the whole run; past it the tree is stopped.
+        cwd: Its working directory.
+        env: Its environment (default: this process's).
+
+    Returns:
+        What it used; no process of its tree outlives the call.
+    """
+    import subprocess
+
+    seen: dict = {}
+    started = time.monotonic()
+    error = None
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    try:
+        with ProcessTreeUsage(proc.pid) as usage:
+            while proc.poll() is None:
+                _remember_tree(proc.pid, seen)
+                if time.monotonic() - started > timeout_s:
+                    error = f"timed out after {timeout_s:.0f} s"
+                    break
+                time.sleep(0.5)
+    finally:
+        _end_processes(proc, seen)
+    return MeasuredRun(proc.returncode if error is None else None, time.monotonic() - started, usage.cpu_seconds,
+                       usage.peak_bytes, error)
+
+
+# The throughput runs' fleet: a few devices send garbage or late readings, none overheats.
+PRELOAD_PROFILES = "normal=94,garbage=3,late=3"
+
+
+def preload(settings: Settings, messages: int, devices: int, forms: str, seed: int,
+            profiles: str = PRELOAD_PROFILES) -> tuple[dict[int, int], int, int, float]:
+    """Produces ``messages`` simulated envelopes to the raw topic (devices of the simulator's
+    ``profiles`` mix).
 
     Returns:
         (end offset per partition, messages sent, of which deliberately invalid, seconds taken).
     """
-    from kafka import KafkaProducer
+    from confluent_kafka import Producer
 
     from iotlink.simulator import FleetSimulator, build_fleet, encode_for_kafka, parse_profile_mix
 
-    fleet = build_fleet(devices, tuple(forms.split(",")), parse_profile_mix("normal=94,garbage=3,late=3"), seed)
+    fleet = build_fleet(devices, tuple(forms.split(",")), parse_profile_mix(profiles), seed)
     sim = FleetSimulator(fleet, seed=seed, interval_ms=1000)
     steps = math.ceil(messages / len(fleet))
     start_ts = int(time.time() * 1000) - steps * 1000
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=50, batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": 1, "linger.ms": 50,
+                         "message.max.bytes": 8 * 1024 * 1024 + 64 * 1024})
     ends: dict[int, int] = {}
+    failed: list[str] = []
 
-    def on_sent(meta):
-        if meta.offset + 1 > ends.get(meta.partition, 0):
-            ends[meta.partition] = meta.offset + 1
+    def on_delivery(error, record):
+        if error is not None:
+            failed.append(str(error))
+        elif record.offset() + 1 > ends.get(record.partition(), 0):
+            ends[record.partition()] = record.offset() + 1
 
     started = time.monotonic()
     sent = invalid = 0
@@ -127,13 +222,20 @@ def preload(settings: Settings, messages: int, devices: int, forms: str, seed: i
         if sent >= messages:
             break
         key, value = encode_for_kafka(message, now)
-        producer.send(settings.topics.raw, key=key, value=value).add_callback(on_sent)
+        while True:
+            try:
+                producer.produce(settings.topics.raw, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
+        producer.poll(0)
         sent += 1
         invalid += not message.valid
         if sent % 100_000 == 0:
             print(f"  preloaded {sent}/{messages}", flush=True)
     producer.flush()
-    producer.close()
+    if failed:
+        raise RuntimeError(f"preload: {len(failed)} records not written, the first: {failed[0]}")
     return ends, sent, invalid, time.monotonic() - started
 
 

@@ -331,20 +331,25 @@ def with_repeats(messages, percent: float, seed: int) -> Iterator[tuple[SimMessa
 
 
 def kafka_publisher(bootstrap_servers: str, topic: str):
-    """Returns (send(message, received_at), close()) writing envelopes to Kafka keyed by device."""
-    from kafka import KafkaProducer
+    """Returns (send(message, received_at), close()) writing envelopes to Kafka keyed by device
+    (librdkafka: the simulator reaches rates kafka-python's producer cannot)."""
+    from confluent_kafka import Producer
 
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks=1, linger_ms=20, batch_size=512 * 1024, max_request_size=8 * 1024 * 1024
-    )
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "acks": 1, "linger.ms": 20,
+                         "message.max.bytes": 8 * 1024 * 1024 + 64 * 1024})
 
     def send(message: SimMessage, received_at: int):
         key, value = encode_for_kafka(message, received_at)
-        return producer.send(topic, key=key, value=value)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
+        producer.poll(0)
 
     def close():
         producer.flush()
-        producer.close()
 
     return send, close
 

@@ -94,7 +94,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "bootstrap: installing pinned dependencies (first run takes a few minutes)…"
 "$VENV/bin/python" -m pip install -q --upgrade pip wheel
-"$VENV/bin/python" -m pip install -q -c requirements.lock -e '.[test]'
+"$VENV/bin/python" -m pip install -q -c requirements.lock -e '.[test,bench]'
 "$VENV/bin/python" -m pip check
 echo "$want" > "$stamp"
 echo "bootstrap: ready"
