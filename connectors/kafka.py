@@ -263,6 +263,40 @@ def raw_kafka_source(
     return builder.build()
 
 
+def committed_string_source(
+    bootstrap_servers: str, topic: str, group_id: str, start_offsets: Mapping[int, int], stop_offsets: Mapping[int, int]
+):
+    """A bounded KafkaSource of the committed strings of ``topic`` between two offsets per
+    partition (a job's transactional output, read again by another job).
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topic: The topic.
+        group_id: Consumer group.
+        start_offsets: Partition -> first offset.
+        stop_offsets: Partition -> end offset.
+
+    Returns:
+        The KafkaSource.
+    """
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.kafka import KafkaSource
+
+    return (
+        KafkaSource.builder()
+        .set_bootstrap_servers(bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_value_only_deserializer(SimpleStringSchema())
+        .set_property("isolation.level", "read_committed")
+        .set_property("fetch.max.bytes", str(32 * 1024 * 1024))
+        .set_property("max.partition.fetch.bytes", str(8 * 1024 * 1024))
+        .set_starting_offsets(_offsets_initializer(topic, start_offsets))
+        .set_bounded(_offsets_initializer(topic, stop_offsets))
+        .build()
+    )
+
+
 def string_source_from_start(bootstrap_servers: str, topic: str, group_id: str, bounded: bool = False):
     """A KafkaSource of strings from the topic's beginning: rule-set versions, control commands.
 

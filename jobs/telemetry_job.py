@@ -560,6 +560,18 @@ def create_job(settings: Settings, options: RunOptions):
     Returns:
         The StreamExecutionEnvironment, ready to execute.
     """
+    env, job = prepare_job(settings, options)
+    build_telemetry_pipeline(env, job)
+    return env
+
+
+def prepare_job(settings: Settings, options: RunOptions):
+    """The execution environment and the description of the job the settings make, not yet
+    wired: callers that run a variant of it (bench/seam.py) change the description first.
+
+    Returns:
+        (the StreamExecutionEnvironment, the :class:`TelemetryJob`).
+    """
     registry_factory, rules_factory = startup_factories(settings)
     export_python_path()
     if options.prometheus_port is not None:
@@ -673,8 +685,7 @@ def create_job(settings: Settings, options: RunOptions):
             fault=fault,
         ),
     )
-    build_telemetry_pipeline(env, job)
-    return env
+    return env, job
 
 
 def run_telemetry_job(settings: Settings, options: RunOptions, on_started: Callable | None = None) -> None:
