@@ -732,7 +732,9 @@ def add_arguments(parser) -> None:
     group = parser.add_argument_group("MQTT bridge")
     group.add_argument(
         "--topic-filter", action="append", metavar="FILTER",
-        help=f"topic filter to subscribe to at QoS 1 (repeatable; default {DEFAULT_TOPIC_FILTER})",
+        help=f"topic filter to subscribe to at QoS 1 (repeatable; default {DEFAULT_TOPIC_FILTER}); several bridges share "
+        f"the load through a shared subscription, each started with its own --client-id and "
+        f"--topic-filter '$share/<group>/{DEFAULT_TOPIC_FILTER}' (the broker hands each message to one of them)",
     )
     group.add_argument(
         "--client-id", default=DEFAULT_CLIENT_ID, help=f"MQTT client id of the persistent session (default {DEFAULT_CLIENT_ID}); unique per bridge"

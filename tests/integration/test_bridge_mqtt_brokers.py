@@ -267,6 +267,28 @@ def test_every_message_reaches_raw_byte_exact_keyed_by_device(kafka, topics, mos
     assert_nothing_redelivered(kafka, topics, mosquitto.port, options.client_id, already=len(messages))
 
 
+def test_bridges_sharing_a_subscription_split_the_messages_and_lose_none(kafka, topics, mosquitto):
+    # Two bridge instances on one MQTT 5 shared subscription: the broker hands each message to one
+    # of them, so together they carry every message once and each carries a share.
+    messages = make_messages(600, "shared")
+    shared = ("$share/iotlink/iotlink/+/+/+/+/pub/+/+",)
+    first = start_bridge(bridge_options(kafka, topics, mosquitto.port, topic_filters=shared, client_id=f"it-share-1-{topics[0]}"))
+    second = start_bridge(bridge_options(kafka, topics, mosquitto.port, topic_filters=shared, client_id=f"it-share-2-{topics[0]}"))
+    publisher = Publisher(mosquitto.port, "it-pub-shared")
+    try:
+        for running in (first, second):
+            assert running.transport.subscribed.wait(20), "a bridge did not subscribe"
+        publisher.publish_all(messages)
+        assert publisher.wait_acked(len(messages), 30) == len(messages)
+        records = read_records(kafka.endpoints["kafka"], topics[0], lambda rs: len(rs) >= len(messages))
+    finally:
+        publisher.close()
+        assert first.stop() is True and second.stop() is True
+    assert sorted(envelope.payload for _, envelope in envelopes(records)) == sorted(payload for _, _, payload in messages)
+    shares = [first.counters["produced"], second.counters["produced"]]
+    assert sum(shares) == len(messages) and min(shares) > 0, shares
+
+
 def test_a_broker_restart_while_publishing_loses_nothing_it_acknowledged(kafka, topics, mosquitto):
     messages = make_messages(800, "b")
     options = bridge_options(kafka, topics, mosquitto.port, max_in_flight=50)
