@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import ssl
 import threading
 import time
@@ -250,8 +249,9 @@ class _Received:
 class MqttBridge:
     """Moves messages from a transport (paho MQTT or AWS IoT Core) to Kafka, acknowledging after Kafka.
 
-    Threads: the transport's network thread calls :meth:`offer`; one worker thread produces to
-    Kafka; Kafka's sender thread runs the completions, which acknowledge through the transport.
+    Threads: the transport's network thread calls :meth:`offer`, which produces to Kafka; the
+    producer's callback thread runs the completions, which acknowledge through the transport; a
+    worker thread produces again what Kafka did not take.
 
     Args:
         options: The bridge options.
@@ -267,7 +267,6 @@ class MqttBridge:
         # The bound on messages taken and not finished: the broker's Receive Maximum is a request
         # that not every broker honours exactly, so the bridge enforces it itself.
         self._slots = threading.Semaphore(options.max_in_flight)
-        self._queue: queue.Queue[_Received] = queue.Queue()
         self._retries: collections.deque[_Received] = collections.deque()
         self._lock = threading.Lock()
         self._generation = 0
@@ -277,7 +276,7 @@ class MqttBridge:
         self._accepting.set()
         self._worker_stop = threading.Event()
         self._blocked_logged = False
-        self._worker = threading.Thread(target=self._work, name="mqtt-bridge-kafka", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="mqtt-bridge-retries", daemon=True)
 
     @property
     def in_flight(self) -> int:
@@ -296,7 +295,7 @@ class MqttBridge:
         with self._lock:
             self._generation += 1
             self._sequencer = AckSequencer()
-            # Queued ones are skipped by the worker; ones waiting for a retry are dropped here.
+            # Ones at Kafka finish unacknowledged when confirmed; ones waiting for a retry are dropped here.
             self._finish(len(self._retries))
             self._retries.clear()
 
@@ -323,40 +322,42 @@ class MqttBridge:
         if not self._accepting.is_set():
             self._slots.release()
             return
-        # Registered before it is queued: the worker may finish it before put() returns.
+        # Registered before it is produced: its confirmation may come before _dispatch returns.
         with self._lock:
             item = _Received(topic, payload, token, self._generation, int(time.time() * 1000))
             self._sequencer.add(item)
             self._unacked += 1
             self.peak_in_flight = max(self.peak_in_flight, self._unacked)
         self.counters.add("received")
-        self._queue.put(item)
+        # Produced on the network thread itself: handing each message to another thread cost a
+        # queue and a switch of the interpreter per message (the producer never blocks here; the
+        # in-flight bound above is what holds the broker back).
+        self._dispatch(item)
 
     # worker ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the Kafka worker (the transport is started by :func:`start_bridge`)."""
+        """Starts the retry worker (the transport is started by :func:`start_bridge`)."""
         self._worker.start()
 
-    def _next_item(self) -> _Received | None:
+    def _due_retry(self) -> _Received | None:
         with self._lock:
             if self._retries and self._retries[0].retry_at <= time.monotonic():
                 return self._retries.popleft()
-        try:
-            return self._queue.get(timeout=0.1)
-        except queue.Empty:
-            return None
+        return None
 
     def _work(self) -> None:
-        while not self._worker_stop.is_set():
-            item = self._next_item()
-            if item is None:
-                continue
-            with self._lock:
-                if item.generation != self._generation:
-                    self._finish()  # the broker redelivers it on the new connection
-                    continue
-            self._produce(item)
+        # Messages Kafka did not take are produced again from here, once their pause is over.
+        while not self._worker_stop.wait(0.05):
+            while (item := self._due_retry()) is not None:
+                self._dispatch(item)
+
+    def _dispatch(self, item: _Received) -> None:
+        with self._lock:
+            if item.generation != self._generation:
+                self._finish()  # the broker redelivers it on the new connection
+                return
+        self._produce(item)
 
     def _produce(self, item: _Received) -> None:
         message = classify_message(item.topic, item.payload, item.received_at, self.options.max_payload_bytes)
