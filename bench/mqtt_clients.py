@@ -37,7 +37,7 @@ SUBSCRIBERS = ("mosquitto_sub", "paho", "aiomqtt")
 TOPIC_FILTER = "iotlink/+/+/+/+/pub/+/+"
 
 
-def _start_broker(work: Path) -> tuple[subprocess.Popen, int]:
+def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     conf = work / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
@@ -48,7 +48,7 @@ def _start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     return broker, port
 
 
-def _publish(port: int, messages: int, publishers: int) -> list[subprocess.Popen]:
+def publish_lines(port: int, messages: int, publishers: int) -> list[subprocess.Popen]:
     """Starts the publishers, each fed its share of the lines on stdin."""
     procs = []
     for index in range(publishers):
@@ -71,12 +71,12 @@ def _feed(proc: subprocess.Popen, lines: bytes) -> None:
     proc.stdin.close()
 
 
-def _run_mosquitto_sub(port: int, messages: int, publishers: int) -> float:
+def run_mosquitto_sub(port: int, messages: int, publishers: int) -> float:
     sub = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-q", "1", "-c", "-i", "bench-sub", "-t", TOPIC_FILTER, "-C", str(messages)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # subscribed
     started = time.perf_counter()
-    pubs = _publish(port, messages, publishers)
+    pubs = publish_lines(port, messages, publishers)
     sub.wait(600)
     elapsed = time.perf_counter() - started
     for pub in pubs:
@@ -104,7 +104,7 @@ def _run_paho(port: int, messages: int, publishers: int) -> float:
     client.loop_start()
     time.sleep(1.0)
     started = time.perf_counter()
-    pubs = _publish(port, messages, publishers)
+    pubs = publish_lines(port, messages, publishers)
     done.wait(600)
     elapsed = time.perf_counter() - started
     client.loop_stop()
@@ -122,7 +122,7 @@ def _run_aiomqtt(port: int, messages: int, publishers: int) -> float:
             await client.subscribe(TOPIC_FILTER, qos=1)
             await asyncio.sleep(1.0)
             started = time.perf_counter()
-            pubs = _publish(port, messages, publishers)
+            pubs = publish_lines(port, messages, publishers)
             received = 0
             async for _message in client.messages:
                 received += 1
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", default=",".join(SUBSCRIBERS), metavar="LIST",
                         help=f"which subscribers, in order (default {','.join(SUBSCRIBERS)})")
     args = parser.parse_args(argv)
-    runners = {"mosquitto_sub": _run_mosquitto_sub, "paho": _run_paho, "aiomqtt": _run_aiomqtt}
+    runners = {"mosquitto_sub": run_mosquitto_sub, "paho": _run_paho, "aiomqtt": _run_aiomqtt}
     names = [name for name in args.subscribers.split(",") if name]
     unknown = [name for name in names if name not in runners]
     if unknown:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="iotlink-bench-mqtt-") as work:
         for round_ in range(args.rounds):
             for name in names:
-                broker, port = _start_broker(Path(work))
+                broker, port = start_broker(Path(work))
                 try:
                     cpu0 = time.process_time()
                     elapsed = runners[name](port, args.messages, args.publishers)
