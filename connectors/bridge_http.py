@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -329,35 +330,74 @@ def body_length(headers, limit: int) -> int:
     return length
 
 
-def load_tokens(token_file: Path | None, tokens: list[str] | None) -> frozenset[str]:
-    """The accepted bearer tokens: one per line of ``token_file`` (blank lines and ``#`` comments skipped) plus ``tokens``.
+TOKEN_DIGEST_PREFIX = "sha256:"
+
+
+def token_digest(token: str) -> str:
+    """The line a token file keeps for ``token``: ``sha256:`` and the hex SHA-256 of the token.
+
+    A plain hash suffices because tokens are random (:func:`new_token`: 256 bits), not chosen
+    passwords: there is nothing to guess from the digest.
+    """
+    return TOKEN_DIGEST_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A new random bearer token and its token-file line (the token itself is stored nowhere)."""
+    token = secrets.token_urlsafe(32)
+    return token, token_digest(token)
+
+
+def load_token_file(token_file: Path) -> frozenset[bytes]:
+    """The token digests of a token file: one ``sha256:<64 hex digits>`` per line (blank lines and
+    ``#`` comments skipped). Tokens are kept hashed at rest: a line holding a token itself is refused.
 
     Raises:
-        ValueError: for an unreadable file or a token with whitespace.
+        ValueError: naming the file, the line and what is wrong with it.
     """
-    found = list(tokens or [])
-    if token_file is not None:
-        try:
-            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ValueError(f"token file {token_file}: {exc.strerror or exc}") from None
-        found += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    for token in found:
+    try:
+        lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"token file {token_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    digests = set()
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        hex_digest = text[len(TOKEN_DIGEST_PREFIX):] if text.startswith(TOKEN_DIGEST_PREFIX) else ""
+        if len(hex_digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hex_digest):
+            raise ValueError(
+                f"token file {token_file}, line {number}: not a token digest ('sha256:' and 64 hex digits); the file keeps "
+                "tokens hashed: make one with 'iotlink bridge http --new-token' and put its line in the file"
+            )
+        digests.add(bytes.fromhex(hex_digest))
+    return frozenset(digests)
+
+
+def check_tokens(tokens: list[str] | None) -> frozenset[str]:
+    """Tokens given on the command line, checked.
+
+    Raises:
+        ValueError: for an empty token or one with whitespace.
+    """
+    for token in tokens or []:
         if not token or any(c.isspace() for c in token):
             raise ValueError("a bearer token must be non-empty and contain no whitespace")
-    return frozenset(found)
+    return frozenset(tokens or [])
 
 
 class TokenCheck:
     """Bearer token authentication with a constant-time comparison.
 
     Args:
-        tokens: The accepted tokens; empty means authentication is off.
+        tokens: Accepted tokens (in memory only: ``--token``, tests).
+        digests: SHA-256 digests of accepted tokens (the token file).
+        Both empty: authentication is off.
     """
 
-    def __init__(self, tokens: frozenset[str]):
+    def __init__(self, tokens: frozenset[str] = frozenset(), digests: frozenset[bytes] = frozenset()):
         # Compared as digests so neither the token count nor their lengths leak through timing.
-        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens] + sorted(digests)
 
     @property
     def enabled(self) -> bool:
@@ -537,6 +577,7 @@ class HttpOptions:
     host: str = DEFAULT_HOST
     port: int = 8080
     tokens: frozenset[str] = frozenset()
+    token_digests: frozenset[bytes] = frozenset()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch_records: int = DEFAULT_MAX_BATCH_RECORDS
     ack_timeout_s: float = 10.0
@@ -573,7 +614,7 @@ class HttpIngest:
     def __init__(self, options: HttpOptions):
         self.options = options
         self.counters = HttpCounters()
-        self.auth = TokenCheck(options.tokens)
+        self.auth = TokenCheck(options.tokens, options.token_digests)
         self.producer: RawProducer | None = None
         self.started_at = time.monotonic()
         self._server: IngestServer | None = None
@@ -873,8 +914,12 @@ def add_arguments(parser) -> None:
     group.add_argument("--host", default=DEFAULT_HOST, metavar="ADDRESS",
                        help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for every interface)")
     group.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0: any free port)")
-    group.add_argument("--token-file", type=Path, metavar="FILE", help="accepted bearer tokens, one per line (# comments)")
-    group.add_argument("--token", action="append", metavar="TOKEN", help="an accepted bearer token (repeatable)")
+    group.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="accepted bearer tokens, hashed: one 'sha256:<hex>' line per token (# comments); --new-token makes one")
+    group.add_argument("--token", action="append", metavar="TOKEN",
+                       help="an accepted bearer token (repeatable; shows in ps: prefer --token-file)")
+    group.add_argument("--new-token", action="store_true",
+                       help="print a new random token and its token-file line, then exit (the token is not stored anywhere)")
     group.add_argument("--no-auth", action="store_true", help="accept requests without a token (testing only)")
     group.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="BYTES",
                        help="larger bodies are answered 413 (default 1048576 = 1 MiB)")
@@ -894,8 +939,9 @@ def options_from_args(args, settings) -> HttpOptions:
     Raises:
         ValueError: naming the option that is missing or wrong.
     """
-    tokens = load_tokens(args.token_file, args.token)
-    if not tokens and not args.no_auth:
+    tokens = check_tokens(args.token)
+    digests = load_token_file(args.token_file) if args.token_file is not None else frozenset()
+    if not tokens and not digests and not args.no_auth:
         raise ValueError("no bearer tokens: give --token-file FILE or --token TOKEN (or --no-auth for tests)")
     if args.max_body_bytes < 1 or args.max_batch_records < 1:
         raise ValueError("--max-body-bytes and --max-batch-records must be positive")
@@ -907,6 +953,7 @@ def options_from_args(args, settings) -> HttpOptions:
         host=args.host,
         port=args.port,
         tokens=frozenset() if args.no_auth else tokens,
+        token_digests=frozenset() if args.no_auth else digests,
         max_body_bytes=args.max_body_bytes,
         max_batch_records=args.max_batch_records,
         ack_timeout_s=args.ack_timeout,

@@ -182,12 +182,20 @@ def run_tcp(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_http(args: argparse.Namespace, settings: Settings) -> int:
-    """``iotlink bridge http``: serves until Ctrl-C or SIGTERM, then lets running requests finish and exits 0."""
+    """``iotlink bridge http``: serves until Ctrl-C or SIGTERM, then lets running requests finish and exits 0
+    (``--new-token``: prints a new token and its token-file line instead)."""
+    if args.new_token:
+        token, line = bridge_http.new_token()
+        print(f"token (give it to the client; it is stored nowhere): {token}")
+        print(f"token file line (append it to the --token-file): {line}")
+        return 0
+
     def open_service(settings) -> RunningService:
         options = bridge_http.options_from_args(args, settings)
         ingest = bridge_http.HttpIngest(options)
         ingest.start()
-        auth = f"{len(options.tokens)} bearer token(s)" if options.tokens else "NO authentication"
+        accepted = len(options.tokens) + len(options.token_digests)
+        auth = f"{accepted} bearer token(s)" if accepted else "NO authentication"
 
         def final(drained: bool) -> str:
             c = ingest.counters.snapshot()

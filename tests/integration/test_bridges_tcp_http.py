@@ -501,8 +501,13 @@ def test_http_kafka_unreachable_from_the_start(topics):
 def test_http_ingest_as_a_subprocess(kafka, tmp_path):
     """``iotlink bridge http`` as devices meet it: its own process, a token file, curl; SIGTERM stops it cleanly."""
     bootstrap = kafka.endpoints["kafka"]
+    # The token file keeps the token hashed: the line iotlink bridge http --new-token prints.
+    made = subprocess.run([IOTLINK, "bridge", "http", "--new-token"], capture_output=True, text=True, check=True, timeout=60).stdout
+    token = made.split("stored nowhere): ", 1)[1].split()[0]
+    line = made.split("--token-file): ", 1)[1].split()[0]
+    assert token not in line
     tokens = tmp_path / "tokens.txt"
-    tokens.write_text(f"# devices of fleet A\n{TOKEN}\n")
+    tokens.write_text(f"# devices of fleet A\n{line}\n")
     port = free_port()
     log_path = tmp_path / "bridge-http.log"
     with log_path.open("wb") as log_file:
@@ -516,14 +521,14 @@ def test_http_ingest_as_a_subprocess(kafka, tmp_path):
             tag = f"sub-{time.time_ns()}"
             deadline = time.monotonic() + 60
             while True:  # 503 until the producer has connected
-                status, _ = curl(f"http://127.0.0.1:{port}/v1/telemetry/dev-p", "-H", f"Authorization: Bearer {TOKEN}",
+                status, _ = curl(f"http://127.0.0.1:{port}/v1/telemetry/dev-p", "-H", f"Authorization: Bearer {token}",
                                  "-H", "Content-Type: application/json", "--data-binary", json.dumps({"tag": tag, "seq": 0}))
                 if status == 202 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             assert status == 202
             for seq in range(1, 5):
-                status, _ = curl(f"http://127.0.0.1:{port}/v1/telemetry/dev-p", "-H", f"Authorization: Bearer {TOKEN}",
+                status, _ = curl(f"http://127.0.0.1:{port}/v1/telemetry/dev-p", "-H", f"Authorization: Bearer {token}",
                                  "-H", "Content-Type: application/json", "--data-binary", json.dumps({"tag": tag, "seq": seq}))
                 assert status == 202
             status, _ = curl(f"http://127.0.0.1:{port}/v1/telemetry/dev-p", "-H", "Content-Type: application/json", "--data-binary", "{}")

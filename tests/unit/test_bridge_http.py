@@ -22,10 +22,13 @@ from connectors.bridge_http import (
     body_length,
     check_framing,
     check_payload,
+    check_tokens,
     format_for_content_type,
-    load_tokens,
+    load_token_file,
     match_route,
+    new_token,
     parse_batch,
+    token_digest,
 )
 from connectors.http_openapi import openapi_document
 
@@ -102,23 +105,38 @@ def test_body_length_limits():
     assert (too_large.status, too_large.code) == (413, "payload_too_large")
 
 
-def test_bearer_tokens(tmp_path):
+def test_bearer_tokens_are_kept_hashed_in_the_token_file(tmp_path):
+    token, line = new_token()
+    assert line == token_digest(token) and line.startswith("sha256:") and token not in line
+    assert len(token) >= 43 and new_token()[0] != token  # 256 random bits each
     token_file = tmp_path / "tokens"
-    token_file.write_text("# fleet A\nalpha-123\n\n  beta-456  \n")
-    tokens = load_tokens(token_file, ["gamma"])
-    assert tokens == {"alpha-123", "beta-456", "gamma"}
-    auth = TokenCheck(tokens)
-    auth.check("Bearer alpha-123")
+    token_file.write_text(f"# fleet A\n{line}\n\n  {token_digest('beta-456').upper().replace('SHA256:', 'sha256:')}  \n")
+    digests = load_token_file(token_file)
+    assert len(digests) == 2
+    auth = TokenCheck(check_tokens(["gamma"]), digests)
+    auth.check(f"Bearer {token}")
     auth.check("bearer beta-456")
-    for header, words in ((None, "missing"), ("Basic abc", "not 'Bearer"), ("Bearer ", "not 'Bearer"), ("Bearer alpha-12", "unknown")):
+    auth.check("Bearer gamma")
+    for header, words in ((None, "missing"), ("Basic abc", "not 'Bearer"), ("Bearer ", "not 'Bearer"), ("Bearer beta-45", "unknown"),
+                          (f"Bearer {line}", "unknown")):  # the digest itself is not a token
         error = error_of(auth.check, header)
         assert error.status == 401 and words in error.message
         assert error.headers == {"WWW-Authenticate": 'Bearer realm="iotlink"'}
-    TokenCheck(frozenset()).check(None)  # no tokens configured: authentication is off
+    TokenCheck().check(None)  # no tokens configured: authentication is off
     with pytest.raises(ValueError, match="whitespace"):
-        load_tokens(None, ["two words"])
+        check_tokens(["two words"])
     with pytest.raises(ValueError, match="token file"):
-        load_tokens(tmp_path / "missing", None)
+        load_token_file(tmp_path / "missing")
+
+
+def test_a_token_file_with_a_token_in_plain_text_is_refused_naming_the_line(tmp_path):
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# ok\n{token_digest('a')}\nalpha-123\n")
+    with pytest.raises(ValueError, match=r"tokens, line 3: not a token digest .*--new-token"):
+        load_token_file(token_file)
+    token_file.write_text("sha256:1234\n")
+    with pytest.raises(ValueError, match="line 1"):
+        load_token_file(token_file)
 
 
 def test_batch_records_decode_text_base64_and_embedded_json():
