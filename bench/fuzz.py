@@ -8,7 +8,7 @@ the slowest and the 99th-percentile time per input, and the process's peak memor
 
     python bench/fuzz.py [--cases N] [--seed S]
 
-The unit tests run the same code on a few thousand cases (tests/unit/test_fuzz_decode.py).
+The unit tests run the same code on a few thousand cases (tests/unit/bench/test_fuzz_decode.py).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def test_the_shared_postgres_survives_another_pytest_session(settings):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    other = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/test_config.py"],
+    other = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/jobs/test_config.py"],
                            cwd=root, capture_output=True, text=True, timeout=120)
     assert other.returncode == 0, other.stdout[-2000:]
     for _ in range(3):  # a checkpoint makes the server open its control file by its full path

@@ -10,7 +10,7 @@ import pytest
 from operators.alarm_engine import ROUTES, AlarmEngine, DeviceState, alarm_id_for, severity_at_least
 from operators.rule_loading import ReplayStats, load_rule_file, load_rule_text, replay
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 T0 = 1_700_000_000_000
 
 

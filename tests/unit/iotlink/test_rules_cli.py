@@ -12,7 +12,7 @@ from iotlink.cli import main
 from operators.alarm_engine import alarm_id_for
 from operators.spec_loading import spec_files
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 T0 = 1_700_000_000_000
 
 

@@ -12,7 +12,7 @@ from operators.rule_loading import load_rule_file, load_rule_sets, load_rule_tex
 from operators.rule_model import Action, RuleSet, action_for, parse_duration_ms
 from operators.spec_loading import SpecLoadError, load_specs, metrics_by_product
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "rules"
 
 

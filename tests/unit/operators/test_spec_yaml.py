@@ -8,7 +8,7 @@ from operators.envelope import RawEnvelope
 from operators.spec_loading import SpecLoadError, load_spec_file, load_spec_text
 from operators.spec_yaml import MAX_YAML_BYTES, YamlDocumentError, load_yaml_file, load_yaml_text
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "yaml_specs"
+SPEC_DIR = Path(__file__).resolve().parents[3] / "yaml_specs"
 EXAMPLES_MARKER = "# --- Examples"
 
 

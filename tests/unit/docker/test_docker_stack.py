@@ -13,7 +13,7 @@ import yaml
 
 from connectors.jars import JVM_CLASSPATH_JAR_PREFIXES, jars_dir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOCKER = ROOT / "docker"
 OPERATIONS = ROOT / "docs" / "operations.md"
 JVM = ROOT / "jvm"

@@ -19,7 +19,7 @@ from operators.spec_loading import (
 )
 from operators.spec_yaml import load_yaml_file
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC_DIRS = [ROOT / "yaml_specs", ROOT / "docs" / "spec-examples"]
 
 

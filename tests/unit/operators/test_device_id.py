@@ -9,7 +9,7 @@ from iotlink.simulator import build_fleet
 from operators.device_id import DEVICE_ID_PATTERN, MAX_DEVICE_ID_CHARS, InvalidDeviceId, check_device_id, device_id_problem
 from operators.topic import parse_device_topic
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from operators.decode import DecoderRegistry, DeviceInfo, decode_raw_record
 from operators.envelope import RawEnvelope, build_envelope
 from operators.spec_loading import build_registry, load_spec_text, load_specs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOW = 1_772_359_300_000  # 2026-03-01T10:01:40Z
 FAILED_AT = NOW + 7
 DEVICES = {
