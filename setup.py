@@ -23,6 +23,7 @@ setup(
         "awsiotsdk==1.31.0",
         "orjson==3.13.0",
         "paho-mqtt==2.2.0",
+        "aiohttp==3.14.5",  # the HTTP ingest bridge's server
         "psutil==7.2.2",
         "croniter==7.0.0",  # the file batch job's --schedule
         # Embedded stack: PostgreSQL server, MQTT broker (Apache Kafka comes from jvm/pom.xml).

@@ -17,36 +17,39 @@ When Kafka does not confirm within ``--ack-timeout`` the answer is ``503`` with 
 the client resends. A record answered 503 may still reach Kafka later (it was handed to the
 producer), so a resend can store it twice — at least once, duplicates are dropped downstream.
 
-Every connection runs on its own thread (``ThreadingHTTPServer``), so one waiting for Kafka does
-not hold up the others.
+The server is aiohttp's (its C HTTP/1.1 parser, llhttp), on an asyncio loop of its own thread:
+requests are coroutines, so one waiting for Kafka holds up no other and no thread.
 
-Message framing is checked strictly before anything else (RFC 9112 §6.1/§6.3): a request whose body
-length is ambiguous — ``Transfer-Encoding`` with ``Content-Length``, differing or malformed
-``Content-Length`` values, obsolete line folding, whitespace before a header colon, control
-characters in a header line — is answered ``400`` and the connection is closed, because a proxy in
-front of the bridge may have read the same bytes differently (request smuggling). Chunked bodies
-are not implemented: ``Transfer-Encoding: chunked`` alone is answered ``501``.
+Message framing is the parser's, and strict (RFC 9112 §6.1/§6.3): a request whose body length is
+ambiguous — ``Transfer-Encoding`` with ``Content-Length``, differing or malformed
+``Content-Length`` values, a final coding other than chunked, obsolete line folding, whitespace
+before a header colon, control characters in a header line — is answered ``400
+malformed_request`` and the connection is closed, because a proxy in front of the bridge may have
+read the same bytes differently (request smuggling). Chunked bodies are read like any other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+from aiohttp import ClientPayloadError, HttpVersion11, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from connectors.http_openapi import openapi_document
 from connectors.raw_producer import BridgeCounters, RawProducer
@@ -62,6 +65,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BATCH_RECORDS = 1000
 TELEMETRY_PREFIX = "/v1/telemetry/"
 BATCH_PATH = "/v1/telemetry:batch"
+SERVER_NAME = "iotlink-http-ingest"
 # (method, path template) of every route the server answers; the OpenAPI document lists the same.
 ROUTES = (
     ("POST", "/v1/telemetry/{device_id}"),
@@ -200,134 +204,6 @@ def check_payload(fmt: str, payload: bytes, where: str = "body") -> None:
                 parse_hex_text(text)
             except HexTextError as exc:
                 raise HttpError(400, "invalid_hex", f"{where}: {exc}") from None
-
-
-# RFC 9110 §5.6.2 token characters: a header name is one token, nothing else (no whitespace).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Control characters other than HTAB are not allowed in a field value (RFC 9110 §5.5). A bare CR
-# matters most: the header parser behind http.server splits lines on it, so "X: 1\rTransfer-Encoding:
-# chunked" would become two header fields there while it is one here.
-_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() would accept "²" and other Unicode digits
-# More significant digits than this cannot be a body any limit admits; compared as text so int()
-# never meets the 4300-digit conversion limit (a ValueError that would be answered 500).
-_MAX_LENGTH_DIGITS = 18
-
-
-def parse_content_length(values: list[str]) -> int:
-    """The body length from every ``Content-Length`` field value of a request.
-
-    Each value is ``1*DIGIT`` or a comma-separated list of them; all the numbers must be the same
-    (RFC 9112 §6.3 rule 5 lets a recipient accept ``5, 5`` as 5, nothing else).
-
-    Args:
-        values: The field values, in order, optional whitespace around them allowed.
-
-    Raises:
-        HttpError: 400 ``invalid_content_length`` for anything not a decimal number (sign, junk,
-            empty list element), 400 ``conflicting_content_length`` for differing numbers, 413
-            ``payload_too_large`` for a number too long to be a plausible size.
-    """
-    numbers = set()
-    for value in values:
-        for item in value.split(","):
-            item = item.strip(" \t")
-            if not _DIGITS.fullmatch(item):
-                raise HttpError(400, "invalid_content_length", f"Content-Length {value!r} is not a non-negative decimal integer")
-            numbers.add(item.lstrip("0") or "0")
-    if len(numbers) > 1:
-        shown = ", ".join(repr(v) for v in values)
-        raise HttpError(400, "conflicting_content_length", f"Content-Length values {shown} differ: the body length is ambiguous")
-    (number,) = numbers
-    if len(number) > _MAX_LENGTH_DIGITS:
-        raise HttpError(413, "payload_too_large", f"Content-Length of {len(number)} digits is larger than any accepted body")
-    return int(number)
-
-
-def check_framing(header_lines: list[bytes], request_version: str = "HTTP/1.1") -> int | None:
-    """Validates the raw header section of a request and decides its body length (RFC 9112 §6).
-
-    Works on the bytes as received, not on parsed headers: the parser behind ``http.server``
-    (``email``) unfolds continuation lines, splits on a bare CR, and stops at a line without a
-    colon, quietly treating the rest as body — each a way for a front proxy and the bridge to see
-    different headers. Such requests are refused instead.
-
-    Args:
-        header_lines: The header lines with their line endings, up to and including the blank line.
-        request_version: The request's HTTP version (``HTTP/1.0`` may not use ``Transfer-Encoding``).
-
-    Returns:
-        The ``Content-Length`` (validated, see :func:`parse_content_length`), or None without one.
-
-    Raises:
-        HttpError: 400 ``invalid_header`` (obsolete line folding, a line without a colon, a name
-            that is not a token — whitespace before the colon included —, a control character in a
-            value), 400 ``conflicting_framing`` (``Transfer-Encoding`` with ``Content-Length``), 400
-            ``invalid_transfer_encoding`` (final coding not ``chunked``, ``chunked`` twice, an HTTP/1.0
-            request with ``Transfer-Encoding``), 501 ``chunked_not_implemented`` (a valid chunked
-            body: not implemented), and what :func:`parse_content_length` raises.
-    """
-    lengths, encodings = [], []
-    for number, raw in enumerate(header_lines, 1):
-        line = raw.removesuffix(b"\n").removesuffix(b"\r")
-        if not line:
-            break  # the blank line that ends the header section
-        if line[:1] in (b" ", b"\t"):
-            raise HttpError(400, "invalid_header",
-                            f"header line {number} starts with whitespace: obsolete line folding is not accepted (RFC 9112 §5.2)")
-        name, colon, value = line.partition(b":")
-        shown = name[:64].decode("latin-1")
-        if not colon:
-            raise HttpError(400, "invalid_header", f"header line {number} {line[:64].decode('latin-1')!r} has no colon")
-        if not _TOKEN.fullmatch(name):
-            if name and _TOKEN.fullmatch(name.rstrip(b" \t")):
-                raise HttpError(400, "invalid_header", f"header {shown.rstrip()!r} has whitespace before the colon (RFC 9112 §5.1)")
-            raise HttpError(400, "invalid_header", f"header name {shown!r} on line {number} is not a token")
-        bad = _BAD_VALUE_BYTE.search(value)
-        if bad:
-            raise HttpError(400, "invalid_header", f"header {shown!r} has the control character 0x{bad.group()[0]:02x} in its value")
-        lowered = name.lower()
-        if lowered == b"content-length":
-            lengths.append(value.decode("latin-1").strip(" \t"))
-        elif lowered == b"transfer-encoding":
-            encodings.append(value.decode("latin-1").strip(" \t"))
-    if encodings:
-        # Checked before Content-Length: with both, the length is ambiguous whatever the values.
-        if lengths:
-            raise HttpError(400, "conflicting_framing", "Transfer-Encoding and Content-Length together: the body length is ambiguous (RFC 9112 §6.3)")
-        if request_version in ("HTTP/0.9", "HTTP/1.0"):
-            raise HttpError(400, "invalid_transfer_encoding", f"Transfer-Encoding in an {request_version} request (RFC 9112 §6.1)")
-        codings = [item.split(";", 1)[0].strip(" \t").lower() for item in ",".join(encodings).split(",")]
-        if "" in codings:
-            raise HttpError(400, "invalid_transfer_encoding", f"Transfer-Encoding {', '.join(encodings)!r} has an empty coding")
-        if codings[-1] != "chunked" or codings.count("chunked") > 1:
-            raise HttpError(400, "invalid_transfer_encoding",
-                            f"Transfer-Encoding {', '.join(encodings)!r}: the final coding must be chunked, applied once (RFC 9112 §6.3)")
-        raise HttpError(501, "chunked_not_implemented", "chunked request bodies are not implemented: send the body with a Content-Length header")
-    return parse_content_length(lengths) if lengths else None
-
-
-def body_length(headers, limit: int) -> int:
-    """The request body size from ``Content-Length``.
-
-    Args:
-        headers: The request headers (``get_all`` is used when there, so every value is checked).
-        limit: The largest accepted body, in bytes.
-
-    Raises:
-        HttpError: 411 without ``Content-Length`` (chunked bodies are not accepted), 400 for a
-            malformed or ambiguous one, 413 above ``limit``.
-    """
-    values = headers.get_all("Content-Length") if hasattr(headers, "get_all") else None
-    if values is None:
-        value = headers.get("Content-Length")
-        values = [] if value is None else [value]
-    if not values:
-        raise HttpError(411, "length_required", "send the body with a Content-Length header (chunked transfer encoding is not accepted)")
-    length = parse_content_length(values)
-    if length > limit:
-        raise HttpError(413, "payload_too_large", f"body of {length} bytes is larger than the limit of {limit} bytes")
-    return length
 
 
 TOKEN_DIGEST_PREFIX = "sha256:"
@@ -587,25 +463,58 @@ class HttpOptions:
     producer_config: dict = field(default_factory=dict)
 
 
-class IngestServer(ThreadingHTTPServer):
-    """The listening socket and the thread per connection.
+class BusyError(Exception):
+    """More records wait for Kafka than ``max_in_flight``: the request is answered 503 at once."""
 
-    ``socketserver.TCPServer`` listens with a backlog of 5: a burst of more clients than that,
-    arriving faster than the accept loop takes them, overflows the kernel's accept queue and gets
-    dropped SYNs or resets. ``listen()`` takes any int and the kernel caps it at
-    ``net.core.somaxconn``, so asking for ``SOMAXCONN`` means "as many as the host allows".
+
+class _IngestConnection(web.RequestHandler):
+    """aiohttp's connection protocol, answering what its HTTP parser refuses in the bridge's own way.
+
+    The parser (llhttp) refuses ambiguous framing before any of our code runs: ``Transfer-Encoding``
+    with ``Content-Length``, differing or malformed lengths, a final coding other than chunked,
+    obsolete line folding, whitespace before a colon, control characters. aiohttp would answer
+    those with a text page and log a traceback per request (a hostile client could fill the log):
+    here they are a JSON ``400 malformed_request``, counted, logged at debug, and the connection is
+    closed (where the request ends is unknown, so nothing after it can be trusted).
     """
 
-    request_queue_size = socket.SOMAXCONN
-    # A connection thread must not keep the process alive at exit; stop() drains requests itself.
-    daemon_threads = True
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None, message: str | None = None):
+        ingest: HttpIngest = self._manager.ingest  # noqa: SLF001 - the server that made this connection
+        if not isinstance(exc, BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        reason = (exc.message or "malformed request").strip().splitlines()[0].rstrip(":")
+        log.debug("http ingest: refused a malformed request from %s: %s", request.remote, reason)
+        ingest.counters.add("requests")
+        ingest.counters.add("client_errors")
+        ingest.counters.add("rejected")
+        response = _json_response(400, {"error": "malformed_request", "message": f"the request is not well-formed HTTP/1.1: {reason}"},
+                                  {"Connection": "close"})
+        response.force_close()
+        return response
+
+
+class _IngestServer(web.Server):
+    """aiohttp's low-level server, making :class:`_IngestConnection` protocols."""
+
+    def __init__(self, ingest: HttpIngest, **kwargs):
+        super().__init__(ingest.handle, **kwargs)
+        self.ingest = ingest
+
+    def __call__(self) -> web.RequestHandler:
+        return _IngestConnection(self, loop=self._loop, **self._kwargs)
+
+
+def _json_response(status: int, body: dict, headers: dict) -> web.Response:
+    # Our own Server header: aiohttp's names its and Python's versions.
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers={"Server": SERVER_NAME, **headers})
 
 
 class HttpIngest:
-    """The threaded HTTP server and its Kafka producer.
+    """The HTTP server (aiohttp's, on an asyncio loop of its own thread) and its Kafka producer.
 
-    The producer is created on a background thread, so the server answers (503 until then) even
-    while Kafka is unreachable at start.
+    Requests run as coroutines: one waiting for Kafka holds no thread, and Kafka's confirmations of
+    all requests come back through the producer's one callback thread.
 
     Args:
         options: The ingest options.
@@ -617,30 +526,58 @@ class HttpIngest:
         self.auth = TokenCheck(options.tokens, options.token_digests)
         self.producer: RawProducer | None = None
         self.started_at = time.monotonic()
-        self._server: IngestServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._server: _IngestServer | None = None
+        self._listener: asyncio.base_events.Server | None = None
+        self._port: int | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
         self._closing = threading.Event()
         self._active = 0
-        self._active_lock = threading.Condition()
         self._health_cache: tuple[float, bool] = (0.0, False)
         self._connector = threading.Thread(target=self._connect_producer, name="http-ingest-kafka", daemon=True)
 
     @property
     def port(self) -> int:
         """The port the server listens on."""
-        return self._server.server_address[1]
+        return self._port
 
     def start(self) -> None:
-        """Binds the port and serves on background threads."""
-        ingest = self
+        """Binds the port and serves on a background thread.
 
-        class Handler(IngestHandler):
-            server_ingest = ingest
-
-        self._server = IngestServer((self.options.host, self.options.port), Handler)
+        Raises:
+            OSError: the address cannot be bound.
+        """
         self._connector.start()
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-ingest", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="http-ingest", daemon=True)
         self._thread.start()
+        self._started.wait(30)
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+            self._start_error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        loop.run_forever()
+        loop.close()
+
+    async def _listen(self) -> None:
+        # keepalive_timeout: an idle keep-alive connection is closed after 30 s (docs/bridges.md).
+        # lingering_time: a request answered before its body was read (refused, too large) has its
+        # connection closed after reading on for at most 1 s, so the client can still read the answer.
+        self._server = _IngestServer(self, keepalive_timeout=30.0, lingering_time=1.0, access_log=None)
+        # The listen backlog: as many as the host allows (asyncio's default is 100).
+        self._listener = await self._loop.create_server(self._server, self.options.host, self.options.port, backlog=socket.SOMAXCONN)
+        self._port = self._listener.sockets[0].getsockname()[1]
 
     def _connect_producer(self) -> None:
         config = self.options.producer_config
@@ -655,30 +592,33 @@ class HttpIngest:
                 self._closing.wait(delay)
                 delay = min(delay * 2, 30.0)
 
-    def kafka_reachable(self) -> bool:
-        """Whether Kafka answers (probed at most once a second)."""
+    async def kafka_reachable(self) -> bool:
+        """Whether Kafka answers (probed at most once a second, off the event loop)."""
         checked_at, answer = self._health_cache
         if time.monotonic() - checked_at >= 1.0:
-            answer = kafka_answers(self.options.bootstrap_servers, 1.0)
+            answer = await asyncio.to_thread(kafka_answers, self.options.bootstrap_servers, 1.0)
             self._health_cache = (time.monotonic(), answer)
         return answer
 
-    def produce(self, envelopes: list[RawEnvelope]) -> list[BaseException | None]:
-        """Produces the records of one request and waits up to the ack timeout for Kafka."""
-        if self.producer is None:
+    async def produce(self, envelopes: list[RawEnvelope]) -> list[BaseException | None]:
+        """Produces the records of one request and waits up to the ack timeout for Kafka.
+
+        Returns:
+            One outcome per envelope: None when Kafka confirmed it, else why not.
+        """
+        producer = self.producer
+        if producer is None:
             return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(envelopes)
-        return self.producer.send_and_wait(envelopes, self.options.ack_timeout_s)
-
-    def request_started(self) -> None:
-        """Counts a request in progress (shutdown waits for them)."""
-        with self._active_lock:
-            self._active += 1
-
-    def request_finished(self) -> None:
-        """Counts a request done."""
-        with self._active_lock:
-            self._active -= 1
-            self._active_lock.notify_all()
+        loop = asyncio.get_running_loop()
+        answers = []
+        for envelope in envelopes:
+            answer = loop.create_future()
+            answers.append(answer)
+            # A free in-flight slot or none: never block the event loop on the bound.
+            if not producer.send(envelope, functools.partial(_confirm, loop, answer), timeout_s=0):
+                answer.set_result(BusyError(f"{self.options.max_in_flight} records already wait for Kafka"))
+        await asyncio.wait(answers, timeout=self.options.ack_timeout_s)
+        return [answer.result() if answer.done() else TimeoutError("no answer from Kafka") for answer in answers]
 
     def stop(self) -> bool:
         """Stops accepting, lets running requests finish (they wait for Kafka), closes the producer.
@@ -687,19 +627,161 @@ class HttpIngest:
             True when every running request finished within the drain timeout.
         """
         self._closing.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        with self._active_lock:
-            drained = self._active_lock.wait_for(lambda: self._active == 0, self.options.drain_timeout_s)
+        drained = True
+        if self._loop is not None and self._listener is not None and self._thread.is_alive():
+            closing = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+            try:
+                drained = closing.result(self.options.drain_timeout_s + 15)
+            except Exception:  # noqa: BLE001 - a server that does not close in time is left to the process exit
+                log.warning("http ingest: the server did not close within the drain timeout")
+                drained = False
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
         self._connector.join(35)
         if self.producer is not None:
             self.producer.close(10)
         return drained
 
+    async def _close(self) -> bool:
+        self._listener.close()  # no new connections
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        drained = self._active == 0
+        await self._server.shutdown(1.0)  # closes the idle keep-alive connections
+        # Whatever still runs (a request past the drain timeout) ends here, not with the loop.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        return drained
+
     def status(self, before: dict[str, int], interval_s: float) -> str:
         """The one-line status against an earlier counter snapshot."""
         return status_line(self.counters.snapshot(), before, interval_s, self.producer.in_flight if self.producer else 0)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answers one request (aiohttp calls this once its head is parsed; the body is read here)."""
+        self._active += 1
+        self.counters.add("requests")
+        close = False
+        try:
+            status, body, headers = await self._answer(request)
+        except HttpError as exc:
+            status, body, headers = exc.status, exc.body(), exc.headers
+            if 400 <= exc.status < 500:
+                self.counters.add("client_errors")
+                self.counters.add("rejected")
+                if exc.status == 401:
+                    self.counters.add("unauthorized")
+                elif exc.status == 413:
+                    self.counters.add("too_large")
+            elif exc.status == 503:
+                self.counters.add("unavailable")
+        except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not drop the connection silently
+            log.exception("http ingest: %s %s failed", request.method, request.raw_path)
+            status, body, headers = 500, {"error": "internal_error", "message": str(exc)}, {}
+        finally:
+            self._active -= 1
+        if not request.content.at_eof() or status == 413:
+            # A body was announced and not read (a GET with a body, an early error): its bytes would be
+            # taken for the next request on this connection. A client sending too much is let go.
+            close = True
+        if close:
+            headers = {**headers, "Connection": "close"}
+        response = _json_response(status, body, headers)
+        if close:
+            response.force_close()
+        return response
+
+    async def _answer(self, request: web.BaseRequest) -> tuple[int, dict, dict]:
+        if request.version < HttpVersion11 and "Transfer-Encoding" in request.headers:
+            raise HttpError(400, "malformed_request",
+                            "the request is not well-formed HTTP/1.1: Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
+        route = match_route(request.method, request.raw_path)
+        if route.route == "/health":
+            return await self._health()
+        if route.route == "/openapi.json":
+            return 200, openapi_document(), {}
+        self.auth.check(request.headers.get("Authorization"))
+        if route.route == BATCH_PATH and media_type(request.headers.get("Content-Type")) != "application/json":
+            raise HttpError(415, "unsupported_media_type", "a batch is a JSON array: send Content-Type application/json")
+        fmt = None if route.route == BATCH_PATH else format_for_content_type(request.headers.get("Content-Type"))
+        body = await self._body(request)
+        if route.route == BATCH_PATH:
+            records = parse_batch(body, self.options.max_batch_records)
+        else:
+            check_payload(fmt, body)
+            product_id = route.query.get("product_id")
+            if product_id is not None:
+                product_id = _valid_id(product_id, "product_id", "query")
+            records = [BatchRecord(route.device_id, fmt, body, product_id)]
+        self.counters.add("received", len(records))
+        received_at = int(time.time() * 1000)
+        envelopes = [
+            RawEnvelope(payload=r.payload, source="http", received_at=received_at, device_id=r.device_id, product_id=r.product_id, format=r.format)
+            for r in records
+        ]
+        outcomes = await self.produce(envelopes)
+        failed = [i for i, exc in enumerate(outcomes) if exc is not None]
+        if failed:
+            first = outcomes[failed[0]]
+            message = f"Kafka did not confirm {len(failed)} of {len(records)} records ({type(first).__name__}: {first}); resend them"
+            extra = {}
+            if route.route == BATCH_PATH:
+                extra["results"] = [{"index": i, "status": "failed" if exc is not None else "stored"} for i, exc in enumerate(outcomes)]
+            raise HttpError(503, "kafka_unavailable", message, extra=extra, headers={"Retry-After": str(self.options.retry_after_s)})
+        self.counters.add("accepted")
+        answer = {"accepted": len(records), "received_at": received_at}
+        if route.device_id is not None:
+            answer["device_id"] = route.device_id
+        return 202, answer, {}
+
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        """The request body, at most ``max_body_bytes`` (Content-Length or chunked)."""
+        limit = self.options.max_body_bytes
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if request.content_length is None and not chunked:
+            raise HttpError(411, "length_required", "send the body with a Content-Length header or chunked")
+        if request.content_length is not None and request.content_length > limit:
+            raise HttpError(413, "payload_too_large", f"body of {request.content_length} bytes is larger than the limit of {limit} bytes")
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # Asked only now: a request refused above (unknown token, too large) is never asked for its body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        parts, size = [], 0
+        try:
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, "payload_too_large", f"body larger than the limit of {limit} bytes")
+                parts.append(chunk)
+        except (ClientPayloadError, ConnectionError) as exc:
+            raise HttpError(400, "incomplete_body", f"the body ended early: {exc}") from None
+        return b"".join(parts)
+
+    async def _health(self) -> tuple[int, dict, dict]:
+        reachable = await self.kafka_reachable()
+        body = {
+            "status": "ok" if reachable else "kafka_unreachable",
+            "kafka": {"bootstrap_servers": self.options.bootstrap_servers, "reachable": reachable, "topic": self.options.raw_topic},
+            "in_flight": self.producer.in_flight if self.producer else 0,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "counters": self.counters.snapshot(),
+        }
+        return (200 if reachable else 503), body, {}
+
+
+def _confirm(loop: asyncio.AbstractEventLoop, answer: asyncio.Future, error: BaseException | None) -> None:
+    """Kafka's answer for one record, from the producer's callback thread to the request's loop."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the request ended long ago
+        loop.call_soon_threadsafe(_settle, answer, error)
+
+
+def _settle(answer: asyncio.Future, error: BaseException | None) -> None:
+    if not answer.done():
+        answer.set_result(error)
 
 
 def status_line(now: dict[str, int], before: dict[str, int], interval_s: float, in_flight: int) -> str:
@@ -710,199 +792,6 @@ def status_line(now: dict[str, int], before: dict[str, int], interval_s: float, 
         f"(401 {now['unauthorized']}, 413 {now['too_large']})  503 {now['unavailable']}  records produced {now['produced']}  "
         f"kafka errors {now['failed']}  in flight {in_flight}"
     )
-
-
-class IngestHandler(BaseHTTPRequestHandler):
-    """Answers one connection's requests (HTTP/1.1 keep-alive); bound to an :class:`HttpIngest` by subclassing."""
-
-    server_ingest: HttpIngest
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that stops sending mid-request frees its thread
-    server_version = "iotlink-http-ingest"
-    # The head and the body of an answer are two writes: with Nagle's algorithm the body waited
-    # for the client's delayed ACK of the head, ~40 ms per request on a keep-alive connection.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        log.debug("http ingest: %s " + format, self.address_string(), *args)
-
-    def parse_request(self) -> bool:
-        """Parses the request line and headers, then refuses ambiguous framing (see :func:`check_framing`).
-
-        Returns:
-            False when the request was answered here (an error) and must not be dispatched.
-        """
-        self._header_lines: list[bytes] = []
-        self._framing_checked = False
-        self._declared_length: int | None = None
-        self._consumed = False
-        real = self.rfile
-        # http.client reads the header lines with readline() only: record them as received.
-        self.rfile = _LineRecorder(real, self._header_lines)
-        try:
-            parsed = super().parse_request()
-        finally:
-            self.rfile = real
-        return parsed and self._check_framing()
-
-    def handle_expect_100(self) -> bool:
-        """Checks the framing before ``100 Continue`` is sent, so a refused client is not asked for its body."""
-        return self._check_framing() and super().handle_expect_100()
-
-    def _check_framing(self) -> bool:
-        if self._framing_checked:
-            return True
-        self._framing_checked = True
-        try:
-            self._declared_length = check_framing(self._header_lines, self.request_version)
-        except HttpError as exc:
-            ingest = self.server_ingest
-            ingest.counters.add("requests")
-            if 400 <= exc.status < 500:
-                ingest.counters.add("client_errors")
-                ingest.counters.add("rejected")
-                if exc.status == 413:
-                    ingest.counters.add("too_large")
-            # Where this request ends is unknown, so nothing after it on the connection can be trusted.
-            self.close_connection = True
-            self._send(exc.status, exc.body(), exc.headers)
-            return False
-        return True
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        self._dispatch("GET")
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        self._dispatch("POST")
-
-    def do_PUT(self):  # noqa: N802 - http.server's naming
-        self._dispatch("PUT")
-
-    def do_DELETE(self):  # noqa: N802 - http.server's naming
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        ingest = self.server_ingest
-        ingest.request_started()
-        ingest.counters.add("requests")
-        try:
-            status, body, headers = self._handle(method)
-        except HttpError as exc:
-            status, body, headers = exc.status, exc.body(), exc.headers
-            if 400 <= exc.status < 500:
-                ingest.counters.add("client_errors")
-                ingest.counters.add("rejected")
-                if exc.status == 401:
-                    ingest.counters.add("unauthorized")
-                elif exc.status == 413:
-                    ingest.counters.add("too_large")
-            elif exc.status == 503:
-                ingest.counters.add("unavailable")
-            if method != "GET" and not self._consumed:
-                # The body was not read: the connection cannot carry another request.
-                self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not drop the connection silently
-            log.exception("http ingest: %s %s failed", method, self.path)
-            status, body, headers = 500, {"error": "internal_error", "message": str(exc)}, {}
-        finally:
-            ingest.request_finished()
-        if self._declared_length and not self._consumed:
-            # A body was announced but not read (a GET, or an early error): its bytes would be
-            # taken for the next request on this connection.
-            self.close_connection = True
-        self._send(status, body, headers)
-
-    def _handle(self, method: str) -> tuple[int, dict, dict]:
-        ingest = self.server_ingest
-        route = match_route(method, self.path)
-        if route.route == "/health":
-            return self._health()
-        if route.route == "/openapi.json":
-            return 200, openapi_document(), {}
-        ingest.auth.check(self.headers.get("Authorization"))
-        length = body_length(self.headers, ingest.options.max_body_bytes)
-        if route.route == BATCH_PATH:
-            if media_type(self.headers.get("Content-Type")) != "application/json":
-                raise HttpError(415, "unsupported_media_type", "a batch is a JSON array: send Content-Type application/json")
-            records = parse_batch(self._body(length), ingest.options.max_batch_records)
-        else:
-            fmt = format_for_content_type(self.headers.get("Content-Type"))
-            body = self._body(length)
-            check_payload(fmt, body)
-            product_id = route.query.get("product_id")
-            if product_id is not None:
-                product_id = _valid_id(product_id, "product_id", "query")
-            records = [BatchRecord(route.device_id, fmt, body, product_id)]
-        ingest.counters.add("received", len(records))
-        received_at = int(time.time() * 1000)
-        envelopes = [
-            RawEnvelope(payload=r.payload, source="http", received_at=received_at, device_id=r.device_id, product_id=r.product_id, format=r.format)
-            for r in records
-        ]
-        outcomes = ingest.produce(envelopes)
-        failed = [i for i, exc in enumerate(outcomes) if exc is not None]
-        if failed:
-            first = outcomes[failed[0]]
-            message = f"Kafka did not confirm {len(failed)} of {len(records)} records ({type(first).__name__}: {first}); resend them"
-            extra = {}
-            if route.route == BATCH_PATH:
-                extra["results"] = [{"index": i, "status": "failed" if exc is not None else "stored"} for i, exc in enumerate(outcomes)]
-            raise HttpError(503, "kafka_unavailable", message, extra=extra, headers={"Retry-After": str(ingest.options.retry_after_s)})
-        ingest.counters.add("accepted")
-        body = {"accepted": len(records), "received_at": received_at}
-        if route.device_id is not None:
-            body["device_id"] = route.device_id
-        return 202, body, {}
-
-    def _body(self, length: int) -> bytes:
-        body = self.rfile.read(length)
-        self._consumed = len(body) == length
-        if len(body) != length:
-            raise HttpError(400, "incomplete_body", f"the connection ended after {len(body)} of {length} body bytes")
-        return body
-
-    def _health(self) -> tuple[int, dict, dict]:
-        ingest = self.server_ingest
-        reachable = ingest.kafka_reachable()
-        body = {
-            "status": "ok" if reachable else "kafka_unreachable",
-            "kafka": {"bootstrap_servers": ingest.options.bootstrap_servers, "reachable": reachable, "topic": ingest.options.raw_topic},
-            "in_flight": ingest.producer.in_flight if ingest.producer else 0,
-            "uptime_s": round(time.monotonic() - ingest.started_at, 1),
-            "counters": ingest.counters.snapshot(),
-        }
-        return (200 if reachable else 503), body, {}
-
-    def _send(self, status: int, body: dict, headers: dict) -> None:
-        data = orjson.dumps(body)
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True  # the client left; nothing to tell it
-
-
-class _LineRecorder:
-    """A read-only file wrapper that keeps a copy of every line read through ``readline``."""
-
-    def __init__(self, raw, lines: list[bytes]):
-        self._raw = raw
-        self._lines = lines
-
-    def readline(self, size: int = -1) -> bytes:
-        line = self._raw.readline(size)
-        self._lines.append(line)
-        return line
-
-    def __getattr__(self, name: str):
-        return getattr(self._raw, name)
 
 
 # --- command line --------------------------------------------------------------------------------

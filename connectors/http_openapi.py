@@ -23,10 +23,10 @@ def _json(description: str, schema: str) -> dict:
 
 _RESPONSES_COMMON = {
     "401": _json_error("Missing, malformed or unknown bearer token (`WWW-Authenticate: Bearer`)."),
-    "411": _json_error("No `Content-Length` header."),
-    "501": _json_error("`Transfer-Encoding: chunked`: chunked bodies are not implemented; send a `Content-Length`. "
-                       "(Ambiguous framing — `Transfer-Encoding` with `Content-Length`, differing or invalid "
-                       "`Content-Length` values, folded or malformed header lines — is answered 400 and the connection closed.)"),
+    "411": _json_error("Neither `Content-Length` nor `Transfer-Encoding: chunked`. "
+                       "(Ambiguous framing — `Transfer-Encoding` with `Content-Length`, repeated or invalid "
+                       "`Content-Length` values, folded or malformed header lines — is answered 400 `malformed_request` "
+                       "and the connection closed.)"),
     "413": _json_error("Body larger than the limit (default 1 MiB)."),
     "415": _json_error("Unsupported `Content-Type`."),
     "503": {
