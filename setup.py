@@ -32,7 +32,7 @@ setup(
         "nx-27017==0.8.1",  # MongoDB wire protocol on SQLite, for the embedded hot layer
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "ruff==0.17.6"],
+        "test": ["pytest==9.2.0", "ruff==0.17.6", "schemathesis==4.32.5"],  # schemathesis: the HTTP bridge against its OpenAPI document
         "bench": ["aiomqtt==2.5.1"],  # bench/mqtt_clients.py: the asyncio MQTT client, measured against paho
     },
     entry_points={"console_scripts": ["iotlink=iotlink.cli:main"]},

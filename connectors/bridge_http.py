@@ -362,7 +362,7 @@ def _batch_record(item, index: int) -> BatchRecord:
     if problem is not None:
         raise bad("device_id", problem)
     fmt = item.get("format")
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise bad("format", f"format {fmt!r} is not one of {', '.join(sorted(FORMATS))}")
     product_id = item.get("product_id")
     if product_id is not None:
@@ -376,7 +376,7 @@ def _batch_record(item, index: int) -> BatchRecord:
         raise bad("payload", "payload is missing")
     value = item["payload"]
     encoding = item.get("payload_encoding", "base64" if fmt == "bin" else "utf8")
-    if encoding not in ("utf8", "base64"):
+    if not isinstance(encoding, str) or encoding not in ("utf8", "base64"):
         raise bad("payload_encoding", f"payload_encoding {encoding!r} is not utf8 or base64")
     if fmt == "json" and isinstance(value, dict | list):
         payload = orjson.dumps(value)

@@ -13,6 +13,25 @@ from operators.device_id import DEVICE_ID_PATTERN
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+# Hex text as operators/hex_text.py accepts it: whole bytes, each group with an optional 0x,
+# groups separated by whitespace, ':', ',' or '-'.
+HEX_TEXT_PATTERN = r"^\s*(?:0[xX])?(?:[0-9A-Fa-f]{2})+(?:[\s:,\-]+(?:0[xX])?(?:[0-9A-Fa-f]{2})+)*\s*$"
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$|^[A-Za-z0-9+/]{2}==$|^[A-Za-z0-9+/]{3}=$"
+
+
+def _batch_record(fmt: str, payload: dict, encoding: str | None) -> dict:
+    properties = {
+        "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
+        "format": {"type": "string", "enum": [fmt]},
+        "payload": payload,
+        "product_id": {"type": "string", "pattern": DEVICE_ID_PATTERN, "nullable": True,
+                       "description": "Product id hint (default, or null: from the device registry)."},
+    }
+    if encoding is not None:
+        properties["payload_encoding"] = {"type": "string", "enum": [encoding]}
+    return {"type": "object", "required": ["device_id", "format", "payload"], "additionalProperties": False, "properties": properties}
+
+
 def _json_error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
@@ -97,20 +116,15 @@ _DOCUMENT = {
                 },
             },
             "BatchRecord": {
-                "type": "object",
-                "required": ["device_id", "format", "payload"],
-                "additionalProperties": False,
-                "properties": {
-                    "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
-                    "format": {"type": "string", "enum": ["json", "csv", "hex", "bin"]},
-                    "payload": {
-                        "description": "Text (`payload_encoding` utf8) or base64 (`payload_encoding` base64); for format `json` also "
-                        "the JSON object or array itself (stored compact).",
-                        "oneOf": [{"type": "string"}, {"type": "object"}, {"type": "array", "items": {}}],
-                    },
-                    "payload_encoding": {"type": "string", "enum": ["utf8", "base64"], "description": "Default: base64 for `bin`, else utf8."},
-                    "product_id": {"type": "string", "description": "Product id hint (default: from the device registry)."},
-                },
+                "description": "One payload. `payload` is text (`payload_encoding` utf8, the default except for `bin`) or "
+                "base64 (`payload_encoding` base64, the default for `bin`); for format `json` also the JSON object or array "
+                "itself (stored compact). (The server also takes utf8 payloads for `bin` and base64 for the others.)",
+                "oneOf": [
+                    _batch_record("json", {"oneOf": [{"type": "object"}, {"type": "array", "items": {}}]}, None),
+                    _batch_record("csv", {"type": "string", "minLength": 1}, "utf8"),
+                    _batch_record("hex", {"type": "string", "pattern": HEX_TEXT_PATTERN}, "utf8"),
+                    _batch_record("bin", {"type": "string", "pattern": BASE64_PATTERN}, "base64"),
+                ],
             },
             "Health": {
                 "type": "object",
@@ -141,16 +155,17 @@ _DOCUMENT = {
                     },
                     {
                         "name": "product_id", "in": "query", "required": False, "description": "Product id hint.",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN},
                     },
                 ],
                 "requestBody": {
                     "required": True,
                     "content": {
                         "application/json": {"schema": {}, "example": {"device_timestamp": 1756653767451, "data": {"metrics": {"tempC": 21.5}}}},
-                        "text/csv": {"schema": {"type": "string"}, "example": "ts,tempC\n1756653767451,21.5\n"},
-                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                        "text/plain": {"schema": {"type": "string", "pattern": "^[0-9A-Fa-f\\s]+$"}, "description": "Hex digits (format hex)."},
+                        "text/csv": {"schema": {"type": "string", "minLength": 1}, "example": "ts,tempC\n1756653767451,21.5\n"},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
+                        "text/plain": {"schema": {"type": "string", "pattern": HEX_TEXT_PATTERN},
+                                       "description": "Hex text (format hex): `00FD3C`, `00 FD 3C`, `0x00 0xFD`, `00:FD`, `00-FD`."},
                     },
                 },
                 "responses": {

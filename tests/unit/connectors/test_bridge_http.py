@@ -230,6 +230,14 @@ def test_device_ids_breaking_the_rule_are_answered_400(path_id, fragment):
     assert fragment in bad.message and len(bad.message) < 300
 
 
+def test_batch_fields_of_the_wrong_json_type_are_400_not_500():
+    # An object or array where a string is expected (found by the OpenAPI test): unhashable in a set lookup.
+    for field, value in (("format", {"a": 1}), ("format", [1]), ("payload_encoding", {"b": 2})):
+        item = {"device_id": "dev-1", "format": "json", "payload": "{}", field: value}
+        error = error_of(parse_batch, orjson.dumps([item]))
+        assert (error.status, error.code) == (400, "invalid_batch") and error.extra["details"][0]["field"] == field
+
+
 def test_batch_records_and_product_ids_follow_the_same_rule():
     items = [
         {"device_id": "..", "format": "json", "payload": "{}"},
