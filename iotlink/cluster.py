@@ -315,7 +315,7 @@ class FlinkCluster:
             out.close()
 
     def start(self) -> FlinkCluster:
-        """Starts the JobManager and the TaskManagers and waits until all TaskManagers registered.
+        """Starts the JobManager and the TaskManagers and waits until all TaskManagers and their slots registered.
 
         Returns:
             This cluster.
@@ -357,21 +357,24 @@ class FlinkCluster:
     def _wait_until_ready(self) -> None:
         rest = FlinkRest(self.rest_url, timeout_s=2.0)
         deadline = time.monotonic() + self.startup_timeout_s
-        registered = 0
+        registered = slots = 0
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
                     raise ClusterError(f"{name} exited with code {proc.returncode} during start-up: {self._log_tail(name)}")
             try:
-                registered = len(rest.get("/taskmanagers")["taskmanagers"])
+                overview = rest.get("/overview")
+                registered, slots = overview["taskmanagers"], overview["slots-total"]
             except (urllib.error.URLError, OSError, KeyError, ValueError):
-                registered = 0
-            if registered >= self.taskmanagers:
+                registered = slots = 0
+            # A TaskManager is listed as soon as it registers; its slots count once its first slot
+            # report arrived, and only then can a job that needs them all be scheduled.
+            if registered >= self.taskmanagers and slots >= self.taskmanagers * self.slots:
                 return
             time.sleep(0.3)
         raise ClusterError(
             f"the cluster was not ready within {self.startup_timeout_s:.0f}s ({registered} of {self.taskmanagers} "
-            f"TaskManagers registered at {self.rest_url}); logs in {self.log_dir}"
+            f"TaskManagers registered, {slots} of {self.taskmanagers * self.slots} slots, at {self.rest_url}); logs in {self.log_dir}"
         )
 
     def _log_tail(self, name: str, chars: int = 1500) -> str:
