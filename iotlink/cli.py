@@ -34,6 +34,7 @@ def _raise_interrupt(signum, frame):
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Starts the embedded stack and keeps it up until Ctrl-C."""
+    from iotlink.mqtt_tls import tls_files
     from iotlink.stack import EmbeddedStack
 
     stack = EmbeddedStack(settings)
@@ -46,6 +47,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             # The one place the password is shown: devices and tools outside iotlink need it.
             print(f"  mqtt login  user {stack.mqtt_login.username}, password {stack.mqtt_login.password} "
                   f"(kept in {stack.mqtt_login_file}; anonymous clients are refused; --embedded commands log in by themselves)")
+        if "mqtt_tls" in endpoints:
+            print(f"  mqtt tls    {endpoints['mqtt_tls']}, same login; clients trust {tls_files(stack.mqtt_dir).ca}")
         print(f"  topics    {', '.join(settings.topics.all())}")
         print(f"  data dir  {stack.data_dir}")
         print("Press Ctrl-C to stop.", flush=True)

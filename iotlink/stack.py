@@ -41,6 +41,7 @@ from iotlink.mqtt_login import (
     write_amqtt_password_file,
     write_mosquitto_password_file,
 )
+from iotlink.mqtt_tls import MqttTlsError, ensure_tls_files
 from jobs.config import Settings
 from operators.value_repr import masked_url
 
@@ -198,15 +199,32 @@ def mosquitto_executable() -> str | None:
     return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
-def _mqtt_command(port: int, work_dir: Path, login: MqttLogin) -> list[str]:
+def _mqtt_command(port: int, work_dir: Path, login: MqttLogin, tls_port: int | None = None) -> list[str]:
     """The broker's command line, its configuration and password file written to ``work_dir``:
-    127.0.0.1 only, no anonymous clients, ``login`` the one user."""
+    127.0.0.1 only, no anonymous clients, ``login`` the one user; with ``tls_port`` a TLS listener
+    as well (mosquitto only), with the same login.
+
+    Raises:
+        StackError: a TLS listener without mosquitto.
+        iotlink.mqtt_tls.MqttTlsError: its certificates cannot be made.
+    """
     private_directory(work_dir)
     password_file = work_dir / PASSWORD_FILE
     mosquitto = mosquitto_executable()
+    if tls_port is not None and not mosquitto:
+        raise StackError("--mqtt-tls-port needs the mosquitto broker (apt-get install mosquitto); the fallback broker has no TLS here")
     if mosquitto:
         write_mosquitto_password_file(password_file, login)
-        lines = [f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {password_file}", "persistence false"]
+        lines = [f"listener {port} 127.0.0.1"]
+        if tls_port is not None:
+            try:
+                files = ensure_tls_files(work_dir)
+            except MqttTlsError as exc:
+                raise StackError(str(exc)) from None
+            lines += [f"listener {tls_port} 127.0.0.1", f"cafile {files.ca}", f"certfile {files.certificate}", f"keyfile {files.key}",
+                      "tls_version tlsv1.2"]
+        # (Settings below apply to every listener: per_listener_settings is false.)
+        lines += ["allow_anonymous false", f"password_file {password_file}", "persistence false"]
         if os.geteuid() == 0:
             # Started as root, mosquitto switches to the mosquitto user, which cannot read the
             # owner-only password file in the owner-only directory; it stays the user that started it.
@@ -532,10 +550,13 @@ class EmbeddedStack:
             self.endpoints["iceberg_warehouse"] = warehouse
         if "mqtt" in self.components:
             self.mqtt_login = load_or_create_login(self.mqtt_dir)
-            command = _mqtt_command(ports.mqtt, self.mqtt_dir, self.mqtt_login)
+            command = _mqtt_command(ports.mqtt, self.mqtt_dir, self.mqtt_login, ports.mqtt_tls)
             self.mqtt_broker = "mosquitto" if Path(command[0]).name == "mosquitto" else "amqtt"
             self._spawn("mqtt", command, ports.mqtt)
             self.endpoints["mqtt"] = f"mqtt://127.0.0.1:{ports.mqtt}"
+            if ports.mqtt_tls is not None:
+                wait_for_port(ports.mqtt_tls, 10, self._procs["mqtt"], "mqtt (TLS listener)")
+                self.endpoints["mqtt_tls"] = f"mqtts://127.0.0.1:{ports.mqtt_tls}"
         if "mongo" in self.components:
             self._spawn_mongo()
             self.endpoints["mongo"] = f"mongodb://127.0.0.1:{ports.mongo}/iotlink"

@@ -83,6 +83,8 @@ class StackPorts(_Strict):
     kafka_controller: int | None = Field(None, ge=1, le=65535)
     postgres: int = Field(15432, ge=1, le=65535)
     mqtt: int = Field(11883, ge=1, le=65535)
+    # A TLS listener of the MQTT broker as well (certificates made per data directory); None: none.
+    mqtt_tls: int | None = Field(None, ge=1, le=65535)
     mongo: int = Field(27117, ge=1, le=65535)
 
 
@@ -306,6 +308,9 @@ def connection_options(embedded: bool = True) -> argparse.ArgumentParser:
     ports.add_argument("--kafka-heap", type=int, metavar="MB", help="heap of the embedded Kafka broker in MiB (default 512)")
     ports.add_argument("--postgres-port", type=int, metavar="PORT", help="PostgreSQL port (default 15432)")
     ports.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT broker port (default 11883)")
+    ports.add_argument("--mqtt-tls-port", type=int, metavar="PORT",
+                       help="also a TLS listener of the MQTT broker on this port (mosquitto; its CA and server certificate "
+                       "are made once per --data-dir with openssl, in <data-dir>/mqtt/tls/; default: none)")
     ports.add_argument("--mongo-port", type=int, metavar="PORT", help="MongoDB wire-protocol server port (default 27117)")
     decoding = parent.add_argument_group("decoding")
     decoding.add_argument("--specs-dir", metavar="DIR", help="directory of product decoder specs (default ./yaml_specs of the project)")
@@ -342,7 +347,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         k: v
         for k, v in {
             "kafka": args.kafka_port, "kafka_controller": args.kafka_controller_port,
-            "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mongo": args.mongo_port,
+            "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mqtt_tls": getattr(args, "mqtt_tls_port", None),
+            "mongo": args.mongo_port,
         }.items()
         if v
     }
