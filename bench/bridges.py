@@ -158,7 +158,50 @@ def bench_mqtt(bootstrap: str, work: Path, args) -> list[Result]:
         bridge.stop()
         broker.terminate()
         broker.wait(10)
+    broker, port = start_broker(work)
+    try:
+        results.append(_mqtt_restart(bootstrap, port, work, args))
+    finally:
+        broker.terminate()
+        broker.wait(10)
     return results
+
+
+def _mqtt_restart(bootstrap: str, port: int, work: Path, args) -> Result:
+    """The bridge SIGKILLed once half the messages are on the topic, then started again (same client
+    id: its persistent session): every published message must be on the topic."""
+    from connectors.kafka import read_topic
+
+    before = end_offsets(bootstrap, RAW)
+    command = ["--bootstrap-servers", bootstrap, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--client-id", "bench-restart"]
+    bridge = BridgeProcess("mqtt", command, work / "bridge-mqtt-restart-1.log", ready_text="subscribed to")
+    started = time.monotonic()
+    publishers = publish_lines(port, args.messages, args.publishers)
+    _wait_topic(bootstrap, RAW, sum(before.values()) + args.messages // 2, 600)
+    bridge.proc.kill()  # a crash: no drain, PUBACKs of produced records never sent
+    bridge.stop()
+    killed_at = time.monotonic()
+    bridge = BridgeProcess("mqtt", command, work / "bridge-mqtt-restart-2.log", ready_text="connected to")
+    down_s = time.monotonic() - killed_at
+    try:
+        seqs: list[int] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            values = read_topic(bootstrap, RAW, since=before, timeout_s=60.0)
+            seqs = [orjson.loads(orjson.loads(value)["payload"])["data"]["metrics"]["seq"] for value in values]
+            if len(set(seqs)) >= args.messages:
+                break
+            time.sleep(1.0)
+        seconds = time.monotonic() - started
+    finally:
+        bridge.stop()
+        for publisher in publishers:
+            publisher.wait(60)
+    distinct = len(set(seqs))
+    result = Result(f"mqtt bridge killed at {args.messages // 2:,} and restarted", args.messages, seconds, on_topic=distinct,
+                    problems=[] if distinct == args.messages else [f"{args.messages - distinct} messages lost"])
+    result.name += f" ({down_s:.1f} s down; {len(seqs) - distinct} records twice: redelivered QoS 1)"
+    return result
 
 
 def _mqtt_latency(bootstrap: str, topic: str, port: int, args) -> Result:
