@@ -9,6 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from test_bridge_http import FakeProducer  # (the bridge tests' producer that confirms at once)
 
 import connectors.bridge_http
 from connectors.bridge_http import HttpIngest, HttpOptions
@@ -17,27 +18,10 @@ from connectors.http_openapi import openapi_document
 TOKEN = "openapi-test-token"
 
 
-class ConfirmingProducer:
-    """Stands in for RawProducer: takes every record and confirms it at once."""
-
-    def __init__(self, *_args, **_kwargs):
-        self.sent = []
-        self.in_flight = 0
-
-    def send(self, envelope, on_done=None, timeout_s=None):
-        self.sent.append(envelope)
-        if on_done is not None:
-            on_done(None)
-        return True
-
-    def close(self, _timeout_s=None):
-        pass
-
-
 @pytest.fixture(scope="module")
 def bridge():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(connectors.bridge_http, "RawProducer", ConfirmingProducer)
+        patch.setattr(connectors.bridge_http, "RawProducer", FakeProducer)
         ingest = HttpIngest(HttpOptions("127.0.0.1:1", "raw", port=0, tokens=frozenset({TOKEN}), drain_timeout_s=2))
         ingest.start()
         deadline = time.monotonic() + 5
