@@ -119,6 +119,7 @@ def _run_aggregate_job(job: dict, settings: Settings) -> dict:
     from jobs.archive import ArchiveOutputs, add_archive
     from jobs.connector_classpath import make_connector_jars_visible
     from jobs.java_operators import deduplicate
+    from jobs.table_planning import attach_as_datastream
     from jobs.telemetry_functions import TIMESTAMPED_TELEMETRY
     from jobs.telemetry_job import _assign_device_time
 
@@ -153,7 +154,7 @@ def _run_aggregate_job(job: dict, settings: Settings) -> dict:
     late_sink = exactly_once_string_sink(bootstrap, topics.late, f"{options.job_name}-late")
     add_aggregates(t_env, statements, readings, dead_letters, outputs, late_sink)
     add_archive(t_env, statements, ArchiveOutputs(settings.iceberg_catalog, settings.iceberg_warehouse, topics.raw))
-    statements.attach_as_datastream()
+    attach_as_datastream(t_env, statements)
     return _execute(env, options.job_name)
 
 

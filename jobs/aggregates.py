@@ -23,6 +23,7 @@ from pyflink.common import RowKind, Types
 from pyflink.datastream import FlatMapFunction, OutputTag
 
 from connectors.flink_sql import CATALOG_DIR, jdbc_options, option_lines, render, split_statements, without_comments
+from jobs.table_planning import to_data_stream, to_upsert_changelog
 from operators.aggregate_rows import hourly_window_row
 
 AGGREGATES_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "aggregates.sql"
@@ -126,10 +127,7 @@ def _fire_windows(t_env, readings, allowed_lateness_ms: int) -> None:
     functions = jvm.io.iotlink.flink
     # Upserts only: the aggregates leave out the retraction before each update (WindowFirings
     # keeps a window's newest row and would drop it), half the rows between them.
-    changes = t_env._j_tenv.toChangelogStream(
-        t_env.from_path("agg_updates")._j_table, jvm.org.apache.flink.table.api.Schema.derived(),
-        jvm.org.apache.flink.table.connector.ChangelogMode.upsert(),
-    )
+    changes = to_upsert_changelog(t_env, "agg_updates")
     row_type = changes.getType()
     device_time = readings._j_data_stream.flatMap(functions.NoRows(), row_type)
     device_time.uid("agg-watermarks").name("Device-time watermarks for the aggregates")
@@ -198,5 +196,5 @@ def add_aggregates(t_env, statements, readings, dead_letters, outputs: Aggregate
     if not product_hours:
         return None
     # Only the products' rows cross into Python (a few per product and hour, not one per device and metric).
-    products = t_env.to_data_stream(t_env.sql_query("SELECT * FROM agg_1h_fired WHERE `scope` = 'product'"))
+    products = to_data_stream(t_env, t_env.sql_query("SELECT * FROM agg_1h_fired WHERE `scope` = 'product'"))
     return products.flat_map(HourlyWindowRows(), output_type=Types.STRING()).uid("hourly-rows").name("Product hours as window rows")

@@ -19,6 +19,7 @@ from pyflink.java_gateway import get_gateway
 
 from connectors.flink_sql import render, split_statements
 from jobs.java_operators import sink_batches
+from jobs.table_planning import to_upsert_changelog
 from jobs.telemetry_functions import BatchedSinkFunction, BatchWriter, hot_layer_batch, hot_layer_statements, json_bucket
 
 HOT_LAYER_SQL = Path(__file__).resolve().parent.parent / "sql" / "jobs" / "hot_layer.sql"
@@ -34,12 +35,8 @@ def device_latest(t_env, readings) -> DataStream:
     t_env.create_temporary_view("hot_readings", t_env.from_data_stream(readings).alias("device_id", "device_ts", "telemetry"))
     for statement in split_statements(render(HOT_LAYER_SQL.read_text(), {}, str(HOT_LAYER_SQL))):
         t_env.execute_sql(statement)
-    jvm = get_gateway().jvm
     # Upserts only: no retraction row before each change (ChangelogValues would drop it).
-    changes = t_env._j_tenv.toChangelogStream(
-        t_env.from_path("device_latest")._j_table, jvm.org.apache.flink.table.api.Schema.derived(),
-        jvm.org.apache.flink.table.connector.ChangelogMode.upsert(),
-    )
+    changes = to_upsert_changelog(t_env, "device_latest")
     values = changes.flatMap(get_gateway().jvm.io.iotlink.flink.ChangelogValues(1), Types.STRING().get_java_type_info())
     values.uid("device-latest-values").name("Newest reading per device")
     return DataStream(values)

@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 from connectors.jars import pipeline_jars_option  # noqa: E402
 from jobs.checkpoints import LATEST, newest_checkpoint  # noqa: E402
 from jobs.config import Settings  # noqa: E402
+from jobs.table_planning import attach_as_datastream  # noqa: E402
 
 JOB_NAME = "iotlink-telemetry"
 
@@ -413,7 +414,7 @@ def build_telemetry_pipeline(env, job: TelemetryJob):
 
         add_archive(t_env, statements, archive, raw=None if raw_is_text else raw, telemetry=telemetry, alarm_events=alarm_events)
     if statements is not None:
-        statements.attach_as_datastream()
+        attach_as_datastream(t_env, statements)
     return telemetry
 
 
