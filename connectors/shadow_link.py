@@ -14,7 +14,9 @@ from connectors.mqtt_connection import paho_client, refusal
 from operators.shadow import desired_update, parse_shadow_topic
 from operators.value_repr import masked_url
 
-ANSWER_TOPICS = ("$aws/things/+/shadow/update/accepted", "$aws/things/+/shadow/update/rejected")
+ANSWER_TOPICS = (
+    "$aws/things/+/shadow/update/accepted", "$aws/things/+/shadow/update/rejected", "$aws/things/+/shadow/get/accepted",
+)
 
 
 class ShadowLink:
@@ -23,7 +25,8 @@ class ShadowLink:
     A transport (plain MQTT, AWS IoT Core) subscribes to :data:`ANSWER_TOPICS`, passes every
     message to :meth:`handle_message` and implements :meth:`_publish` and :meth:`close`.
     Answers are matched to requests by clientToken; accepted updates that carry reported state
-    go to ``on_reported(thing, reported_patch)``.
+    go to ``on_reported(thing, reported_patch)``, and so does the whole reported state of a shadow
+    asked for with :meth:`request_state`.
     """
 
     def __init__(self, on_reported=None):
@@ -43,6 +46,12 @@ class ShadowLink:
         except ValueError:
             return
         if not isinstance(answer, dict):
+            return
+        if operation == "get/accepted":
+            state = answer.get("state")
+            reported = state.get("reported") if isinstance(state, dict) else None
+            if isinstance(reported, dict) and self.on_reported is not None:
+                self.on_reported(thing, reported)
             return
         if operation not in ("update/accepted", "update/rejected"):
             return
@@ -75,6 +84,10 @@ class ShadowLink:
                     return "timed_out", None
                 self.cond.wait(remaining)
             return self.answers.pop(token)
+
+    def request_state(self, thing: str, timeout_s: float) -> None:
+        """Asks for a shadow's whole state; its reported part arrives at ``on_reported``."""
+        self._publish(f"$aws/things/{thing}/shadow/get", b"", timeout_s)
 
     def _publish(self, topic: str, payload: bytes, timeout_s: float) -> None:
         raise NotImplementedError

@@ -135,6 +135,34 @@ def write_fleet_registry(args: argparse.Namespace, path: Path) -> Path:
     return path
 
 
+def _start_control_loop(settings: Settings, stack, stop: threading.Event, threads: list, closers: list):
+    """The demo's closed loop: shadow service, control sink and rollout controller.
+
+    Returns:
+        (control sink counters, rollout controller).
+    """
+    from iotlink.control_sink import ControlStats, run_control_sink
+    from iotlink.ota_commands import fleet_products, open_controller
+    from iotlink.shadow_service import ShadowService
+
+    # The simulated devices start from their factory state every run: so do their shadows.
+    store = stack.data_dir / "demo-shadows.json"
+    store.unlink(missing_ok=True)
+    shadows = ShadowService(settings.mqtt_url, store)
+    shadows.start()
+    closers.append(shadows.stop)
+    control = ControlStats()
+    sink = threading.Thread(target=run_control_sink, args=(settings, stop, control), name="control-sink", daemon=True)
+    sink.start()
+    threads.append(sink)
+    controller, close_controller = open_controller(settings, fleet_products(settings))
+    closers.append(close_controller)
+    worker = threading.Thread(target=controller.run, args=(stop,), name="ota-controller", daemon=True)
+    worker.start()
+    threads.append(worker)
+    return control, controller
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Embedded stack + telemetry job + simulator, with live counters."""
     from iotlink.live import CounterLine, FlinkRest
@@ -148,6 +176,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = threading.Event()
     sim_stats = PublishStats()
+    threads: list[threading.Thread] = []
+    closers: list = []
+    args.obey_shadow = True  # the demo's devices follow their shadows: the control loop is part of it
+    if args.ota_failure is None:
+        args.ota_failure = ""
     try:
         stack.start()
         settings = stack.settings_with_endpoints()
@@ -159,6 +192,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             # The simulated fleet as master data: products and the reporting interval that
             # communication quality counts missing messages against.
             settings = settings.model_copy(update={"device_registry": str(write_fleet_registry(args, stack.data_dir / "demo-devices.yaml"))})
+        control, _ = _start_control_loop(settings, stack, stop, threads, closers)
+        print("control loop: shadow service, control sink (iotlink.commands -> shadows) and rollout controller running")
         log_path = stack.data_dir / "logs" / "telemetry-job.log"
         metrics = ["--prometheus-port", str(args.prometheus_port)] if args.prometheus_port else []
         proc = start_job_process(settings, metrics, log_path)
@@ -184,24 +219,47 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
         sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
         sim_thread.start()
+        ota_state: dict = {}
+        if args.ota:
+            from iotlink.ota_commands import fleet_products, run_demo_rollout
+
+            rollout = threading.Thread(target=run_demo_rollout, args=(settings, stack, fleet_products(settings), stop, ota_state),
+                                       name="demo-rollout", daemon=True)
+            rollout.start()
+            threads.append(rollout)
         line = CounterLine()
         end = time.monotonic() + args.duration if args.duration else None
-        while end is None or time.monotonic() < end:
-            time.sleep(2)
-            if proc.poll() is not None:
-                print(f"error: the telemetry job exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
-                return 1
-            try:
-                counters = rest.job_counters(job_id)
-                completed = rest.checkpoints(job_id)["counts"]["completed"]
-            except (OSError, KeyError, ValueError):
-                continue
-            print(line.render(counters, completed, sent=sim_stats.sent), flush=True)
+        import psycopg
+
+        from iotlink.ota_commands import demo_ota_line, loop_counts
+
+        with psycopg.connect(settings.postgres_url, autocommit=True) as db:
+            while end is None or time.monotonic() < end:
+                time.sleep(2)
+                if proc.poll() is not None:
+                    print(f"error: the telemetry job exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
+                    return 1
+                try:
+                    counters = rest.job_counters(job_id)
+                    completed = rest.checkpoints(job_id)["counts"]["completed"]
+                except (OSError, KeyError, ValueError):
+                    continue
+                print(line.render(counters, completed, sent=sim_stats.sent), flush=True)
+                loop = loop_counts(db)
+                print(f"          loop: alarms raised {loop.get('raised', 0)}  commands sent {control.sent}  applied {control.applied}  "
+                      f"auto-resolved {loop.get('auto_resolved', 0)}  escalated {loop.get('escalated', 0)}", flush=True)
+                ota_line = demo_ota_line(db, ota_state)
+                if ota_line:
+                    print(f"          {ota_line}", flush=True)
         print("duration reached")
     except (KeyboardInterrupt, _Interrupted):
         print("\nstopping…")
     finally:
         stop.set()
+        for thread in threads:
+            thread.join(10)
+        for close in closers:
+            close()
         if proc is not None:
             from iotlink.live import FlinkRest
 
@@ -252,7 +310,18 @@ def _add_simulation_options(parser: argparse.ArgumentParser, default_duration: f
     sim.add_argument(
         "--obey-shadow", action="store_true",
         help="devices follow their shadows on the MQTT broker: apply each desired-state delta "
-        "($aws/things/<id>/shadow/update/delta) and report it back; a command cools an overheating device",
+        "($aws/things/<id>/shadow/update/delta) and report it back; a command cools an overheating device, "
+        "a desired firmware is downloaded, checked (SHA-256), installed and reported",
+    )
+    ota = parser.add_argument_group("simulated firmware updates (with --obey-shadow)")
+    ota.add_argument("--firmware", default="1.0.0", metavar="VERSION", help="the devices' factory firmware version (default 1.0.0)")
+    ota.add_argument("--ota-time", type=float, default=2.0, metavar="S", help="seconds a device takes to install an image (default 2)")
+    ota.add_argument("--ota-reboot", type=float, default=1.0, metavar="S",
+                     help="seconds a device is silent rebooting into the new firmware (default 1)")
+    ota.add_argument(
+        "--ota-failure", default=None, metavar="PCT|VERSION=PCT,...",
+        help="percent of devices whose install fails: one number for every version but the factory one, or per version "
+        "(e.g. 2.0.1=20); the same devices fail every run (default 0)",
     )
 
 
@@ -294,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     from jobs.telemetry_job import add_prometheus_argument
 
     add_prometheus_argument(demo)
+    demo.add_argument(
+        "--ota", action="store_true",
+        help="also roll firmware 2.0.1 out to the prod-a devices (canary 5 %%, pilot 25 %%, all) once their telemetry is in; "
+        "with --ota-failure 20 the canary fails and every updated device is rolled back",
+    )
     bench = sub.add_parser(
         "bench", parents=[common], help="measure throughput (msgs/s, peak memory) or end-to-end latency percentiles",
         description="Throughput mode preloads raw messages and runs the job bounded from earliest to the end; "
@@ -392,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sql_command(sub, common)
     add_cluster_commands(sub, common)
+    from iotlink.ota_commands import add_ota_commands
+
+    add_ota_commands(sub, common)
     return parser
 
 
@@ -627,6 +704,18 @@ def _spec_command(args: argparse.Namespace, settings: Settings) -> int:
     return run_spec_command(args, settings)
 
 
+def _ota_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.ota_commands import run_ota_command
+
+    return run_ota_command(args, settings)
+
+
+def _ticket_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.ota_commands import run_ticket_command
+
+    return run_ticket_command(args, settings)
+
+
 COMMANDS = {
     "up": cmd_up,
     "run": cmd_run,
@@ -645,6 +734,8 @@ COMMANDS = {
     "batch": cmd_batch,
     "bridge": _bridge_command,
     "sql": _sql_command,
+    "ota": _ota_command,
+    "tickets": _ticket_command,
 }
 
 

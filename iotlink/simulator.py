@@ -15,16 +15,22 @@ Devices obey their shadows (``--obey-shadow``): a :class:`ShadowFollower` listen
 ``$aws/things/+/shadow/update/delta``; the device applies the desired state and reports it back
 (``state.reported``), as AWS IoT devices do. Any applied command cools an overheating device
 down to its normal temperature within :data:`COOL_DOWN_TICKS` ticks — the fan restarted, the
-relay opened.
+relay opened. A desired ``firmware`` is installed as a device would (:class:`FirmwareUpdates`):
+download, checksum, install time, a configurable failure share per version, a reboot during
+which the device is silent, then the new version reported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -149,6 +155,11 @@ class FleetSimulator:
         # device id -> (tick the command was applied, overheat offset then)
         self._cooling: dict[str, tuple[int, float]] = {}
         self.applied: dict[str, dict] = {}
+        self._silent_until: dict[str, float] = {}  # device -> time.monotonic() its reboot ends
+
+    def reboot(self, device_id: str, seconds: float) -> None:
+        """The device goes silent for ``seconds`` (it restarts into new firmware)."""
+        self._silent_until[device_id] = time.monotonic() + seconds
 
     def apply_desired(self, device_id: str, desired: dict, total_steps: int) -> bool:
         """The device applies a desired state from its shadow; returns False for unknown devices.
@@ -232,8 +243,11 @@ class FleetSimulator:
             total_steps: Ticks the profiles play out over.
         """
         self._step = step
+        rebooting = {d for d, until in self._silent_until.items() if until > time.monotonic()} if self._silent_until else ()
         for device in self.devices:
             if device.profile == "nodata" and step >= max(total_steps // 3, 1):
+                continue
+            if device.device_id in rebooting:
                 continue
             ts = tick_ts
             if device.profile == "late":
@@ -245,6 +259,74 @@ class FleetSimulator:
                 yield SimMessage(device, ts, self._payload(device, ts, temp, hum), True)
 
 
+def parse_failure_shares(text: str) -> dict[str | None, float]:
+    """``"20"`` (every version but the factory one) or ``"2.0.1=20,2.0.2=5"`` -> version -> percent."""
+    shares: dict[str | None, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        version, _, pct = part.rpartition("=")
+        try:
+            value = float(pct)
+        except ValueError:
+            raise ValueError(f"--ota-failure {part!r}: write PCT or VERSION=PCT") from None
+        if not 0 <= value <= 100:
+            raise ValueError(f"--ota-failure {part!r}: the percent must be within 0..100")
+        shares[version or None] = value
+    return shares
+
+
+@dataclass
+class FirmwareUpdates:
+    """How the simulated devices install firmware from their shadow.
+
+    Attributes:
+        factory_version: The version every device starts with (never fails to install: a rollback
+            to it works unless a share is given for it by name).
+        install_s: Time from download to reboot.
+        reboot_s: Time the device is silent after installing.
+        failure: Version (None: any but the factory one) -> percent of devices whose install fails.
+            Which devices fail is fixed by a hash of (device, version): the same ones every run.
+    """
+
+    factory_version: str = "1.0.0"
+    install_s: float = 2.0
+    reboot_s: float = 1.0
+    failure: dict = field(default_factory=dict)
+    max_image_bytes: int = 64 * 1024 * 1024
+
+    def fails(self, device_id: str, version: str) -> bool:
+        """Whether this device's install of ``version`` fails."""
+        pct = self.failure.get(version, None if version == self.factory_version else self.failure.get(None))
+        if not pct:
+            return False
+        position = int.from_bytes(hashlib.sha256(f"{device_id}\0{version}".encode()).digest()[:8], "big") / 2**64
+        return position < pct / 100
+
+    def install(self, device_id: str, firmware: dict, sim: FleetSimulator | None) -> dict:
+        """Downloads, verifies and installs; returns the ``firmware`` report (new version, or the
+        version kept and an error)."""
+        current = (sim.applied.get(device_id, {}).get("firmware") or {}).get("version") if sim else None
+        current = current or self.factory_version
+        version, url, digest = firmware.get("version"), firmware.get("url"), firmware.get("sha256")
+        if not isinstance(version, str) or not isinstance(url, str) or not isinstance(digest, str):
+            return {"version": current, "error": "desired firmware lacks version, url or sha256"}
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - the release's own http(s) URL
+                image = response.read(self.max_image_bytes + 1)
+        except OSError as exc:
+            return {"version": current, "error": f"download failed: {exc}"[:200]}
+        if len(image) > self.max_image_bytes:
+            return {"version": current, "error": f"image larger than {self.max_image_bytes} bytes"}
+        if hashlib.sha256(image).hexdigest() != digest:
+            return {"version": current, "error": "checksum mismatch"}
+        time.sleep(self.install_s)
+        if self.fails(device_id, version):
+            return {"version": current, "error": "install failed (simulated)"}
+        if sim is not None:
+            sim.reboot(device_id, self.reboot_s)
+        time.sleep(self.reboot_s)
+        return {**firmware, "error": None}
+
+
 class ShadowFollower:
     """The fleet's side of the device shadow: applies deltas and reports the new state.
 
@@ -254,9 +336,19 @@ class ShadowFollower:
     control sink the command was applied.
     """
 
-    def __init__(self, mqtt_url: str, apply, client_id: str | None = None, timeout_s: float = 10.0):
+    def __init__(self, mqtt_url: str, apply, client_id: str | None = None, timeout_s: float = 10.0,
+                 firmware: FirmwareUpdates | None = None, sim: FleetSimulator | None = None):
         self.apply = apply
         self.applied = 0
+        self.firmware = firmware or FirmwareUpdates()
+        self.sim = sim
+        self.installs: dict[str, int] = {"succeeded": 0, "failed": 0}
+        # Installs take seconds each (download, install, reboot): many devices at once, and one
+        # device's updates in order (a rollback waits for the install it follows).
+        self._installers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sim-firmware")
+        self._device_locks: dict[str, threading.Lock] = {}
+        self._count_lock = threading.Lock()
+        self._reported_firmware: dict[str, dict] = {}
         self.ready = threading.Event()
         self.refused: str | None = None
         self.client, address = paho_client(mqtt_url, client_id or f"iotlink-sim-shadow-{random.randrange(1 << 30)}")
@@ -285,14 +377,40 @@ class ShadowFollower:
         except orjson.JSONDecodeError:
             return
         desired = delta.get("state") if isinstance(delta, dict) else None
-        if parsed is None or not isinstance(desired, dict) or not self.apply(parsed[0], desired):
+        if parsed is None or not isinstance(desired, dict):
+            return
+        firmware = desired.pop("firmware", None)
+        if isinstance(firmware, dict) and (self.sim is None or any(d.device_id == parsed[0] for d in self.sim.devices)):
+            # A delta holds only what differs from the reported state (a rollback to the version
+            # the device still runs after a failed install has no version in it): desired is
+            # reported + delta.
+            with self._count_lock:
+                firmware = {k: v for k, v in {**self._reported_firmware.get(parsed[0], {}), **firmware}.items() if k != "error"}
+            self._installers.submit(self._install, parsed[0], firmware, delta.get("version"))
+        if not desired or not self.apply(parsed[0], desired):
             return
         self.applied += 1
         report = {"state": {"reported": desired}, "clientToken": f"{parsed[0]}-reported-{delta.get('version')}"}
         client.publish(update_topic(parsed[0]), orjson.dumps(report), qos=1)
 
+    def _install(self, device_id: str, firmware: dict, shadow_version) -> None:
+        from operators.shadow import update_topic
+
+        with self._device_locks.setdefault(device_id, threading.Lock()):
+            result = self.firmware.install(device_id, firmware, self.sim)
+            ok = result.get("error") is None
+            with self._count_lock:
+                self.installs["succeeded" if ok else "failed"] += 1
+                self._reported_firmware[device_id] = {k: v for k, v in {**self._reported_firmware.get(device_id, {}), **result}.items()
+                                                      if v is not None}
+            if ok and self.sim is not None:
+                self.sim.applied[device_id] = {**self.sim.applied.get(device_id, {}), "firmware": result}
+            report = {"state": {"reported": {"firmware": result}}, "clientToken": f"{device_id}-firmware-{shadow_version}"}
+            self.client.publish(update_topic(device_id), orjson.dumps(report), qos=1)
+
     def close(self) -> None:
-        """Disconnects."""
+        """Stops installing and disconnects."""
+        self._installers.shutdown(wait=False, cancel_futures=True)
         self.client.loop_stop()
         self.client.disconnect()
 
@@ -396,6 +514,16 @@ def mqtt_publisher(mqtt_url: str, env: str = "dev", timeout_s: float = 10.0):
     return send, close
 
 
+def firmware_updates_from_args(args) -> FirmwareUpdates:
+    """The devices' firmware behaviour from the simulator options (defaults when absent)."""
+    return FirmwareUpdates(
+        factory_version=getattr(args, "firmware", None) or "1.0.0",
+        install_s=getattr(args, "ota_time", None) if getattr(args, "ota_time", None) is not None else 2.0,
+        reboot_s=getattr(args, "ota_reboot", None) if getattr(args, "ota_reboot", None) is not None else 1.0,
+        failure=parse_failure_shares(getattr(args, "ota_failure", None) or ""),
+    )
+
+
 def fleet_from_args(args) -> list[SimDevice]:
     """The fleet that the simulator options (devices, forms, profile, seed) describe."""
     return build_fleet(args.devices, tuple(args.forms.split(",")), parse_profile_mix(args.profile), args.seed)
@@ -467,7 +595,8 @@ def run_simulation(settings, args, progress: bool = False, stop=None, stats: Pub
         if not settings.mqtt_url:
             close()
             raise ValueError("--obey-shadow needs an MQTT broker: --mqtt-url (or --embedded)")
-        follower = ShadowFollower(settings.mqtt_url, lambda device_id, desired: sim.apply_desired(device_id, desired, horizon))
+        follower = ShadowFollower(settings.mqtt_url, lambda device_id, desired: sim.apply_desired(device_id, desired, horizon),
+                                  firmware=firmware_updates_from_args(args), sim=sim)
     started = time.monotonic()
     last_report = started
     step = 0

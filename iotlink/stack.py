@@ -45,7 +45,7 @@ from iotlink.mqtt_tls import MqttTlsError, ensure_tls_files
 from jobs.config import Settings
 from operators.value_repr import masked_url
 
-COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo")
+COMPONENTS = ("kafka", "postgres", "iceberg", "mqtt", "mongo", "firmware")
 ICEBERG_CATALOG_DATABASE = "iceberg_catalog"  # the embedded Iceberg catalog's database in the stack's PostgreSQL
 
 
@@ -456,6 +456,11 @@ class EmbeddedStack:
         return self.data_dir / "mqtt"
 
     @property
+    def firmware_dir(self) -> Path:
+        """Where firmware images are kept and served from (``http://127.0.0.1:<firmware port>/``)."""
+        return self.data_dir / "firmware"
+
+    @property
     def mqtt_login_file(self) -> Path:
         """Where the broker's login is kept (0600)."""
         return self.mqtt_dir / LOGIN_FILE
@@ -560,6 +565,13 @@ class EmbeddedStack:
         if "mongo" in self.components:
             self._spawn_mongo()
             self.endpoints["mongo"] = f"mongodb://127.0.0.1:{ports.mongo}/iotlink"
+        if "firmware" in self.components:
+            # Firmware images for devices to download (the stand-in for an object store's presigned URLs).
+            port = ports.firmware or free_port()
+            self.firmware_dir.mkdir(parents=True, exist_ok=True)
+            self._spawn("firmware", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                     "--directory", str(self.firmware_dir)], port)
+            self.endpoints["firmware"] = f"http://127.0.0.1:{port}"
 
     def _spawn_mongo(self) -> None:
         # A MongoDB wire-protocol server on SQLite (nx-27017): no MongoDB server installs from
@@ -649,7 +661,7 @@ class EmbeddedStack:
             (self.data_dir / STACK_FILE).unlink(missing_ok=True)
             self._owns_stack_file = False
         self.shared_from = None
-        for name in ("mongo", "mqtt", "kafka"):
+        for name in ("firmware", "mongo", "mqtt", "kafka"):
             proc = self._procs.pop(name, None)
             if proc is not None:
                 # Kafka's controlled shutdown closes its logs cleanly (a kill means log recovery on the next start).

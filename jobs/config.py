@@ -86,6 +86,8 @@ class StackPorts(_Strict):
     # A TLS listener of the MQTT broker as well (certificates made per data directory); None: none.
     mqtt_tls: int | None = Field(None, ge=1, le=65535)
     mongo: int = Field(27117, ge=1, le=65535)
+    # The HTTP file server of firmware images (<data-dir>/firmware); None: a free port at start.
+    firmware: int | None = Field(None, ge=1, le=65535)
 
 
 class FlinkSettings(_Strict):
@@ -312,6 +314,8 @@ def connection_options(embedded: bool = True) -> argparse.ArgumentParser:
                        help="also a TLS listener of the MQTT broker on this port (mosquitto; its CA and server certificate "
                        "are made once per --data-dir with openssl, in <data-dir>/mqtt/tls/; default: none)")
     ports.add_argument("--mongo-port", type=int, metavar="PORT", help="MongoDB wire-protocol server port (default 27117)")
+    ports.add_argument("--firmware-port", type=int, metavar="PORT",
+                       help="HTTP file server of firmware images in <data-dir>/firmware (default: a free port)")
     decoding = parent.add_argument_group("decoding")
     decoding.add_argument("--specs-dir", metavar="DIR", help="directory of product decoder specs (default ./yaml_specs of the project)")
     decoding.add_argument(
@@ -348,7 +352,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for k, v in {
             "kafka": args.kafka_port, "kafka_controller": args.kafka_controller_port,
             "postgres": args.postgres_port, "mqtt": args.mqtt_port, "mqtt_tls": getattr(args, "mqtt_tls_port", None),
-            "mongo": args.mongo_port,
+            "mongo": args.mongo_port, "firmware": getattr(args, "firmware_port", None),
         }.items()
         if v
     }
