@@ -135,6 +135,39 @@ def write_fleet_registry(args: argparse.Namespace, path: Path) -> Path:
     return path
 
 
+# The demo's prod-a rules: the client's example is `high` (it notifies; only critical alarms run
+# actions), so the demo adds a critical level whose action closes the loop through the shadow.
+DEMO_PROD_A_RULES = """\
+# Written by iotlink demo: the project's rules/prod-a.yaml with a critical level, so an
+# overheating device gets its fan restarted through its shadow and the alarm auto-resolves.
+ruleSetId: prod-a-demo
+productId: prod-a
+version: demo-1
+actions:
+  restart-fan:
+    desired: {fan: restart}
+    verifyWithin: 2m
+rules:
+  - ruleId: temp-threshold-prod-a
+    type: threshold
+    condition: "metrics.tempC > 80"
+    clearCondition: "metrics.tempC < 75"
+    severity: critical
+    autoAction: restart-fan
+"""
+
+
+def demo_rules_dir(settings: Settings, data_dir: Path) -> Path:
+    """The demo's rules: the project's rule files with prod-a's replaced by :data:`DEMO_PROD_A_RULES`."""
+    target = data_dir / "demo-rules"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(settings.rules_dir.glob("*.yaml")):
+        if path.name != "prod-a.yaml":
+            (target / path.name).write_bytes(path.read_bytes())
+    (target / "prod-a.yaml").write_text(DEMO_PROD_A_RULES, encoding="utf-8")
+    return target
+
+
 def _start_control_loop(settings: Settings, stack, stop: threading.Event, threads: list, closers: list):
     """The demo's closed loop: shadow service, control sink and rollout controller.
 
@@ -179,11 +212,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     threads: list[threading.Thread] = []
     closers: list = []
     args.obey_shadow = True  # the demo's devices follow their shadows: the control loop is part of it
+    demo_started_ms = int(time.time() * 1000)
     if args.ota_failure is None:
         args.ota_failure = ""
     try:
         stack.start()
         settings = stack.settings_with_endpoints()
+        if args.rules_dir is None:
+            settings = settings.model_copy(update={"rules_dir": demo_rules_dir(settings, stack.data_dir)})
+            print(f"rules: the project's, with prod-a critical above 80 C (action restart-fan): {settings.rules_dir} "
+                  "(--rules-dir to use others)")
         print("embedded stack:")
         print_endpoints(stack.endpoints, settings.flink.rest_port)
         if stack.mqtt_login is not None:
@@ -245,7 +283,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 except (OSError, KeyError, ValueError):
                     continue
                 print(line.render(counters, completed, sent=sim_stats.sent), flush=True)
-                loop = loop_counts(db)
+                loop = loop_counts(db, demo_started_ms)
                 print(f"          loop: alarms raised {loop.get('raised', 0)}  commands sent {control.sent}  applied {control.applied}  "
                       f"auto-resolved {loop.get('auto_resolved', 0)}  escalated {loop.get('escalated', 0)}", flush=True)
                 ota_line = demo_ota_line(db, ota_state)

@@ -19,7 +19,7 @@ from operators.ota import DEFAULT_STAGES, Artifact, Release, parse_stages
 from operators.rule_model import parse_duration_ms
 from operators.value_repr import masked_url
 
-STATUS_COLUMNS = ("stage", "targeted", "in_progress", "succeeded", "failed", "timed_out", "skipped", "success_rate")
+STATUS_COLUMNS = ("stage", "targeted", "in_progress", "succeeded", "failed", "timed_out", "cancelled", "skipped", "success_rate")
 
 
 def add_ota_commands(sub, common) -> None:
@@ -66,8 +66,9 @@ def add_ota_commands(sub, common) -> None:
         action.add_argument("--by", metavar="NAME", help="who does it (default $USER)")
     status = actions.add_parser(
         "status", parents=[common], help="a rollout's progress per stage (live with --watch, JSON with --json)",
-        description="Show a rollout's state and, per stage, targeted, in progress, succeeded, failed, timed out, skipped "
-        "devices and the success rate; with a rollback, how many devices are back.",
+        description="Show a rollout's state and, per stage, targeted, in progress, succeeded, failed, timed out, "
+        "cancelled (still installing when the rollout was rolled back), skipped devices and the success rate; with a "
+        "rollback, how many devices are back.",
     )
     status.add_argument("release_id", metavar="RELEASE")
     status.add_argument("--json", action="store_true", help="print the progress as one JSON document")
@@ -395,6 +396,8 @@ def demo_ota_line(conn, state: dict) -> str | None:
         text = f"{s['stage']} {s['succeeded']}/{s['targeted']}"
         if s["failed"] or s["timed_out"]:
             text += f" ({s['failed']} failed, {s['timed_out']} timed out)"
+        if s["cancelled"]:
+            text += f" {s['cancelled']} cancelled"
         return text + (f" {s['skipped']} skipped" if s["skipped"] else "")
 
     stages = "  ".join(stage_text(s) for s in p["stages"] if s["targeted"] or s["skipped"])
@@ -403,9 +406,11 @@ def demo_ota_line(conn, state: dict) -> str | None:
     return f"ota {p['release_id']}: {p['status']} at {p['stage']}  {stages}{rollback}" + (f"  — {p['reason']}" if p.get("reason") else "")
 
 
-def loop_counts(conn) -> dict[str, int]:
-    """Alarm lifecycle events of the control loop so far (PostgreSQL alarm_events)."""
+def loop_counts(conn, since_ms: int) -> dict[str, int]:
+    """Alarm lifecycle events of the control loop since ``since_ms`` (PostgreSQL alarm_events)."""
     rows = conn.execute(
-        "SELECT event, count(*) FROM alarm_events WHERE event IN ('RAISED', 'AUTO_RESOLVED', 'ESCALATED') GROUP BY event"
+        "SELECT event, count(*) FROM alarm_events WHERE event IN ('RAISED', 'AUTO_RESOLVED', 'ESCALATED') "
+        "AND recorded_at >= to_timestamp(%s / 1000.0) GROUP BY event",
+        (since_ms,),
     ).fetchall()
     return {event.lower(): n for event, n in rows}

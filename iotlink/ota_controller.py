@@ -145,19 +145,23 @@ class RolloutController:
             if row.rollback is None:
                 status = update_outcome("in_progress", release.target.version, row.reported_version, row.error, row.deadline_ts, at)
             else:
-                # Told to go back while installing: only the new version or the deadline ends the update.
-                late = at > row.deadline_ts
-                status = "succeeded" if row.reported_version == release.target.version and not late else "timed_out" if late else row.status
+                # Told to go back while installing: the install's own report ends the update; a
+                # rollback that completes first cancels it.
+                status = update_outcome("in_progress", release.target.version, row.reported_version, row.error, row.deadline_ts, at)
+                if status != "failed" or not row.error:
+                    status = {"failed": "in_progress", "timed_out": "cancelled"}.get(status, status)
             row = replace(row, status=status)
         if row.rollback == "rolling_back" and row.rollback_sent:
             state = update_outcome("rolling_back", release.previous.version, row.reported_version, row.error, row.rollback_deadline_ts, at)
             row = replace(row, rollback=state)
+            if state != "rolling_back" and row.status == "in_progress":
+                row = replace(row, status="cancelled")
         return row
 
     def _record_change(self, rollout: Rollout, before: DeviceRow, after: DeviceRow, now: int) -> None:
         release = rollout.release
         records = []
-        update_failed = after.status in ("failed", "timed_out") and before.status != after.status and after.rollback is None
+        update_failed = after.status in ("failed", "timed_out") and before.status != after.status
         rollback_failed = after.rollback == "rollback_failed" and before.rollback != after.rollback
         failed = update_failed or rollback_failed
         if failed:

@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from operators.device_id import DEVICE_ID_PATTERN
 
 ROLLOUT_STATES = ("created", "running", "paused", "completed", "rolled_back", "aborted")
-DEVICE_STATES = ("in_progress", "succeeded", "failed", "timed_out", "skipped", "rolling_back", "rolled_back", "rollback_failed")
-FINAL_UPDATE_STATES = frozenset({"succeeded", "failed", "timed_out"})
+DEVICE_STATES = ("in_progress", "succeeded", "failed", "timed_out", "cancelled", "skipped", "rolling_back", "rolled_back", "rollback_failed")
+FINAL_UPDATE_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,31}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -261,6 +261,7 @@ class StageCounts:
     failed: int = 0
     timed_out: int = 0
     skipped: int = 0
+    cancelled: int = 0  # still installing when the rollout was rolled back
 
     @property
     def success_rate(self) -> float | None:
@@ -272,7 +273,8 @@ class StageCounts:
         rate = self.success_rate
         return {
             "targeted": self.targeted, "in_progress": self.in_progress, "succeeded": self.succeeded, "failed": self.failed,
-            "timed_out": self.timed_out, "skipped": self.skipped, "success_rate": None if rate is None else round(rate, 4),
+            "timed_out": self.timed_out, "skipped": self.skipped, "cancelled": self.cancelled,
+            "success_rate": None if rate is None else round(rate, 4),
         }
 
 
@@ -285,7 +287,7 @@ def count_stage(statuses: list[str]) -> StageCounts:
     skipped = n("skipped")
     return StageCounts(
         targeted=len(statuses) - skipped, in_progress=n("in_progress"), succeeded=n("succeeded"), failed=n("failed"),
-        timed_out=n("timed_out"), skipped=skipped,
+        timed_out=n("timed_out"), skipped=skipped, cancelled=n("cancelled"),
     )
 
 
@@ -312,10 +314,12 @@ def alarm_rise(updated_alarmed: int, updated: int, others_alarmed: int, others: 
 
 
 def rollback_reason_for_gate(stage: Stage, counts: StageCounts) -> str:
-    """The recorded reason of a failed gate."""
+    """The recorded reason of a failed gate: the final rate, or the best rate still possible when
+    devices were in progress."""
+    tally = f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.timed_out} timed out"
+    if counts.in_progress:
+        best = (counts.succeeded + counts.in_progress) / counts.targeted
+        return (f"stage {stage.name}: at most {best:.1%} can succeed, below its gate {stage.min_success_rate:.0%} "
+                f"({tally}, {counts.in_progress} in progress of {counts.targeted})")
     rate = counts.succeeded / counts.targeted if counts.targeted else 0.0
-    return (
-        f"stage {stage.name}: success rate {rate:.1%} below its gate {stage.min_success_rate:.0%} "
-        f"({counts.succeeded} succeeded, {counts.failed} failed, {counts.timed_out} timed out, {counts.in_progress} in progress "
-        f"of {counts.targeted})"
-    )
+    return f"stage {stage.name}: success rate {rate:.1%} below its gate {stage.min_success_rate:.0%} ({tally} of {counts.targeted})"

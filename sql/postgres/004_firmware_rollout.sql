@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS ota_devices (
     release_id   text NOT NULL REFERENCES firmware_releases (release_id),
     device_id    text NOT NULL,
     stage        integer NOT NULL,
-    status       text NOT NULL CHECK (status IN ('in_progress', 'succeeded', 'failed', 'timed_out', 'skipped')),
+    status       text NOT NULL CHECK (status IN ('in_progress', 'succeeded', 'failed', 'timed_out', 'cancelled', 'skipped')),
     rollback     text CHECK (rollback IN ('rolling_back', 'rolled_back', 'rollback_failed')),
     sent_ts      bigint,
     deadline_ts  bigint,

@@ -56,12 +56,12 @@ def test_status_table_shows_every_stage_and_the_rollback():
         "release_id": "r1", "product_id": "prod-a", "from": "1.0.0", "to": "2.0.1", "status": "rolled_back", "stage": "canary",
         "reason": "stage canary: success rate 80.0% below its gate 95%",
         "stages": [{"stage": "canary", "percent": 5, "gate": 0.95, "targeted": 10, "in_progress": 0, "succeeded": 8, "failed": 2,
-                    "timed_out": 0, "skipped": 1, "success_rate": 0.8}],
+                    "timed_out": 0, "cancelled": 0, "skipped": 1, "success_rate": 0.8}],
         "rollback": {"rolling_back": 1, "rolled_back": 9, "rollback_failed": 0},
     }
     lines = status_table(progress)
     assert lines[0].startswith("release r1 (prod-a: 1.0.0 -> 2.0.1): rolled_back, stage canary — stage canary")
-    assert lines[2].split() == ["canary", "5%", "10", "0", "8", "2", "0", "1", "80.0%", "/", "95%"]
+    assert lines[2].split() == ["canary", "5%", "10", "0", "8", "2", "0", "0", "1", "80.0%", "/", "95%"]
     assert lines[3] == "  rollback: 9 back on 1.0.0, 1 rolling back, 0 failed"
 
 
