@@ -28,7 +28,7 @@ DEVICES = 200
 
 @pytest.fixture(scope="module")
 def loop(stack, settings, tmp_path_factory):
-    """Shadow service, control sink and three fleets of 200 shadow-obeying devices (one per test)."""
+    """Shadow service, control sink and four fleets of 200 shadow-obeying devices (one per test)."""
     if stack.mqtt_broker != "mosquitto":
         pytest.skip("the amqtt fallback broker does not route $aws/... topics; install mosquitto (scripts/bootstrap.sh does as root)")
     work = tmp_path_factory.mktemp("ota")
@@ -40,7 +40,7 @@ def loop(stack, settings, tmp_path_factory):
         image.write_bytes(f"firmware {version}\n".encode() * 1000)
         url, digest = publish_artifact(image, stack.firmware_dir, stack.endpoints["firmware"])
         images[version] = Artifact(version=version, url=url, sha256=digest)
-    fleets = {name: [f"ota-{name}-{i:03d}" for i in range(DEVICES)] for name in ("full", "rollback", "restart")}
+    fleets = {name: [f"ota-{name}-{i:03d}" for i in range(DEVICES)] for name in ("full", "rollback", "restart", "alarms")}
     sim = FleetSimulator([SimDevice(d, "nohub", "json", "normal") for ids in fleets.values() for d in ids])
     shadows = ShadowService(settings.mqtt_url, work / "shadows.json", client_id="it-ota-shadows")
     shadows.start()
@@ -232,6 +232,34 @@ def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.3)
+
+
+def test_alarms_rising_among_updated_devices_roll_back(loop):
+    settings, conn, shadows, fleets, images = loop
+    ids = fleets["alarms"]
+    seed_fleet(conn, ids, offline="-", critical="-")
+    fleet = dict.fromkeys(ids, "ota-alarms")
+    make_release(conn, "it-alarms", "ota-alarms", images, "2.0.1")
+    raised: set[str] = set()
+
+    def alarms_follow_the_update() -> bool:
+        # As the telemetry job would record it: every updated device raises a (high) alarm after its update.
+        updated = {d for (d,) in conn.execute("SELECT device_id FROM ota_devices WHERE release_id = 'it-alarms' AND status = 'succeeded'")}
+        for device in sorted(updated - raised):
+            now = int(time.time() * 1000)
+            conn.execute("INSERT INTO alarm_events (alarm_id, event, device_ts, device_id, rule_id, severity) "
+                         "VALUES (%s, 'RAISED', %s, %s, 'vibration', 'high')", (f"{device}:vibration:{now}", now, device))
+            raised.add(device)
+        return rollout_status(conn, "it-alarms") == "rolled_back"
+
+    drive(settings, fleet, alarms_follow_the_update)
+    reason = conn.execute("SELECT reason FROM ota_rollouts WHERE release_id = 'it-alarms'").fetchone()[0]
+    assert reason.startswith("alarms rose among updated devices: ") and "> 10%" in reason
+    states = device_states(conn, "it-alarms")
+    # Stopped in the canary, or at the latest as the pilot started (when the canary's ten all
+    # reported in one pass, before their alarms were in): never at the full stage.
+    assert {s[0] for s in states.values()} <= {0, 1}
+    assert all(s[2] in ("rolling_back", "rolled_back") for s in states.values())
 
 
 def test_ota_and_ticket_commands(loop, capsys):
