@@ -52,6 +52,9 @@ class ConfigError(ValueError):
     """Invalid configuration; the message is one line naming source, field and reason."""
 
 
+_LIBPQ_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]*)(:([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d\d|655[0-2]\d|6553[0-5]))?$")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -174,8 +177,15 @@ class Settings(_Strict):
     @field_validator("postgres_url")
     @classmethod
     def _check_postgres(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+        if value is None:
+            return value
+        if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected postgresql://user[:password]@host[:port]/database")
+        # libpq takes host[:port] lists; a port that is no number would only fail at the first connection.
+        hosts = value.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+        for host in filter(None, hosts.split(",")):
+            if not _LIBPQ_HOST.match(host):
+                raise ValueError("expected postgresql://user[:password]@host[:port]/database, the port a number from 1 to 65535")
         return value
 
     @field_validator("mqtt_url")

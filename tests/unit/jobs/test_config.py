@@ -25,6 +25,8 @@ def test_config_file_from_environment(tmp_path):
     [
         ("bootstrap_servers: localhost\n", "bootstrap_servers: expected host:port"),
         ("postgres_url: mysql://x\n", "postgres_url: expected postgresql://"),
+        ("postgres_url: postgresql://u:pw@db:badport/iot\n", "the port a number from 1 to 65535"),
+        ("postgres_url: postgresql://db1:5432,db2:70000/iot\n", "the port a number from 1 to 65535"),
         ("mqtt_url: http://broker\n", "mqtt_url: expected mqtt://"),
         ("flink:\n  parallelism: 0\n", "flink.parallelism"),
         ("kafka: 1\n", "kafka: Extra inputs"),
@@ -57,3 +59,11 @@ def test_an_mqtt_url_may_carry_a_login_and_a_bad_one_is_not_echoed():
     with pytest.raises(ConfigError) as info:
         load_settings(None, environ={"IOTLINK_MQTT_URL": "mqtt://iotlink:Pl4nted@broker:port"})
     assert "Pl4nted" not in str(info.value) and "mqtt://[user:password@]host[:port]" in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:pw@db:5432/iot", "postgresql://u@[::1]:5432/iot", "postgresql://db1:5432,db2:5433/iot",
+    "postgresql://u@/iot", "postgresql:///iot?host=/var/run/postgresql", "postgres://db/iot",
+])
+def test_postgres_urls_libpq_takes_are_accepted(url):
+    assert load_settings(None, environ={"IOTLINK_POSTGRES_URL": url}).postgres_url == url
