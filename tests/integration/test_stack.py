@@ -4,6 +4,7 @@ import os
 import stat
 import threading
 import time
+import urllib.request
 
 import orjson
 import psycopg
@@ -35,6 +36,9 @@ def test_every_endpoint_answers(stack, settings, mongo_url):
         assert conn.execute("select current_database()").fetchone() == ("iotlink",)
     assert ("iotlink",) in open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse).list_namespaces()
     assert open_database(mongo_url).command("ping")["ok"] == 1
+    (stack.firmware_dir / "probe.bin").write_bytes(b"\x00image")
+    with urllib.request.urlopen(f"{stack.endpoints['firmware']}/probe.bin", timeout=10) as response:
+        assert response.read() == b"\x00image"
 
     received = threading.Event()
     # The broker refuses anonymous clients: the login comes with the URL the stack fills in.
@@ -63,7 +67,8 @@ def test_stop_leaves_nothing_running(tmp_path):
     stack = EmbeddedStack(settings)
     stack.start()
     pids = stack.pids()
-    assert set(pids) == {"kafka", "postgres", "mqtt", "mongo"}
+    assert set(pids) == {"kafka", "postgres", "mqtt", "mongo", "firmware"}
+    firmware_port = int(stack.endpoints["firmware"].rsplit(":", 1)[1])
     # A command run alongside (iotlink sql --embedded during a demo) uses the running services
     # and leaves them running; a second owner is refused with the reason.
     # (The Iceberg catalog lives in the stack's PostgreSQL: asking for Iceberg brings it along.)
@@ -85,7 +90,7 @@ def test_stop_leaves_nothing_running(tmp_path):
                 assert stat.read().split()[2] == "Z", f"{name} (pid {pid}) still running"
         except ProcessLookupError:
             pass
-    for port in (settings.ports.kafka, settings.ports.postgres, settings.ports.mqtt, settings.ports.mongo):
+    for port in (settings.ports.kafka, settings.ports.postgres, settings.ports.mqtt, settings.ports.mongo, firmware_port):
         assert port_is_free(port)
 
 
