@@ -158,13 +158,13 @@ def status_table(progress: dict) -> list[str]:
     lines = [
         f"release {progress['release_id']} ({progress['product_id']}: {progress['from']} -> {progress['to']}): "
         f"{progress['status']}, stage {progress['stage']}" + (f" — {progress['reason']}" if progress.get("reason") else ""),
-        "  " + "".join(f"{c.replace('_', ' '):>13}" for c in STATUS_COLUMNS),
+        "  " + "".join(f"{c.replace('_', ' '):>13}" for c in STATUS_COLUMNS[:-1]) + f"{'success rate':>17}",
     ]
     for stage in progress["stages"]:
         cells = [f"{stage['stage']} {stage['percent']:g}%"] + [str(stage[c]) for c in STATUS_COLUMNS[1:-1]]
         rate = stage["success_rate"]
         cells.append("-" if rate is None else f"{rate:.1%} / {stage['gate']:.0%}")
-        lines.append("  " + "".join(f"{c:>13}" for c in cells))
+        lines.append("  " + "".join(f"{c:>13}" for c in cells[:-1]) + f"{cells[-1]:>17}")
     back = progress["rollback"]
     if any(back.values()):
         lines.append(f"  rollback: {back['rolled_back']} back on {progress['from']}, {back['rolling_back']} rolling back, "
