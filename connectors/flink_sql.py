@@ -199,12 +199,14 @@ def catalog_files(directory: Path = CATALOG_DIR) -> list[Path]:
     return sorted(directory.glob("*.sql"))
 
 
-def render_catalog(settings, scan: KafkaScan | None = None, directory: Path = CATALOG_DIR) -> RenderedCatalog:
+def render_catalog(settings, scan: KafkaScan | None = None, directory: Path = CATALOG_DIR, tenant: str | None = None) -> RenderedCatalog:
     """Renders every DDL file of ``directory`` with ``settings``.
 
     A file that needs a setting which is not configured (the PostgreSQL tables without
     ``postgres_url``, the Iceberg catalog without ``iceberg_catalog``) is skipped with the
-    reason; an unknown placeholder is an error.
+    reason; an unknown placeholder is an error. For a ``tenant`` only the PostgreSQL tables are
+    rendered (row-level security scopes them): Kafka topics and Iceberg tables hold every
+    tenant's records.
 
     Raises:
         CatalogError: a file uses a placeholder that is not in :data:`PLACEHOLDERS`.
@@ -217,6 +219,9 @@ def render_catalog(settings, scan: KafkaScan | None = None, directory: Path = CA
         unknown = used - PLACEHOLDERS
         if unknown:
             raise CatalogError(f"{path}: unknown placeholder(s) {', '.join('${' + u + '}' for u in sorted(unknown))}")
+        if tenant is not None and used - {"jdbc_options"}:
+            skipped.append((path, f"not scoped to tenant {tenant}: these tables hold every tenant's records"))
+            continue
         missing = sorted(name for name in used if values.get(name) is None)
         if missing:
             options = sorted({_SETTING_OPTIONS.get(name, "--embedded") for name in missing})

@@ -505,8 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sql_command(sub, common)
     add_cluster_commands(sub, common)
     from iotlink.ota_commands import add_ota_commands
+    from iotlink.tenant_commands import add_tenant_commands
 
     add_ota_commands(sub, common)
+    add_tenant_commands(sub, common)
     return parser
 
 
@@ -748,6 +750,12 @@ def _ota_command(args: argparse.Namespace, settings: Settings) -> int:
     return run_ota_command(args, settings)
 
 
+def _tenant_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.tenant_commands import run_tenant_command
+
+    return run_tenant_command(args, settings)
+
+
 def _ticket_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.ota_commands import run_ticket_command
 
@@ -774,6 +782,7 @@ COMMANDS = {
     "sql": _sql_command,
     "ota": _ota_command,
     "tickets": _ticket_command,
+    "tenants": _tenant_command,
 }
 
 

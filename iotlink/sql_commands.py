@@ -194,7 +194,7 @@ def kafka_scan(settings: Settings, startup: str = "earliest", group_id: str = DE
 
 
 def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_port: int | None = None,
-                 report: Callable[[str], None] | None = None) -> SqlSession:
+                 report: Callable[[str], None] | None = None, tenant: str | None = None) -> SqlSession:
     """A session with the platform catalog created (Kafka tables, and PostgreSQL tables when configured).
 
     Args:
@@ -203,6 +203,7 @@ def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_p
         parallelism: Default parallelism of the queries.
         ui_port: Web UI port of the local cluster (default: any free port).
         report: Receives one line per catalog file skipped (missing settings).
+        tenant: Only the PostgreSQL tables (``settings.postgres_url`` is the tenant's login).
     """
     extra = {}
     if scan.startup == "group":
@@ -212,7 +213,7 @@ def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_p
     # Bounded reads run in batch mode: final tables only (no changelog), and ORDER BY holds.
     s3 = (settings.iceberg_warehouse or "").startswith("s3://")
     session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=scan.bounded, s3=s3))
-    catalog = render_catalog(settings, scan)
+    catalog = render_catalog(settings, scan, tenant=tenant)
     for path, reason in catalog.skipped:
         if report is not None:
             report(f"{path.name} left out: {reason}")
@@ -346,6 +347,9 @@ def add_sql_command(sub, common: argparse.ArgumentParser) -> None:
                         help="Kafka isolation level of the tables: read_committed (default: what the jobs' transactions "
                         "committed) or read_uncommitted (also records of open and aborted transactions)")
     parser.add_argument("--max-rows", type=int, metavar="N", help="stop each query after N rows (streaming queries run until Ctrl-C otherwise)")
+    parser.add_argument("--tenant", metavar="TENANT",
+                        help="query as this tenant (its login from iotlink tenants add, kept in <data-dir>/tenants/): the PostgreSQL "
+                        "tables only, each showing the tenant's own devices' rows")
 
 
 def run_sql_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -359,13 +363,22 @@ def run_sql_command(args: argparse.Namespace, settings: Settings) -> int:
 
             apply_migrations(settings.postgres_url)  # the embedded database starts empty
         scan = kafka_scan(settings, args.startup, args.group_id, args.bounded, args.isolation)
+        if args.tenant:
+            from connectors.tenant_store import load_login, tenant_url
+
+            if not settings.postgres_url:
+                print("iotlink sql: --tenant needs PostgreSQL: give --postgres-url (or --embedded)", file=sys.stderr)
+                return 2
+            role, password = load_login(settings.data_dir / "tenants", args.tenant)
+            settings = settings.model_copy(update={"postgres_url": tenant_url(settings.postgres_url, role, password)})
         if args.print_catalog:
-            catalog = render_catalog(settings, scan)
+            catalog = render_catalog(settings, scan, tenant=args.tenant)
             for path, reason in catalog.skipped:
                 print(f"-- {path.name} left out: {reason}")
             print(catalog.text())
             return 0
-        session = open_session(settings, scan, args.parallelism or 1, args.ui_port, report=lambda line: print(line, file=sys.stderr))
+        session = open_session(settings, scan, args.parallelism or 1, args.ui_port, report=lambda line: print(line, file=sys.stderr),
+                               tenant=args.tenant)
         if args.file or args.execute:
             scripts = [Path(f).read_text(encoding="utf-8") for f in args.file] if args.file else [args.execute]
             try:

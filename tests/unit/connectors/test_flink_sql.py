@@ -65,6 +65,14 @@ def test_postgres_tables_are_left_out_without_a_database():
     assert "CREATE TABLE telemetry" in catalog.text() and "CREATE TABLE devices" not in catalog.text()
 
 
+def test_a_tenant_gets_the_postgresql_tables_only():
+    settings = Settings(postgres_url=PG, iceberg_catalog="postgresql+psycopg://ice:pw@db.example/iceberg_catalog", iceberg_warehouse="file:///wh")
+    catalog = render_catalog(settings, tenant="acme")
+    assert [p.name for p, _ in catalog.skipped] == ["10_kafka_tables.sql", "30_iceberg_catalog.sql"]
+    assert all(reason == "not scoped to tenant acme: these tables hold every tenant's records" for _, reason in catalog.skipped)
+    assert "CREATE TABLE alarm_events" in catalog.text() and "CREATE TABLE telemetry" not in catalog.text()
+
+
 def test_unknown_placeholder_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "10_x.sql").write_text("CREATE TABLE t (a INT) WITH ('topic' = '${topic_nope}');")
     with pytest.raises(CatalogError, match=r"10_x.sql: unknown placeholder\(s\) \$\{topic_nope\}"):

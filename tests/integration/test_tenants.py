@@ -1,0 +1,96 @@
+"""Tenant-scoped PostgreSQL: a tenant's login sees its own devices' rows and none of another
+tenant's, in every scoped table, through SQL and through ``iotlink sql --tenant``."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from connectors.postgres import apply_migrations
+from connectors.tenant_store import add_tenant, tenant_url
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+DEVICES = {"it-ten-a1": "it-acme", "it-ten-a2": "it-acme", "it-ten-b1": "it-globex"}
+SCOPED = ("devices", "agg_1m", "agg_5m", "agg_1h", "comm_quality_5m", "comm_quality_1h", "alarm_events", "alarm_tickets",
+          "control_cmd", "ota_devices")
+
+
+def device_column(table: str) -> str:
+    return "key" if table.startswith("agg_") else "device_id"
+
+
+@pytest.fixture(scope="module")
+def tenants(settings):
+    apply_migrations(settings.postgres_url)
+    now = int(time.time() * 1000)
+    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO firmware_releases (release_id, product_id, version, previous_version, spec) "
+                     "VALUES ('it-ten', 'prod-a', '2', '1', '{}') ON CONFLICT DO NOTHING")
+        for device, tenant in DEVICES.items():
+            conn.execute("INSERT INTO devices (device_id, product_id, tenant_id) VALUES (%s, 'prod-a', %s) "
+                         "ON CONFLICT (device_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id", (device, tenant))
+            for table in ("agg_1m", "agg_5m", "agg_1h"):
+                conn.execute(f"INSERT INTO {table} (scope, key, metric, window_start, product_id, count) "
+                             "VALUES ('device', %s, 'tempC', %s, 'prod-a', 1) ON CONFLICT DO NOTHING", (device, now))
+            for table in ("comm_quality_5m", "comm_quality_1h"):
+                conn.execute(f"INSERT INTO {table} (device_id, window_start, received) VALUES (%s, %s, 1) ON CONFLICT DO NOTHING",
+                             (device, now))
+            conn.execute("INSERT INTO alarm_events (alarm_id, event, device_ts, device_id, rule_id, severity) "
+                         "VALUES (%s, 'RAISED', %s, %s, 'hot', 'high') ON CONFLICT DO NOTHING", (f"{device}:hot", now, device))
+            conn.execute("INSERT INTO alarm_tickets (ticket_id, kind, alarm_id, device_id, rule_id, status, opened_ts) "
+                         "VALUES (%s, 'queue', %s, %s, 'hot', 'open', %s) ON CONFLICT DO NOTHING", (f"{device}:queue", f"{device}:hot", device, now))
+            conn.execute("INSERT INTO control_cmd (command_id, device_id, action, desired, issued_ts, status) "
+                         "VALUES (%s, %s, 'restart-fan', '{}', %s, 'applied') ON CONFLICT DO NOTHING", (f"cmd-{device}", device, now))
+            conn.execute("INSERT INTO ota_devices (release_id, device_id, stage, status) VALUES ('it-ten', %s, 0, 'succeeded') "
+                         "ON CONFLICT DO NOTHING", (device,))
+        # A product-wide row belongs to no tenant.
+        conn.execute("INSERT INTO agg_1m (scope, key, metric, window_start, product_id, count) "
+                     "VALUES ('product', 'prod-a', 'tempC', %s, 'prod-a', 3) ON CONFLICT DO NOTHING", (now,))
+        logins = {tenant: add_tenant(conn, tenant) for tenant in set(DEVICES.values())}
+    return {tenant: tenant_url(settings.postgres_url, role, password) for tenant, (role, password) in logins.items()}
+
+
+@pytest.mark.parametrize("tenant", ["it-acme", "it-globex"])
+def test_a_tenant_sees_its_own_devices_rows_and_no_other_tenants(settings, tenants, tenant):
+    own = {d for d, t in DEVICES.items() if t == tenant}
+    with psycopg.connect(tenants[tenant]) as conn:
+        for table in SCOPED:
+            column = device_column(table)
+            seen = {r[0] for r in conn.execute(f"SELECT {column} FROM {table}")}
+            assert seen == own, f"{table}: {tenant} sees {sorted(seen)}"
+        assert conn.execute("SELECT count(*) FROM agg_1m WHERE scope = 'product'").fetchone() == (0,)
+
+
+def test_the_platform_sees_every_row_and_tenants_cannot_write_or_read_the_tenant_list(settings, tenants):
+    with psycopg.connect(settings.postgres_url) as conn:
+        for table in SCOPED:
+            column = device_column(table)
+            seen = {r[0] for r in conn.execute(f"SELECT {column} FROM {table} WHERE {column} LIKE 'it-ten-%%'")}
+            assert seen == set(DEVICES), table
+    with psycopg.connect(tenants["it-globex"], autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO alarm_events (alarm_id, event, device_ts, device_id, rule_id) VALUES ('x', 'RAISED', 1, 'it-ten-a1', 'r')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM tenants")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE devices SET tenant_id = 'it-globex' WHERE device_id = 'it-ten-a1'")
+
+
+def test_iotlink_sql_as_a_tenant_reads_its_own_rows_only(settings, tenants, tmp_path):
+    base = [sys.executable, "-m", "iotlink.cli"]
+    endpoints = ["--postgres-url", settings.postgres_url, "--bootstrap-servers", settings.bootstrap_servers, "--data-dir", str(tmp_path)]
+    added = subprocess.run([*base, "tenants", "add", "it-globex", *endpoints], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert added.returncode == 0, added.stderr
+    assert "role iotlink_tenant_it_globex" in added.stdout and (tmp_path / "tenants" / "it-globex.json").stat().st_mode & 0o777 == 0o600
+    query = "SELECT device_id, rule_id FROM alarm_events WHERE device_id LIKE 'it-ten-%'"
+    done = subprocess.run([*base, "sql", *endpoints, "--tenant", "it-globex", "-e", query],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "it-ten-b1" in done.stdout and "it-ten-a1" not in done.stdout and "it-ten-a2" not in done.stdout
+    assert "10_kafka_tables.sql left out: not scoped to tenant it-globex" in done.stderr
+    listed = subprocess.run([*base, "tenants", "list", *endpoints], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert any(line.split()[:1] == ["it-globex"] and line.split()[-2:] == ["1", "devices"] for line in listed.stdout.splitlines())
