@@ -43,6 +43,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -53,9 +54,11 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from connectors.http_openapi import openapi_document
 from connectors.raw_producer import BridgeCounters, RawProducer
+from operators.dead_letter import dead_letter_to_json, make_dead_letter
 from operators.device_id import INVALID_DEVICE_ID, device_id_problem
 from operators.envelope import FORMATS, RawEnvelope
 from operators.hex_text import HexTextError, parse_hex_text
+from operators.tenant import TENANT_MISMATCH, publish_refusal, tenant_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +227,11 @@ def new_token() -> tuple[str, str]:
     return token, token_digest(token)
 
 
-def load_token_file(token_file: Path) -> frozenset[bytes]:
-    """The token digests of a token file: one ``sha256:<64 hex digits>`` per line (blank lines and
-    ``#`` comments skipped). Tokens are kept hashed at rest: a line holding a token itself is refused.
+def load_token_file(token_file: Path) -> dict[bytes, str | None]:
+    """The token digests of a token file and the tenant each is bound to: one ``sha256:<64 hex
+    digits>`` per line, optionally followed by ``tenant=<id>`` (blank lines and ``#`` comments
+    skipped). Tokens are kept hashed at rest: a line holding a token itself is refused. A token
+    bound to a tenant publishes only for that tenant's devices.
 
     Raises:
         ValueError: naming the file, the line and what is wrong with it.
@@ -235,19 +240,26 @@ def load_token_file(token_file: Path) -> frozenset[bytes]:
         lines = Path(token_file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"token file {token_file}: {getattr(exc, 'strerror', None) or exc}") from None
-    digests = set()
+    digests: dict[bytes, str | None] = {}
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
+        text, _, binding = text.partition(" ")
+        tenant = None
+        if binding.strip():
+            name, _, tenant = binding.strip().partition("=")
+            problem = tenant_id_problem(tenant) if name == "tenant" else "write tenant=<id> after the digest"
+            if problem is not None:
+                raise ValueError(f"token file {token_file}, line {number}: {problem}")
         hex_digest = text[len(TOKEN_DIGEST_PREFIX):] if text.startswith(TOKEN_DIGEST_PREFIX) else ""
         if len(hex_digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hex_digest):
             raise ValueError(
                 f"token file {token_file}, line {number}: not a token digest ('sha256:' and 64 hex digits); the file keeps "
                 "tokens hashed: make one with 'iotlink bridge http --new-token' and put its line in the file"
             )
-        digests.add(bytes.fromhex(hex_digest))
-    return frozenset(digests)
+        digests[bytes.fromhex(hex_digest)] = tenant
+    return digests
 
 
 def check_tokens(tokens: list[str] | None) -> frozenset[str]:
@@ -266,28 +278,32 @@ class TokenCheck:
     """Bearer token authentication with a constant-time comparison.
 
     Args:
-        tokens: Accepted tokens (in memory only: ``--token``, tests).
-        digests: SHA-256 digests of accepted tokens (the token file).
+        tokens: Accepted tokens (in memory only: ``--token``, tests), bound to no tenant.
+        digests: SHA-256 digests of accepted tokens (the token file) and their tenants.
         Both empty: authentication is off.
     """
 
-    def __init__(self, tokens: frozenset[str] = frozenset(), digests: frozenset[bytes] = frozenset()):
+    def __init__(self, tokens: frozenset[str] = frozenset(), digests: Mapping[bytes, str | None] | None = None):
         # Compared as digests so neither the token count nor their lengths leak through timing.
-        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens] + sorted(digests)
+        digests = digests or {}
+        self._digests = [(hashlib.sha256(t.encode()).digest(), None) for t in tokens] + sorted(digests.items(), key=lambda d: d[0])
 
     @property
     def enabled(self) -> bool:
         """True when requests need a token."""
         return bool(self._digests)
 
-    def check(self, authorization: str | None) -> None:
+    def check(self, authorization: str | None) -> str | None:
         """Accepts an ``Authorization`` header value.
+
+        Returns:
+            The tenant the token is bound to, or None.
 
         Raises:
             HttpError: 401 (with ``WWW-Authenticate``) when the token is missing, malformed or unknown.
         """
         if not self._digests:
-            return
+            return None
         challenge = {"WWW-Authenticate": 'Bearer realm="iotlink"'}
         if not authorization:
             raise HttpError(401, "unauthorized", "missing Authorization header: send 'Authorization: Bearer <token>'", headers=challenge)
@@ -295,11 +311,13 @@ class TokenCheck:
         if scheme.lower() != "bearer" or not token.strip():
             raise HttpError(401, "unauthorized", "Authorization header is not 'Bearer <token>'", headers=challenge)
         digest = hashlib.sha256(token.strip().encode()).digest()
-        matched = False
-        for known in self._digests:
-            matched |= hmac.compare_digest(digest, known)
+        matched, tenant = False, None
+        for known, bound in self._digests:
+            if hmac.compare_digest(digest, known):
+                matched, tenant = True, bound
         if not matched:
             raise HttpError(401, "unauthorized", "unknown bearer token", headers=challenge)
+        return tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +471,10 @@ class HttpOptions:
     host: str = DEFAULT_HOST
     port: int = 8080
     tokens: frozenset[str] = frozenset()
-    token_digests: frozenset[bytes] = frozenset()
+    token_digests: Mapping[bytes, str | None] = field(default_factory=dict)
+    # Device -> tenant (the device registry), for tokens bound to a tenant.
+    device_tenants: Mapping[str, str | None] = field(default_factory=dict)
+    dlq_topic: str = "iotlink.dlq"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch_records: int = DEFAULT_MAX_BATCH_RECORDS
     ack_timeout_s: float = 10.0
@@ -711,7 +732,7 @@ class HttpIngest:
             return await self._health()
         if route.route == "/openapi.json":
             return 200, openapi_document(), {}
-        self.auth.check(request.headers.get("Authorization"))
+        tenant = self.auth.check(request.headers.get("Authorization"))
         if route.route == BATCH_PATH and media_type(request.headers.get("Content-Type")) != "application/json":
             raise HttpError(415, "unsupported_media_type", "a batch is a JSON array: send Content-Type application/json")
         fmt = None if route.route == BATCH_PATH else format_for_content_type(request.headers.get("Content-Type"))
@@ -730,6 +751,8 @@ class HttpIngest:
             RawEnvelope(payload=r.payload, source="http", received_at=received_at, device_id=r.device_id, product_id=r.product_id, format=r.format)
             for r in records
         ]
+        if tenant is not None:
+            await self._refuse_other_tenants(tenant, envelopes, route.route == BATCH_PATH)
         outcomes = await self.produce(envelopes)
         failed = [i for i, exc in enumerate(outcomes) if exc is not None]
         if failed:
@@ -744,6 +767,53 @@ class HttpIngest:
         if route.device_id is not None:
             answer["device_id"] = route.device_id
         return 202, answer, {}
+
+    async def _refuse_other_tenants(self, tenant: str, envelopes: list[RawEnvelope], batch: bool) -> None:
+        """Dead-letters the records a tenant's token may not publish (devices of other tenants) and
+        refuses the request with 403; nothing of a refused request goes to the raw topic.
+
+        Raises:
+            HttpError: 403 ``tenant_mismatch`` (503 when the dead letters could not be written).
+        """
+        refusals = [publish_refusal(tenant, e.device_id, self.options.device_tenants) for e in envelopes]
+        refused = [i for i, why in enumerate(refusals) if why is not None]
+        if not refused:
+            return
+        failed_at = int(time.time() * 1000)
+        letters = []
+        for i in refused:
+            letter = make_dead_letter(stage="ingest", reason_code=TENANT_MISMATCH, reason=refusals[i], failed_at=failed_at,
+                                      envelope=envelopes[i])
+            letters.append((envelopes[i].device_id.encode(), dead_letter_to_json(letter).encode("utf-8")))
+        outcomes = await self.produce_records(self.options.dlq_topic, letters)
+        if any(exc is not None for exc in outcomes):
+            raise HttpError(503, "kafka_unavailable", "Kafka did not confirm the dead letters of the refused records; resend them",
+                            headers={"Retry-After": str(self.options.retry_after_s)})
+        extra = {}
+        if batch:
+            extra["results"] = [{"index": i, "status": "refused" if refusals[i] else "not stored", **({"reason": refusals[i]} if refusals[i] else {})}
+                                for i in range(len(envelopes))]
+        raise HttpError(403, TENANT_MISMATCH, refusals[refused[0]] + (f" (and {len(refused) - 1} more records)" if len(refused) > 1 else ""),
+                        extra=extra)
+
+    async def produce_records(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[BaseException | None]:
+        """Produces ready-made records (dead letters) and waits up to the ack timeout for Kafka."""
+        producer = self.producer
+        if producer is None:
+            return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(records)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.ack_timeout_s
+        answers = []
+        for key, value in records:
+            answer = loop.create_future()
+            answers.append(answer)
+            while not producer.send_record(topic, key, value, functools.partial(self._confirmations.add, answer), timeout_s=0):
+                if loop.time() >= deadline:
+                    answer.set_result(BusyError(f"{self.options.max_in_flight} records wait for Kafka"))
+                    break
+                await asyncio.sleep(0.005)
+        await asyncio.wait(answers, timeout=max(0.0, deadline - loop.time()))
+        return [answer.result() if answer.done() else TimeoutError("no answer from Kafka") for answer in answers]
 
     async def _body(self, request: web.BaseRequest) -> bytes:
         """The request body, at most ``max_body_bytes`` (Content-Length or chunked)."""
@@ -849,6 +919,15 @@ def add_arguments(parser) -> None:
     group.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS", help="status line period (default 1; 0: none)")
 
 
+def _device_tenants(settings) -> dict[str, str | None]:
+    from connectors.postgres import load_device_registry
+
+    devices = load_device_registry(settings.device_registry)
+    if not devices:
+        raise ValueError("the token file binds tokens to tenants: give --device-registry FILE|URL (the devices' tenants)")
+    return {device: info.tenant for device, info in devices.items()}
+
+
 def options_from_args(args, settings) -> HttpOptions:
     """Builds the ingest options from the command line and the settings.
 
@@ -856,7 +935,7 @@ def options_from_args(args, settings) -> HttpOptions:
         ValueError: naming the option that is missing or wrong.
     """
     tokens = check_tokens(args.token)
-    digests = load_token_file(args.token_file) if args.token_file is not None else frozenset()
+    digests = load_token_file(args.token_file) if args.token_file is not None else {}
     if not tokens and not digests and not args.no_auth:
         raise ValueError("no bearer tokens: give --token-file FILE or --token TOKEN (or --no-auth for tests)")
     if args.max_body_bytes < 1 or args.max_batch_records < 1:
@@ -869,7 +948,9 @@ def options_from_args(args, settings) -> HttpOptions:
         host=args.host,
         port=args.port,
         tokens=frozenset() if args.no_auth else tokens,
-        token_digests=frozenset() if args.no_auth else digests,
+        token_digests={} if args.no_auth else digests,
+        device_tenants=_device_tenants(settings) if any(digests.values()) and not args.no_auth else {},
+        dlq_topic=settings.topics.dlq,
         max_body_bytes=args.max_body_bytes,
         max_batch_records=args.max_batch_records,
         ack_timeout_s=args.ack_timeout,

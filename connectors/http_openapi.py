@@ -42,6 +42,9 @@ def _json(description: str, schema: str) -> dict:
 
 _RESPONSES_COMMON = {
     "401": _json_error("Missing, malformed or unknown bearer token (`WWW-Authenticate: Bearer`)."),
+    "403": _json_error("`tenant_mismatch`: the token is bound to a tenant and a record is for a device of another tenant, of "
+                       "none, or not in the device registry. Those records go to the dead-letter topic with the reason; "
+                       "nothing of the request is stored."),
     "411": _json_error("Neither `Content-Length` nor `Transfer-Encoding: chunked`. "
                        "(Ambiguous framing — `Transfer-Encoding` with `Content-Length`, repeated or invalid "
                        "`Content-Length` values, folded or malformed header lines — is answered 400 `malformed_request` "

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from psycopg import sql
 
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+from operators.tenant import tenant_id_problem
 
 
 class TenantError(ValueError):
@@ -25,8 +24,9 @@ def role_name(tenant_id: str) -> str:
     Raises:
         TenantError: the id is not lower-case letters, digits, ``_`` and ``-`` (at most 40).
     """
-    if not TENANT_ID.match(tenant_id):
-        raise TenantError(f"tenant id {tenant_id!r}: lower-case letters, digits, _ and - only, at most 40, starting with a letter or digit")
+    problem = tenant_id_problem(tenant_id)
+    if problem is not None:
+        raise TenantError(problem)
     return "iotlink_tenant_" + tenant_id.replace("-", "_")
 
 

@@ -8,6 +8,7 @@ compares it byte for byte, with the record keys, against what was sent.
 import base64
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -406,6 +407,28 @@ def test_http_ingest_formats_batch_auth_limits_health_openapi(topics, tmp_path):
         for e in [parse_envelope(r.value)]
     )
     assert got == sorted((d, d, f, p, prod, "http") for d, f, p, prod in expected)
+
+
+def test_http_token_of_a_tenant_publishes_for_its_devices_and_dead_letters_the_others(topics):
+    bootstrap, raw, dlq = topics
+    ingest = start_ingest(bootstrap, raw, token_digests={hashlib.sha256(b"acme-token").digest(): "acme"},
+                          device_tenants={"acme-1": "acme", "globex-1": "globex"}, dlq_topic=dlq)
+    try:
+        headers = {"Authorization": "Bearer acme-token", "Content-Type": "application/json"}
+        base = f"http://127.0.0.1:{ingest.port}/v1/telemetry"
+        assert http("POST", f"{base}/acme-1", b'{"t": 1}', headers)[0] == 202
+        status, _, body = http("POST", f"{base}/globex-1", b'{"t": 2}', headers)
+        assert (status, body["error"]) == (403, "tenant_mismatch")
+        assert http("POST", f"{base}/globex-1", b'{"t": 3}', AUTH_JSON)[0] == 202  # a token of no tenant publishes for any device
+    finally:
+        ingest.stop()
+    stored = sorted((r.key, parse_envelope(r.value).payload) for r in consume(bootstrap, raw, 2))
+    assert stored == [(b"acme-1", b'{"t": 1}'), (b"globex-1", b'{"t": 3}')]
+    letters = [orjson.loads(r.value) for r in consume(bootstrap, dlq, 1)]
+    assert [(d["device_id"], d["stage"], d["reason_code"], d["payload"]) for d in letters] == [
+        ("globex-1", "ingest", "tenant_mismatch", '{"t": 2}')
+    ]
+    assert letters[0]["reason"] == "a credential of tenant acme may not publish for device globex-1 of tenant globex"
 
 
 def test_http_slow_request_does_not_block_others(topics):

@@ -2,6 +2,7 @@
 
 import argparse
 import base64
+import hashlib
 import re
 import socket
 import time
@@ -23,6 +24,7 @@ from connectors.bridge_http import (
     load_token_file,
     match_route,
     new_token,
+    options_from_args,
     parse_batch,
     token_digest,
 )
@@ -275,6 +277,12 @@ class FakeProducer:
             on_done(None)
         return True
 
+    def send_record(self, topic, key, value, on_done=None, timeout_s=None):
+        self.sent.append((topic, key, value))
+        if on_done is not None:
+            on_done(None)
+        return True
+
     def close(self, _timeout_s=None):
         pass
 
@@ -471,3 +479,66 @@ def test_200_concurrent_connections_each_get_an_answer(bridge):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_a_token_file_binds_tokens_to_tenants(tmp_path):
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"{token_digest('acme-token')} tenant=acme\n{token_digest('ops-token')}\n")
+    digests = load_token_file(token_file)
+    assert set(digests.values()) == {"acme", None}
+    auth = TokenCheck(frozenset(), digests)
+    assert auth.check("Bearer acme-token") == "acme" and auth.check("Bearer ops-token") is None
+    for bad in ("tenant=Acme!", "owner=acme"):
+        token_file.write_text(f"{token_digest('x')} {bad}\n")
+        with pytest.raises(ValueError, match="line 1: (tenant id|write tenant=<id>)"):
+            load_token_file(token_file)
+
+
+def test_a_tenant_token_publishes_for_its_own_devices_and_dead_letters_the_others(fake_producer):
+    options = HttpOptions("127.0.0.1:1", "raw", port=0, drain_timeout_s=5, token_digests={hashlib.sha256(b"acme-token").digest(): "acme"},
+                          device_tenants={"dev-a": "acme", "dev-g": "globex"}, dlq_topic="dlq")
+    ingest = HttpIngest(options)
+    ingest.start()
+    try:
+        deadline = time.monotonic() + 5
+        while ingest.producer is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        def send(body: bytes, path: str):
+            return exchange(ingest.port, post(f"Authorization: Bearer acme-token\r\nContent-Length: {len(body)}\r\n", body, path=path))
+
+        status, _, body, _ = send(b'{"t": 1}', "/v1/telemetry/dev-a")
+        assert status == 202 and body["accepted"] == 1
+        status, _, body, _ = send(b'{"t": 2}', "/v1/telemetry/dev-g")
+        assert status == 403 and body["error"] == "tenant_mismatch"
+        assert body["message"] == "a credential of tenant acme may not publish for device dev-g of tenant globex"
+        status, _, body, _ = send(b'{"t": 3}', "/v1/telemetry/dev-new")
+        assert status == 403 and "dev-new: not in the device registry" in body["message"]
+        batch = orjson.dumps([{"device_id": "dev-a", "format": "json", "payload": "{}"}, {"device_id": "dev-g", "format": "json", "payload": "{}"}])
+        status, _, body, _ = send(batch, "/v1/telemetry:batch")
+        assert status == 403 and [r["status"] for r in body["results"]] == ["not stored", "refused"]
+        sent = ingest.producer.sent
+        envelopes = [s for s in sent if not isinstance(s, tuple)]
+        letters = [orjson.loads(value) for topic, _key, value in (s for s in sent if isinstance(s, tuple)) if topic == "dlq"]
+        assert [e.device_id for e in envelopes] == ["dev-a"]  # nothing of a refused request is stored
+        assert [(d["device_id"], d["stage"], d["reason_code"]) for d in letters] == [
+            ("dev-g", "ingest", "tenant_mismatch"), ("dev-new", "ingest", "tenant_mismatch"), ("dev-g", "ingest", "tenant_mismatch"),
+        ]
+        assert letters[0]["payload"] == '{"t": 2}' and letters[0]["source"] == "http"
+    finally:
+        ingest.stop()
+
+
+def test_tenant_bound_tokens_need_the_device_registry(tmp_path):
+    from jobs.config import Settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"{token_digest('acme-token')} tenant=acme\n")
+    args = parser.parse_args(["--token-file", str(token_file)])
+    with pytest.raises(ValueError, match="binds tokens to tenants: give --device-registry"):
+        options_from_args(args, Settings())
+    registry = tmp_path / "devices.yaml"
+    registry.write_text("devices:\n  dev-a: {product: prod-a, tenant: acme}\n  dev-b: {product: prod-a}\n")
+    options = options_from_args(args, Settings(device_registry=str(registry)))
+    assert options.device_tenants == {"dev-a": "acme", "dev-b": None} and options.dlq_topic == "iotlink.dlq"
