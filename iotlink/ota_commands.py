@@ -192,6 +192,7 @@ def open_controller(settings: Settings, fleet: dict[str, str]):
         conn=conn, fleet=fleet, send_records=send_records,
         request_state=lambda thing: holder["link"].request_state(thing, settings.shadow.answer_timeout_s),
         commands_topic=settings.topics.commands, notifications_topic=settings.topics.notifications,
+        reconnect=lambda: psycopg.connect(settings.postgres_url, autocommit=True),
     ))
     link = open_shadow_link(settings.model_copy(update={"shadow": settings.shadow.model_copy(update={"client_id": "iotlink-ota-controller"})}),
                             on_reported=controller.on_reported)
@@ -200,7 +201,7 @@ def open_controller(settings: Settings, fleet: dict[str, str]):
     def close() -> None:
         link.close()
         close_producer()
-        conn.close()
+        controller.io.conn.close()  # (a new one after a reconnect)
 
     return controller, close
 
@@ -294,7 +295,8 @@ def _run_controller(settings: Settings) -> int:
             worker.join(5)
             stats = controller.stats
             print(f"  passes {stats.passes}  commands {stats.commands}  rollbacks {stats.rollbacks}  "
-                  + "  ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())), flush=True)
+                  + "  ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items()))
+                  + (f"  failed passes {stats.errors} (last: {masked_url(stats.last_error)})" if stats.errors else ""), flush=True)
     except KeyboardInterrupt:
         print("\nota controller stopped")
     finally:

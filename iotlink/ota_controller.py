@@ -13,6 +13,8 @@ one transaction. Kill it anywhere: the next pass picks up where it was.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -38,6 +40,7 @@ from operators.ota import (
     update_outcome,
 )
 
+log = logging.getLogger(__name__)
 MIN_ALARM_SAMPLE = 5  # updated devices needed before an alarm rise can roll back
 STALE_SEND_MS = 10_000  # an update command held back longer than this gets a new deadline
 REQUEST_STATE_TIMEOUT_S = 5.0
@@ -51,6 +54,8 @@ class ControllerStats:
     commands: int = 0
     rollbacks: int = 0
     outcomes: dict = field(default_factory=dict)
+    errors: int = 0  # passes that failed (and were tried again)
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class ControllerIO:
         commands_topic: Where shadow commands go (the control sink reads them).
         notifications_topic: Where ticket notifications go.
         clock_ms: Now, epoch ms.
+        reconnect: Opens a new database connection when the one in use closed (a restart).
     """
 
     conn: object
@@ -75,6 +81,7 @@ class ControllerIO:
     commands_topic: str
     notifications_topic: str
     clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    reconnect: Callable[[], object] | None = None
 
 
 class RolloutController:
@@ -92,23 +99,42 @@ class RolloutController:
         if version is not None or error is not None:
             self._reports.append((thing, version, error, self.io.clock_ms()))
 
-    def run(self, stop: threading.Event, interval_s: float = 0.5) -> ControllerStats:
-        """Runs passes until ``stop`` is set."""
+    def run(self, stop: threading.Event, interval_s: float = 0.5, max_backoff_s: float = 30.0) -> ControllerStats:
+        """Runs passes until ``stop`` is set. A failing pass (PostgreSQL or Kafka away) is logged and
+        tried again after a growing pause; nothing it did halfway is lost (see the module docstring)."""
+        pause = interval_s
         while not stop.is_set():
-            self.run_pass()
-            stop.wait(interval_s)
+            try:
+                self.run_pass()
+                pause = interval_s
+            except Exception as exc:  # noqa: BLE001 - a service outlives its dependencies' outages
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                log.warning("ota controller: pass failed, trying again in %.0f s: %s", pause, self.stats.last_error)
+                if self.io.reconnect is not None and getattr(self.io.conn, "closed", False):
+                    with contextlib.suppress(Exception):
+                        self.io = replace(self.io, conn=self.io.reconnect())
+                pause = min(max(pause * 2, 1.0), max_backoff_s)
+            stop.wait(pause)
         return self.stats
 
     def run_pass(self) -> None:
         """One pass over every active rollout."""
-        reports: dict[str, list[tuple[str | None, str | None, int]]] = {}
+        popped = []
         while self._reports:
-            thing, version, error, at = self._reports.popleft()
+            popped.append(self._reports.popleft())
+        reports: dict[str, list[tuple[str | None, str | None, int]]] = {}
+        for thing, version, error, at in popped:
             reports.setdefault(thing, []).append((version, error, at))
-        for release_id in ota_store.active_rollouts(self.io.conn):
-            rollout = ota_store.load_rollout(self.io.conn, release_id)
-            if rollout is not None:
-                self._advance(rollout, reports)
+        try:
+            for release_id in ota_store.active_rollouts(self.io.conn):
+                rollout = ota_store.load_rollout(self.io.conn, release_id)
+                if rollout is not None:
+                    self._advance(rollout, reports)
+        except BaseException:
+            # Judging a report again is harmless; losing one is not.
+            self._reports.extendleft(reversed(popped))
+            raise
         self.stats.passes += 1
 
     # -- one rollout ---------------------------------------------------------------------------
