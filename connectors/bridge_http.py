@@ -914,6 +914,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--ack-timeout", type=float, default=10.0, metavar="SECONDS",
                        help="how long a request waits for Kafka before it is answered 503 (default 10)")
     group.add_argument("--retry-after", type=int, default=5, metavar="SECONDS", help="Retry-After of 503 answers (default 5)")
+    group.add_argument("--max-in-flight", type=int, default=10_000, metavar="N",
+                       help="records of all requests that may wait for Kafka at once; a request finding no slot within its "
+                       "ack timeout is answered 503 (default 10000)")
     group.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="on Ctrl-C/SIGTERM, how long to let running requests finish (default 30)")
     group.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS", help="status line period (default 1; 0: none)")
@@ -942,6 +945,8 @@ def options_from_args(args, settings) -> HttpOptions:
         raise ValueError("--max-body-bytes and --max-batch-records must be positive")
     if args.ack_timeout <= 0:
         raise ValueError(f"--ack-timeout must be positive, got {args.ack_timeout}")
+    if args.max_in_flight < 1:
+        raise ValueError(f"--max-in-flight must be 1 or more, got {args.max_in_flight}")
     return HttpOptions(
         bootstrap_servers=settings.bootstrap_servers,
         raw_topic=settings.topics.raw,
@@ -955,5 +960,6 @@ def options_from_args(args, settings) -> HttpOptions:
         max_batch_records=args.max_batch_records,
         ack_timeout_s=args.ack_timeout,
         retry_after_s=args.retry_after,
+        max_in_flight=args.max_in_flight,
         drain_timeout_s=args.drain_timeout,
     )

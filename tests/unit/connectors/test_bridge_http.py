@@ -542,3 +542,14 @@ def test_tenant_bound_tokens_need_the_device_registry(tmp_path):
     registry.write_text("devices:\n  dev-a: {product: prod-a, tenant: acme}\n  dev-b: {product: prod-a}\n")
     options = options_from_args(args, Settings(device_registry=str(registry)))
     assert options.device_tenants == {"dev-a": "acme", "dev-b": None} and options.dlq_topic == "iotlink.dlq"
+
+
+def test_max_in_flight_is_an_option():
+    from jobs.config import Settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from_args(parser.parse_args(["--no-auth", "--max-in-flight", "500"]), Settings()).max_in_flight == 500
+    assert options_from_args(parser.parse_args(["--no-auth"]), Settings()).max_in_flight == 10_000
+    with pytest.raises(ValueError, match="--max-in-flight must be 1 or more"):
+        options_from_args(parser.parse_args(["--no-auth", "--max-in-flight", "0"]), Settings())
