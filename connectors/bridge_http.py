@@ -557,7 +557,6 @@ class HttpIngest:
         self._closing = threading.Event()
         self._active = 0
         self._health_cache: tuple[float, bool] = (0.0, False)
-        self._connector = threading.Thread(target=self._connect_producer, name="http-ingest-kafka", daemon=True)
 
     @property
     def port(self) -> int:
@@ -565,16 +564,23 @@ class HttpIngest:
         return self._port
 
     def start(self) -> None:
-        """Binds the port and serves on a background thread.
+        """Makes the Kafka producer, binds the port and serves on a background thread.
+
+        librdkafka connects in the background: an unreachable Kafka is not an error here (requests
+        are answered 503 until it answers), a producer configuration it refuses is.
 
         Raises:
             OSError: the address cannot be bound.
+            confluent_kafka.KafkaException: the producer configuration is refused.
         """
-        self._connector.start()
+        options = self.options
+        self.producer = RawProducer(options.bootstrap_servers, options.raw_topic, options.max_in_flight, self.counters,
+                                    **options.producer_config)
         self._thread = threading.Thread(target=self._serve, name="http-ingest", daemon=True)
         self._thread.start()
         self._started.wait(30)
         if self._start_error is not None:
+            self.producer.close(0)
             raise self._start_error
 
     def _serve(self) -> None:
@@ -600,19 +606,6 @@ class HttpIngest:
         self._listener = await self._loop.create_server(self._server, self.options.host, self.options.port, backlog=socket.SOMAXCONN)
         self._port = self._listener.sockets[0].getsockname()[1]
         self._confirmations = _Confirmations(self._loop)
-
-    def _connect_producer(self) -> None:
-        config = self.options.producer_config
-        delay = 1.0
-        while not self._closing.is_set():
-            try:
-                options = self.options
-                self.producer = RawProducer(options.bootstrap_servers, options.raw_topic, options.max_in_flight, self.counters, **config)
-                return
-            except Exception as exc:  # noqa: BLE001 - a producer that cannot be made is retried, the server keeps answering 503
-                log.warning("http ingest: cannot reach Kafka at %s: %s; retrying in %g s", self.options.bootstrap_servers, exc, delay)
-                self._closing.wait(delay)
-                delay = min(delay * 2, 30.0)
 
     async def kafka_reachable(self) -> bool:
         """Whether Kafka answers (probed at most once a second, off the event loop)."""
@@ -664,7 +657,6 @@ class HttpIngest:
                 drained = False
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
-        self._connector.join(35)
         if self.producer is not None:
             self.producer.close(10)
         return drained
