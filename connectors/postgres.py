@@ -64,6 +64,18 @@ def read_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+def migrated_connection(url: str):
+    """An autocommit connection to the platform database, its migrations applied first.
+
+    Raises:
+        MigrationError: see :func:`apply_migrations`.
+    """
+    import psycopg
+
+    apply_migrations(url)
+    return psycopg.connect(url, autocommit=True)
+
+
 def apply_migrations(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Applies the migrations not yet recorded in ``schema_migrations``; idempotent.
 

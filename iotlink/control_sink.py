@@ -77,12 +77,9 @@ def run_control_sink(settings, stop: threading.Event, stats: ControlStats | None
     link = open_shadow_link(settings, on_reported=on_reported)
     conn = None
     if settings.postgres_url:
-        import psycopg
+        from connectors.postgres import migrated_connection
 
-        from connectors.postgres import apply_migrations
-
-        apply_migrations(settings.postgres_url)
-        conn = psycopg.connect(settings.postgres_url, autocommit=True)
+        conn = migrated_connection(settings.postgres_url)
     consumer = KafkaConsumer(
         settings.topics.commands,
         bootstrap_servers=settings.bootstrap_servers,

@@ -106,14 +106,11 @@ def add_ota_commands(sub, common) -> None:
 
 
 def _connect(settings: Settings):
-    import psycopg
-
-    from connectors.postgres import apply_migrations
+    from connectors.postgres import migrated_connection
 
     if not settings.postgres_url:
         raise ValueError("no PostgreSQL: give --postgres-url (or --embedded)")
-    apply_migrations(settings.postgres_url)
-    return psycopg.connect(settings.postgres_url, autocommit=True)
+    return migrated_connection(settings.postgres_url)
 
 
 def publish_artifact(image: Path, firmware_dir: Path, base_url: str) -> tuple[str, str]:
@@ -180,12 +177,11 @@ def open_controller(settings: Settings, fleet: dict[str, str]):
     """
     import psycopg
 
-    from connectors.postgres import apply_migrations
+    from connectors.postgres import migrated_connection
     from iotlink.control_sink import open_shadow_link
     from iotlink.ota_controller import ControllerIO, RolloutController, kafka_sender
 
-    apply_migrations(settings.postgres_url)
-    conn = psycopg.connect(settings.postgres_url, autocommit=True)
+    conn = migrated_connection(settings.postgres_url)
     send_records, close_producer = kafka_sender(settings.bootstrap_servers)
     holder: dict = {}
     controller = RolloutController(ControllerIO(

@@ -32,9 +32,7 @@ def add_tenant_commands(sub, common) -> None:
 
 def run_tenant_command(args: argparse.Namespace, settings: Settings) -> int:
     """Dispatches ``iotlink tenants``."""
-    import psycopg
-
-    from connectors.postgres import apply_migrations
+    from connectors.postgres import migrated_connection
     from connectors.tenant_store import TenantError, add_tenant, list_tenants, save_login, tenant_url
     from iotlink.stack import with_stack
 
@@ -43,8 +41,7 @@ def run_tenant_command(args: argparse.Namespace, settings: Settings) -> int:
         if not settings.postgres_url:
             print("iotlink tenants: no PostgreSQL: give --postgres-url (or --embedded)", file=sys.stderr)
             return 2
-        apply_migrations(settings.postgres_url)
-        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+        with migrated_connection(settings.postgres_url) as conn:
             if args.tenants_command == "add":
                 role, password = add_tenant(conn, args.tenant_id)
                 kept = save_login(settings.data_dir / "tenants", args.tenant_id, role, password)
