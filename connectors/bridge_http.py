@@ -621,18 +621,29 @@ class HttpIngest:
         Returns:
             One outcome per envelope: None when Kafka confirmed it, else why not.
         """
+        return await self._confirmed(envelopes, lambda producer, envelope, on_done: producer.send(envelope, on_done, timeout_s=0))
+
+    async def produce_records(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[BaseException | None]:
+        """Produces ready-made ``(key, value)`` records (dead letters) to ``topic``, as :meth:`produce`."""
+        return await self._confirmed(
+            records, lambda producer, record, on_done: producer.send_record(topic, record[0], record[1], on_done, timeout_s=0)
+        )
+
+    async def _confirmed(self, items: list, send) -> list[BaseException | None]:
+        """Sends each item with ``send(producer, item, on_done)`` (False: no in-flight slot free)
+        and waits up to the ack timeout for Kafka's answers; one outcome per item."""
         producer = self.producer
         if producer is None:
-            return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(envelopes)
+            return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(items)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.ack_timeout_s
         answers = []
-        for envelope in envelopes:
+        for item in items:
             answer = loop.create_future()
             answers.append(answer)
             # Never block the event loop on the in-flight bound: wait for a slot in short sleeps,
             # until the ack timeout, like the wait for Kafka's answer itself.
-            while not producer.send(envelope, functools.partial(self._confirmations.add, answer), timeout_s=0):
+            while not send(producer, item, functools.partial(self._confirmations.add, answer)):
                 if loop.time() >= deadline:
                     answer.set_result(BusyError(f"{self.options.max_in_flight} records wait for Kafka"))
                     break
@@ -787,25 +798,6 @@ class HttpIngest:
                                 for i in range(len(envelopes))]
         raise HttpError(403, TENANT_MISMATCH, refusals[refused[0]] + (f" (and {len(refused) - 1} more records)" if len(refused) > 1 else ""),
                         extra=extra)
-
-    async def produce_records(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[BaseException | None]:
-        """Produces ready-made records (dead letters) and waits up to the ack timeout for Kafka."""
-        producer = self.producer
-        if producer is None:
-            return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(records)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.ack_timeout_s
-        answers = []
-        for key, value in records:
-            answer = loop.create_future()
-            answers.append(answer)
-            while not producer.send_record(topic, key, value, functools.partial(self._confirmations.add, answer), timeout_s=0):
-                if loop.time() >= deadline:
-                    answer.set_result(BusyError(f"{self.options.max_in_flight} records wait for Kafka"))
-                    break
-                await asyncio.sleep(0.005)
-        await asyncio.wait(answers, timeout=max(0.0, deadline - loop.time()))
-        return [answer.result() if answer.done() else TimeoutError("no answer from Kafka") for answer in answers]
 
     async def _body(self, request: web.BaseRequest) -> bytes:
         """The request body, at most ``max_body_bytes`` (Content-Length or chunked)."""
