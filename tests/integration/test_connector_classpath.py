@@ -1,10 +1,6 @@
 """Connector classes resolve whichever Py4J thread serves the call (the CI failure of the control-loop test)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from py4j_race import REORDER_CONNECTIONS, ROOT, run_race_script
 
 # Another Python thread's call outlasts the main thread's, so the main thread's next call is served
 # by a connection (a Java thread) that was created after pipeline.jars was set on the first one.
@@ -22,12 +18,7 @@ if {share}:
     make_connector_jars_visible()
 jvm = get_gateway().jvm
 
-def reorder_connections(delay_s):
-    other = threading.Thread(target=lambda: (time.sleep(0.2), jvm.java.lang.Thread.sleep(int(delay_s * 1000))))
-    other.start()
-    jvm.java.lang.Thread.sleep(int(delay_s * 500))
-    other.join()
-
+{reorder}
 for _ in range(2):  # the second round meets a connection thread started after the loader was shared
     reorder_connections(1.0)
     try:
@@ -39,9 +30,7 @@ for _ in range(2):  # the second round meets a connection thread started after t
 
 
 def run_race(share: bool) -> list[str]:
-    script = RACE.format(root=str(ROOT), share=share)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    return [line for line in done.stdout.splitlines() if line.startswith(("resolved", "missing"))]
+    return run_race_script(RACE.format(root=str(ROOT), share=share, reorder=REORDER_CONNECTIONS), ("resolved", "missing"), timeout_s=120)
 
 
 def test_without_the_shared_loader_the_race_loses_the_connector_classes():

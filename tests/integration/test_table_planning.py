@@ -1,11 +1,7 @@
 """Planning works on whichever Py4J thread serves the call (the CI failure of the control-loop test:
 "NullPointerException: metadataHandlerProvider" in ``toChangelogStream``)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from py4j_race import REORDER_CONNECTIONS, ROOT, run_race_script
 
 # Another Python thread's call outlasts the main thread's, so the main thread's next call is served
 # by a connection (a Java thread) created after the table environment was.
@@ -30,12 +26,7 @@ t_env.execute_sql("CREATE TEMPORARY TABLE out_table (b STRING, n BIGINT) WITH ('
 t_env.create_temporary_view("counts", t_env.sql_query("SELECT b, COUNT(*) AS n FROM src WHERE a > 3 AND a < 8 GROUP BY b"))
 jvm = get_gateway().jvm
 
-def reorder_connections(delay_s):
-    other = threading.Thread(target=lambda: (time.sleep(0.2), jvm.java.lang.Thread.sleep(int(delay_s * 1000))))
-    other.start()
-    jvm.java.lang.Thread.sleep(int(delay_s * 500))
-    other.join()
-
+{reorder}
 def plain():
     t_env._j_tenv.toChangelogStream(t_env.from_path("counts")._j_table)
 
@@ -62,9 +53,7 @@ for name in {calls!r}:
 
 
 def run_race(calls: list[str]) -> list[str]:
-    script = RACE.format(root=str(ROOT), calls=calls)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
-    return [line for line in done.stdout.splitlines() if line.startswith(("planned", "failed"))]
+    return run_race_script(RACE.format(root=str(ROOT), calls=calls, reorder=REORDER_CONNECTIONS), ("planned", "failed"))
 
 
 def test_planning_on_another_py4j_thread_fails_without_the_provider():
