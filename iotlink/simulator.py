@@ -515,13 +515,12 @@ def mqtt_publisher(mqtt_url: str, env: str = "dev", timeout_s: float = 10.0):
 
 
 def firmware_updates_from_args(args) -> FirmwareUpdates:
-    """The devices' firmware behaviour from the simulator options (defaults when absent)."""
-    return FirmwareUpdates(
-        factory_version=getattr(args, "firmware", None) or "1.0.0",
-        install_s=getattr(args, "ota_time", None) if getattr(args, "ota_time", None) is not None else 2.0,
-        reboot_s=getattr(args, "ota_reboot", None) if getattr(args, "ota_reboot", None) is not None else 1.0,
-        failure=parse_failure_shares(getattr(args, "ota_failure", None) or ""),
-    )
+    """The devices' firmware behaviour from the simulator options (FirmwareUpdates' defaults for
+    the options a caller's namespace lacks)."""
+    given = {"factory_version": getattr(args, "firmware", None) or None, "install_s": getattr(args, "ota_time", None),
+             "reboot_s": getattr(args, "ota_reboot", None)}
+    return FirmwareUpdates(**{k: v for k, v in given.items() if v is not None},
+                           failure=parse_failure_shares(getattr(args, "ota_failure", None) or ""))
 
 
 def fleet_from_args(args) -> list[SimDevice]:
