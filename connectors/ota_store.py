@@ -35,14 +35,14 @@ class DeviceRow:
     device_id: str
     stage: int
     status: str
-    rollback: str | None
-    sent_ts: int | None
-    deadline_ts: int | None
-    rollback_deadline_ts: int | None
-    reported_version: str | None
-    error: str | None
-    command_sent: bool
-    rollback_sent: bool
+    rollback: str | None = None
+    sent_ts: int | None = None
+    deadline_ts: int | None = None
+    rollback_deadline_ts: int | None = None
+    reported_version: str | None = None
+    error: str | None = None
+    command_sent: bool = False
+    rollback_sent: bool = False
     detail: str | None = None
 
 

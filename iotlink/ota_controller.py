@@ -265,10 +265,10 @@ class RolloutController:
             for device_id in candidates:
                 why = skip_reason(device_id, critical, seen, now, release.offline_after_s)
                 if why is not None:
-                    row = DeviceRow(device_id, index, "skipped", None, None, None, None, None, None, False, False, why)
+                    row = DeviceRow(device_id, index, "skipped", detail=why)
                     ota_store.record_event(self.io.conn, release.release_id, "skipped", now, index, device_id, {"reason": why})
                 else:
-                    row = DeviceRow(device_id, index, "in_progress", None, now, deadline, None, None, None, False, False)
+                    row = DeviceRow(device_id, index, "in_progress", sent_ts=now, deadline_ts=deadline)
                 ota_store.upsert_device(self.io.conn, release.release_id, row)
                 rows[device_id] = row
             ota_store.record_event(self.io.conn, release.release_id, "stage_started", now, index, detail={
