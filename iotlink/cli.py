@@ -504,11 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sql_command(sub, common)
     add_cluster_commands(sub, common)
+    from iotlink.analytics_commands import add_analytics_commands
     from iotlink.ota_commands import add_ota_commands
     from iotlink.tenant_commands import add_tenant_commands
 
     add_ota_commands(sub, common)
     add_tenant_commands(sub, common)
+    add_analytics_commands(sub, common)
     return parser
 
 
@@ -756,6 +758,13 @@ def _tenant_command(args: argparse.Namespace, settings: Settings) -> int:
     return run_tenant_command(args, settings)
 
 
+def _analytics_command(args: argparse.Namespace, settings: Settings) -> int:
+    from iotlink.analytics_commands import run_analytics_command, run_devices_command, run_formulas_command
+
+    run = {"analytics": run_analytics_command, "formulas": run_formulas_command, "devices": run_devices_command}[args.command]
+    return run(args, settings)
+
+
 def _ticket_command(args: argparse.Namespace, settings: Settings) -> int:
     from iotlink.ota_commands import run_ticket_command
 
@@ -783,6 +792,9 @@ COMMANDS = {
     "ota": _ota_command,
     "tickets": _ticket_command,
     "tenants": _tenant_command,
+    "analytics": _analytics_command,
+    "formulas": _analytics_command,
+    "devices": _analytics_command,
 }
 
 

@@ -194,7 +194,8 @@ def kafka_scan(settings: Settings, startup: str = "earliest", group_id: str = DE
 
 
 def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_port: int | None = None,
-                 report: Callable[[str], None] | None = None, tenant: str | None = None) -> SqlSession:
+                 report: Callable[[str], None] | None = None, tenant: str | None = None,
+                 extra: dict[str, str] | None = None) -> SqlSession:
     """A session with the platform catalog created (Kafka tables, and PostgreSQL tables when configured).
 
     Args:
@@ -204,15 +205,17 @@ def open_session(settings: Settings, scan: KafkaScan, parallelism: int = 1, ui_p
         ui_port: Web UI port of the local cluster (default: any free port).
         report: Receives one line per catalog file skipped (missing settings).
         tenant: Only the PostgreSQL tables (``settings.postgres_url`` is the tenant's login).
+        extra: Flink settings of the session's cluster (over the defaults here).
     """
-    extra = {}
+    conf = {}
     if scan.startup == "group":
         # Group offsets are committed on checkpoints only.
         checkpoints = (settings.data_dir / "sql-checkpoints").resolve()
-        extra = {"execution.checkpointing.interval": "10 s", "execution.checkpointing.dir": checkpoints.as_uri()}
+        conf = {"execution.checkpointing.interval": "10 s", "execution.checkpointing.dir": checkpoints.as_uri()}
+    conf |= extra or {}
     # Bounded reads run in batch mode: final tables only (no changelog), and ORDER BY holds.
     s3 = (settings.iceberg_warehouse or "").startswith("s3://")
-    session = SqlSession(create_table_env(parallelism, ui_port, extra, batch=scan.bounded, s3=s3))
+    session = SqlSession(create_table_env(parallelism, ui_port, conf, batch=scan.bounded, s3=s3))
     catalog = render_catalog(settings, scan, tenant=tenant)
     for path, reason in catalog.skipped:
         if report is not None:

@@ -168,6 +168,62 @@ CREATE TABLE control_cmd (
   'table-name' = 'control_cmd'
 );
 
+-- Customer analytics (docs/analytics.md): each device's stays at sites with the site's customer
+-- (valid_to_ms: the last millisecond of 9999 while the stay lasts; looked up by device, cached 10 s),
+-- the daily customer x product aggregates (sql/jobs/customer_daily.sql writes them) and the
+-- formulas' daily results (without their jsonb inputs).
+CREATE TABLE device_customer_history (
+  device_id STRING,
+  site_id STRING,
+  customer_id STRING,
+  valid_from_ms BIGINT,
+  valid_to_ms BIGINT
+) WITH (
+  'connector' = 'jdbc',
+  ${jdbc_options},
+  'lookup.cache' = 'PARTIAL',
+  'lookup.partial-cache.max-rows' = '100000',
+  'lookup.partial-cache.expire-after-write' = '10 s',
+  'lookup.partial-cache.cache-missing-key' = 'false',
+  'table-name' = 'device_customer_history'
+);
+
+CREATE TABLE customer_product_daily (
+  customer_id STRING,
+  product_id STRING,
+  `day` DATE,
+  metric STRING,
+  `count` BIGINT,
+  `sum` DOUBLE,
+  `min` DOUBLE,
+  `max` DOUBLE,
+  `avg` DOUBLE,
+  devices INT,
+  sites INT,
+  PRIMARY KEY (customer_id, product_id, `day`, metric) NOT ENFORCED
+) WITH (
+  'connector' = 'jdbc',
+  ${jdbc_options},
+  'sink.buffer-flush.max-rows' = '5000',
+  'sink.buffer-flush.interval' = '1 s',
+  'table-name' = 'customer_product_daily'
+);
+
+CREATE TABLE customer_analysis_daily (
+  customer_id STRING,
+  product_id STRING,
+  `day` DATE,
+  formula_id STRING,
+  formula_version INT,
+  `result` DOUBLE,
+  error STRING,
+  PRIMARY KEY (customer_id, product_id, `day`, formula_id) NOT ENFORCED
+) WITH (
+  'connector' = 'jdbc',
+  ${jdbc_options},
+  'table-name' = 'customer_analysis_daily'
+);
+
 CREATE VIEW agg_1m_device AS
 SELECT `key` AS device_id, product_id, metric, window_start, window_time, `count`, `min`, `max`, `sum`, `avg`, stddev,
        `first`, first_ts, `last`, last_ts
