@@ -15,6 +15,8 @@ from connectors.tenant_store import add_tenant, tenant_url
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = {"it-ten-a1": "it-acme", "it-ten-a2": "it-acme", "it-ten-b1": "it-globex"}
+CUSTOMERS = {"it-ten-cust-a": "it-acme", "it-ten-cust-b": "it-globex", "it-ten-cust-none": None}
+ANALYTICS = ("customer_product_daily", "customer_analysis_daily")
 SCOPED = ("devices", "agg_1m", "agg_5m", "agg_1h", "comm_quality_5m", "comm_quality_1h", "alarm_events", "alarm_tickets",
           "control_cmd", "ota_devices")
 
@@ -50,6 +52,13 @@ def tenants(settings):
         # A product-wide row belongs to no tenant.
         conn.execute("INSERT INTO agg_1m (scope, key, metric, window_start, product_id, count) "
                      "VALUES ('product', 'prod-a', 'tempC', %s, 'prod-a', 3) ON CONFLICT DO NOTHING", (now,))
+        for customer, tenant in CUSTOMERS.items():
+            conn.execute("INSERT INTO customers (customer_id, name, tenant_id) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (customer_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id", (customer, customer, tenant))
+            conn.execute("INSERT INTO customer_product_daily (customer_id, product_id, day, metric, count, devices, sites) "
+                         "VALUES (%s, 'prod-a', '2026-03-10', 'tempC', 1, 1, 1) ON CONFLICT DO NOTHING", (customer,))
+            conn.execute("INSERT INTO customer_analysis_daily (customer_id, product_id, day, formula_id, formula_version, inputs, result) "
+                         "VALUES (%s, 'prod-a', '2026-03-10', 'f', 1, '{}', 1.0) ON CONFLICT DO NOTHING", (customer,))
         logins = {tenant: add_tenant(conn, tenant) for tenant in set(DEVICES.values())}
     return {tenant: tenant_url(settings.postgres_url, role, password) for tenant, (role, password) in logins.items()}
 
@@ -63,6 +72,10 @@ def test_a_tenant_sees_its_own_devices_rows_and_no_other_tenants(settings, tenan
             seen = {r[0] for r in conn.execute(f"SELECT {column} FROM {table}")}
             assert seen == own, f"{table}: {tenant} sees {sorted(seen)}"
         assert conn.execute("SELECT count(*) FROM agg_1m WHERE scope = 'product'").fetchone() == (0,)
+        # Customer analytics: the tenant's customers' rows only (a customer of no tenant is nobody's).
+        for table in ANALYTICS:
+            seen = {r[0] for r in conn.execute(f"SELECT customer_id FROM {table}")}
+            assert seen == {c for c, t in CUSTOMERS.items() if t == tenant}, f"{table}: {tenant} sees {sorted(seen)}"
 
 
 def test_the_platform_sees_every_row_and_tenants_cannot_write_or_read_the_tenant_list(settings, tenants):
