@@ -139,9 +139,12 @@ def run_devices_command(args: argparse.Namespace, settings: Settings) -> int:
             except AnalyticsError as exc:
                 print(f"iotlink devices move: {exc}", file=sys.stderr)
                 return 2
-            print(f"{args.device_id}: {before or '(no site)'} -> {site or '(no site)'} at {_format_ms(at_ms)}")
+            if before == site:
+                print(f"{args.device_id}: already at {site or '(no site)'}; nothing changed")
+            else:
+                print(f"{args.device_id}: {before or '(no site)'} -> {site or '(no site)'} at {_format_ms(at_ms)}")
             now_ms = int(time.time() * 1000)
-            if args.at is not None and args.at < now_ms - 60_000:
+            if before != site and args.at is not None and args.at < now_ms - 60_000:
                 first = datetime.fromtimestamp(args.at / 1000, UTC).date()
                 print(f"  readings since then may already count for the site it left: recompute with "
                       f"iotlink analytics daily --from {first} --to {datetime.now(UTC).date()}")

@@ -182,7 +182,17 @@ def create_table_env(parallelism: int = 1, ui_port: int | None = None, extra: di
     for key, value in conf.items():
         config.set(key, value)
     make_connector_jars_visible()
+    _quiet_hadoop_logs()
     return table_env
+
+
+def _quiet_hadoop_logs() -> None:
+    """Hadoop's INFO lines (a "brand-new decompressor" per Iceberg file read) off the terminal:
+    PyFlink's client log configuration sends the org.apache.hadoop logger to the console."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel("org.apache.hadoop", jvm.org.apache.logging.log4j.Level.WARN)
 
 
 def kafka_scan(settings: Settings, startup: str = "earliest", group_id: str = DEFAULT_GROUP_ID, bounded: bool = False,
@@ -332,7 +342,8 @@ def add_sql_command(sub, common: argparse.ArgumentParser) -> None:
         "sql", parents=[common], help="Flink SQL over the Kafka topics and PostgreSQL tables (interactive, -f FILE, -e QUERY)",
         description="A Flink SQL session with the platform catalog (sql/flink/) rendered from the settings: Kafka tables raw_envelopes, "
         "telemetry (+ view telemetry_readings), alarms, dlq, notifications; PostgreSQL tables customers, sites, devices, agg_1m/5m/1h "
-        "(+ _device/_product views), comm_quality_5m/1h, alarm_events, alarm_tickets, control_cmd. Without -f/-e an interactive prompt. "
+        "(+ _device/_product views), comm_quality_5m/1h, alarm_events, alarm_tickets, control_cmd, device_customer_history, "
+        "customer_product_daily, customer_analysis_daily. Without -f/-e an interactive prompt. "
         "Examples: sql/examples/*.sql, e.g. iotlink sql --embedded --bounded -f sql/examples/device_5min_avg.sql",
     )
     what = parser.add_mutually_exclusive_group()
