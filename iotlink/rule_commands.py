@@ -72,6 +72,19 @@ def add_rule_commands(sub, common=None) -> None:
     status.add_argument("--product", metavar="ID", help="only this product")
     status.add_argument("--errors", type=int, default=3, metavar="N", help="error summaries shown per product, newest first (default 3)")
     status.add_argument("--json", action="store_true", help="print the status records as JSON lines instead")
+    backtest = actions.add_parser(
+        "backtest",
+        parents=[common] if common is not None else [],
+        help="replay archived telemetry through a candidate rule set and the live one; report and compare per rule",
+        description="Replay the Iceberg telemetry archive of a time range, each device in device-time order, through the "
+        "candidate rule sets and the live ones with the job's alarm engine (a bounded Flink job, one Python call per device), "
+        "and report per rule: alarms raised, mean/max active time, flapping (raise/clear cycles of a device in a UTC day; "
+        "3 or more make a flapping device-day), time to detect known incidents, and which alarms only one set raised. "
+        "A table on the terminal, --json for the whole report, --charts for a PNG per rule.",
+    )
+    from iotlink.rule_backtest import add_backtest_arguments
+
+    add_backtest_arguments(backtest)
 
 
 def _metrics(args: argparse.Namespace, settings: Settings):
@@ -124,6 +137,10 @@ def run_rule_command(args: argparse.Namespace, settings: Settings) -> int:
             return _status(args, settings)
         if args.rules_command == "push":
             return _push(args, settings, metrics)
+        if args.rules_command == "backtest":
+            from iotlink.rule_backtest import run_backtest_command
+
+            return run_backtest_command(args, settings, metrics)
         if args.rules_command == "check":
             paths = args.paths or [settings.rules_dir]
             loaded = load_rule_sets(paths, metrics)
