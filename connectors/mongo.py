@@ -231,6 +231,24 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
 }
 
 
+def tenant_filter(collection: str, query: dict, tenant: str, tenant_devices: Iterable[str]) -> dict:
+    """A find filter that keeps a query to one tenant's documents (``iotlink mongo find --tenant``).
+
+    ``device_state`` documents carry the reading's ``tenant``; ``alarms_active`` ones are kept to
+    the tenant's devices (``tenant_devices``: the ids of its ``device_state`` documents).
+
+    Raises:
+        ValueError: the product summaries, which sum every tenant's devices.
+    """
+    if collection == "device_state":
+        scope: dict = {"tenant": tenant}
+    elif collection == "alarms_active":
+        scope = {"device_id": {"$in": sorted(tenant_devices)}}
+    else:
+        raise ValueError(f"{collection} sums the devices of every tenant: a tenant cannot read it")
+    return {"$and": [query, scope]} if query else scope
+
+
 def database_name(url: str) -> str:
     """The database a ``mongodb://`` URL names in its path (default ``iotlink``)."""
     path = urlparse(url).path.strip("/")

@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--filter", default="{}", metavar="JSON", help="a MongoDB query document (default {})")
     find.add_argument("--sort", metavar="FIELD:1|-1", help="sort by one field, ascending (1) or descending (-1)")
     find.add_argument("--limit", type=int, default=20, help="documents to print at most (default 20)")
+    find.add_argument("--tenant", metavar="TENANT",
+                      help="only this tenant's documents: device_state of its devices (their readings' tenant), alarms_active "
+                      "of those devices; the product summaries mix tenants and are refused")
     query.add_argument("--max-rows", type=int, default=100, help="rows to print at most (default 100)")
     add_spec_commands(sub)
     add_rule_commands(sub, common)
@@ -716,6 +719,15 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
         except orjson.JSONDecodeError as exc:
             print(f"iotlink mongo find: --filter is not JSON: {exc}", file=sys.stderr)
             return 2
+        if args.tenant:
+            from connectors.mongo import tenant_filter
+
+            devices = [doc["_id"] for doc in db["device_state"].find({"tenant": args.tenant}, {"_id": 1})]
+            try:
+                query = tenant_filter(args.collection, query, args.tenant, devices)
+            except ValueError as exc:
+                print(f"iotlink mongo find: --tenant {args.tenant}: {exc}", file=sys.stderr)
+                return 2
         cursor = db[args.collection].find(query).limit(args.limit)
         if args.sort:
             field, _, direction = args.sort.partition(":")

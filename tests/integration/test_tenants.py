@@ -1,6 +1,7 @@
 """Tenant-scoped PostgreSQL: a tenant's login sees its own devices' rows and none of another
 tenant's, in every scoped table, through SQL and through ``iotlink sql --tenant``."""
 
+import json
 import subprocess
 import sys
 import time
@@ -107,3 +108,25 @@ def test_iotlink_sql_as_a_tenant_reads_its_own_rows_only(settings, tenants, tmp_
     assert "10_kafka_tables.sql left out: not scoped to tenant it-globex" in done.stderr
     listed = subprocess.run([*base, "tenants", "list", *endpoints], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert any(line.split()[:1] == ["it-globex"] and line.split()[-2:] == ["1", "devices"] for line in listed.stdout.splitlines())
+
+
+def test_the_hot_layer_as_a_tenant_shows_its_own_devices_only(mongo_url, capsys):
+    from connectors.mongo import MongoHotWriter, alarm_ops, telemetry_ops
+    from iotlink.cli import main
+
+    url = mongo_url.rsplit("/", 1)[0] + "/t_tenant_scope"
+    now = int(time.time() * 1000)
+    records = [{"device_id": device, "product_id": "prod-a", "tenant": tenant, "device_ts": now, "ingest_ts": now, "metrics": {"tempC": 1}}
+               for device, tenant in DEVICES.items()]
+    raised = [{"event": "RAISED", "alarm_id": f"{device}:hot", "device_id": device, "product_id": "prod-a", "rule_id": "hot",
+               "severity": "high", "device_ts": now} for device in DEVICES]
+    writer = MongoHotWriter(url)
+    writer.write_batch(telemetry_ops(records) + alarm_ops(raised))
+    writer.close()
+    own = {d for d, t in DEVICES.items() if t == "it-acme"}
+    for collection in ("device_state", "alarms_active"):
+        assert main(["mongo", "find", collection, "--tenant", "it-acme", "--mongo-url", url, "--limit", "50"]) == 0
+        seen = {json.loads(line)["device_id"] for line in capsys.readouterr().out.splitlines()}
+        assert seen == own, collection
+    assert main(["mongo", "find", "product_summary_1h", "--tenant", "it-acme", "--mongo-url", url]) == 2
+    assert "sums the devices of every tenant" in capsys.readouterr().err
