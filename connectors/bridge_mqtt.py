@@ -26,7 +26,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +34,13 @@ from connectors.mqtt_connection import BrokerAddress, parse_broker_url
 from connectors.raw_producer import BridgeCounters, RawProducer
 from operators.dead_letter import dead_letter_to_json, make_dead_letter
 from operators.envelope import RawEnvelope
-from operators.topic import TopicError, parse_device_topic
+from operators.tenant import TENANT_MISMATCH, publish_refusal
+from operators.topic import TopicError, parse_device_topic, split_tenant_prefix
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC_FILTER = "iotlink/+/+/+/+/pub/+/+"
+TENANT_TOPIC_FILTER = "tenants/+/iotlink/+/+/+/+/pub/+/+"  # devices of a tenant publish under tenants/<tenant>/
 DEFAULT_CLIENT_ID = "iotlink-bridge-mqtt"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 1000
@@ -75,7 +77,8 @@ class ClassifiedMessage:
         return self.reason_code is not None
 
 
-def classify_message(topic: str, payload: bytes, received_at: int, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> ClassifiedMessage:
+def classify_message(topic: str, payload: bytes, received_at: int, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                     device_tenants: Mapping[str, str | None] | None = None) -> ClassifiedMessage:
     """Maps one MQTT message to its raw envelope, or to the reason it is rejected.
 
     Args:
@@ -83,6 +86,8 @@ def classify_message(topic: str, payload: bytes, received_at: int, max_payload_b
         payload: The payload bytes, kept byte-exact.
         received_at: Receive time at the bridge, epoch ms UTC.
         max_payload_bytes: Largest payload produced to the raw topic.
+        device_tenants: Device -> tenant (the device registry), for topics under
+            ``tenants/{tenant}/``: a device of another tenant, of none, or unknown is refused.
 
     Returns:
         The classification; rejected ones carry ``invalid_topic`` (not the platform layout),
@@ -91,7 +96,8 @@ def classify_message(topic: str, payload: bytes, received_at: int, max_payload_b
         topic: commands to devices, not data from them) or ``payload_too_large``.
     """
     try:
-        parts = parse_device_topic(topic)
+        tenant, layout_topic = split_tenant_prefix(topic)
+        parts = parse_device_topic(layout_topic)
     except TopicError as exc:
         envelope = RawEnvelope(payload=payload, source="mqtt", received_at=received_at, mqtt_topic=topic)
         return ClassifiedMessage(envelope, exc.code, exc.reason)
@@ -110,6 +116,13 @@ def classify_message(topic: str, payload: bytes, received_at: int, max_payload_b
     if len(payload) > max_payload_bytes:
         reason = f"payload of {len(payload)} bytes is larger than the bridge limit of {max_payload_bytes} bytes"
         return ClassifiedMessage(envelope, "payload_too_large", reason, parts.kind)
+    if tenant is not None:
+        if device_tenants is None:
+            reason = f"topic of tenant {tenant}: the bridge runs without a device registry (--device-registry) to check its devices"
+            return ClassifiedMessage(envelope, TENANT_MISMATCH, reason, parts.kind)
+        refusal = publish_refusal(tenant, parts.device_id, device_tenants)
+        if refusal is not None:
+            return ClassifiedMessage(envelope, TENANT_MISMATCH, refusal, parts.kind)
     return ClassifiedMessage(envelope, kind=parts.kind)
 
 
@@ -209,7 +222,7 @@ class BridgeOptions:
     dlq_topic: str
     broker: BrokerAddress | None = None
     aws: AwsIotOptions | None = None
-    topic_filters: tuple[str, ...] = (DEFAULT_TOPIC_FILTER,)
+    topic_filters: tuple[str, ...] = (DEFAULT_TOPIC_FILTER, TENANT_TOPIC_FILTER)
     client_id: str = DEFAULT_CLIENT_ID
     protocol: str = "5"
     username: str | None = None
@@ -224,6 +237,7 @@ class BridgeOptions:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     drain_timeout_s: float = 30.0
     producer_config: dict = field(default_factory=dict)
+    device_tenants: Mapping[str, str | None] | None = None  # the registry's tenants, for tenants/<tenant>/ topics
 
     def describe(self) -> str:
         """Where the bridge reads from, for the start-up line."""
@@ -360,7 +374,7 @@ class MqttBridge:
         self._produce(item)
 
     def _produce(self, item: _Received) -> None:
-        message = classify_message(item.topic, item.payload, item.received_at, self.options.max_payload_bytes)
+        message = classify_message(item.topic, item.payload, item.received_at, self.options.max_payload_bytes, self.options.device_tenants)
         on_done = self._completion(item, message)
         if message.rejected:
             key, value = dead_letter_record(message, int(time.time() * 1000))
@@ -733,7 +747,8 @@ def add_arguments(parser) -> None:
     group = parser.add_argument_group("MQTT bridge")
     group.add_argument(
         "--topic-filter", action="append", metavar="FILTER",
-        help=f"topic filter to subscribe to at QoS 1 (repeatable; default {DEFAULT_TOPIC_FILTER}); several bridges share "
+        help=f"topic filter to subscribe to at QoS 1 (repeatable; default {DEFAULT_TOPIC_FILTER} and {TENANT_TOPIC_FILTER}, the "
+        f"topics of tenants' devices, held to the tenant in the device registry, --device-registry); several bridges share "
         f"the load through a shared subscription, each started with its own --client-id and "
         f"--topic-filter '$share/<group>/{DEFAULT_TOPIC_FILTER}' (the broker hands each message to one of them)",
     )
@@ -800,7 +815,7 @@ def options_from_args(args, settings) -> BridgeOptions:
         dlq_topic=settings.topics.dlq,
         broker=broker,
         aws=aws,
-        topic_filters=tuple(args.topic_filter or (DEFAULT_TOPIC_FILTER,)),
+        topic_filters=tuple(args.topic_filter or (DEFAULT_TOPIC_FILTER, TENANT_TOPIC_FILTER)),
         client_id=args.client_id,
         protocol=args.mqtt_protocol,
         username=args.username,
@@ -814,4 +829,11 @@ def options_from_args(args, settings) -> BridgeOptions:
         max_in_flight=args.max_in_flight,
         max_payload_bytes=args.max_payload_bytes,
         drain_timeout_s=args.drain_timeout,
+        device_tenants=_device_tenants(settings.device_registry) if settings.device_registry else None,
     )
+
+
+def _device_tenants(registry: str) -> dict[str, str | None]:
+    from connectors.postgres import load_device_registry
+
+    return {device: info.tenant for device, info in load_device_registry(registry).items()}

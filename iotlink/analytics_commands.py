@@ -177,25 +177,20 @@ def run_formulas_command(args: argparse.Namespace, settings: Settings) -> int:
     """Runs ``iotlink formulas``."""
     from operators.formulas import load_formula_files
 
-    if args.formulas_command == "check":
+    specs = None
+    if args.formulas_command in ("check", "push"):
         try:
             specs = load_formula_files(args.paths)
         except SpecLoadError as exc:
             print("\n".join(exc.problems), file=sys.stderr)
-            return 1
+            return 1 if args.formulas_command == "check" else 2
+    if args.formulas_command == "check":
         print(f"{len(specs)} formula{'' if len(specs) == 1 else 's'} OK")
         return 0
     from connectors.analytics_store import formula_listing, push_formulas
     from connectors.postgres import migrated_connection
     from iotlink.stack import with_stack
 
-    specs = None
-    if args.formulas_command == "push":
-        try:
-            specs = load_formula_files(args.paths)
-        except SpecLoadError as exc:
-            print("\n".join(exc.problems), file=sys.stderr)
-            return 2
     stack, settings = with_stack(args, settings, ("postgres",))
     try:
         if not _postgres(settings, "formulas"):

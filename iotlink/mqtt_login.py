@@ -10,6 +10,11 @@ The broker reads the password in its own hashed form from ``<data-dir>/mqtt/pass
   the same format, ``user:$7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512>`` (what
   mosquitto 2.0 writes and reads; 101 iterations and a 12-byte salt, its defaults);
 - amqtt (the fallback broker): ``user:<argon2id hash>``, which its ``FileAuthPlugin`` reads.
+
+Tenants' devices log in as their tenant (``iotlink tenants add``; mosquitto only): the logins
+are kept in ``<data-dir>/mqtt/tenants/<tenant>.json`` (0600) and go into the same password
+file; the broker's ACL file (``<data-dir>/mqtt/acl``) lets such a login read and write only
+under ``tenants/<tenant>/`` and the platform's own login everything.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from argon2 import PasswordHasher
 
 LOGIN_FILE = "login.json"
 PASSWORD_FILE = "passwd"
+ACL_FILE = "acl"
+PID_FILE = "mosquitto.pid"
+TENANT_LOGINS = "tenants"
 EMBEDDED_USERNAME = "iotlink"
 # mosquitto_passwd's defaults for its PBKDF2-SHA512 ("$7$") hashes; mosquitto 2.0 reads only 12-byte salts.
 PBKDF2_ITERATIONS = 101
@@ -76,13 +84,13 @@ def private_directory(path: Path) -> Path:
     return path
 
 
-def read_login(directory: Path) -> MqttLogin | None:
-    """The login kept in ``directory``, or None when there is none.
+def read_login(directory: Path, name: str = LOGIN_FILE) -> MqttLogin | None:
+    """The login kept in ``directory`` (file ``name``), or None when there is none.
 
     Raises:
         MqttLoginError: the file exists but cannot be read or is not a login.
     """
-    path = directory / LOGIN_FILE
+    path = directory / name
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -137,28 +145,85 @@ def mosquitto_passwd_tool() -> str | None:
     return shutil.which("mosquitto_passwd") or ("/usr/bin/mosquitto_passwd" if Path("/usr/bin/mosquitto_passwd").exists() else None)
 
 
-def write_mosquitto_password_file(path: Path, login: MqttLogin) -> str:
-    """Writes mosquitto's password file for ``login`` (0600).
+def write_mosquitto_password_file(path: Path, login: MqttLogin, others: tuple[MqttLogin, ...] = ()) -> str:
+    """Writes mosquitto's password file for ``login`` and ``others`` (0600).
 
-    With ``mosquitto_passwd`` installed, the file is made by ``mosquitto_passwd -U`` from a
-    plain ``user:password`` line (the password never appears on a command line, where ``ps``
-    would show it); otherwise, or when the tool fails, the hash is computed here.
+    With ``mosquitto_passwd`` installed, the file is made by ``mosquitto_passwd -U`` from plain
+    ``user:password`` lines (no password ever appears on a command line, where ``ps`` would show
+    it); otherwise, or when the tool fails, the hashes are computed here.
 
     Returns:
-        ``mosquitto_passwd`` or ``python``: what hashed the password.
+        ``mosquitto_passwd`` or ``python``: what hashed the passwords.
     """
+    logins = (login, *others)
     tool = mosquitto_passwd_tool()
     if tool is not None:
-        write_private_file(path, f"{login.username}:{login.password}\n")
+        write_private_file(path, "".join(f"{each.username}:{each.password}\n" for each in logins))
         # The tool writes a backup copy of the plain file next to it: umask 077 keeps that private too.
         done = subprocess.run([tool, "-U", str(path)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
                               umask=0o077, check=False)
-        hashed = path.read_text(encoding="utf-8").strip() if done.returncode == 0 else ""
-        if hashed.startswith(f"{login.username}:$") and login.password not in hashed:
+        hashed = path.read_text(encoding="utf-8").splitlines() if done.returncode == 0 else []
+        if len(hashed) == len(logins) and all(line.startswith(f"{each.username}:$") and each.password not in line
+                                               for line, each in zip(hashed, logins, strict=True)):
             path.chmod(0o600)
             return "mosquitto_passwd"
-    write_private_file(path, mosquitto_password_line(login) + "\n")
+    write_private_file(path, "".join(mosquitto_password_line(each) + "\n" for each in logins))
     return "python"
+
+
+def mosquitto_acl(platform_user: str) -> str:
+    """The broker's ACL: the platform's login reads and writes every topic; any other login (a
+    tenant's) only ``tenants/<its user name>/#``."""
+    return (
+        "# Tenants' logins: their own prefix only (the bridge holds each device named there to the tenant).\n"
+        "pattern readwrite tenants/%u/#\n"
+        f"# The platform's login (bridges, simulator, shadow service, control sink); '#' does not match\n"
+        f"# topics that start with '$', so the device shadows' $aws/things/... are named too.\n"
+        f"user {platform_user}\ntopic readwrite #\ntopic readwrite $aws/#\n"
+    )
+
+
+def tenant_logins(directory: Path) -> tuple[MqttLogin, ...]:
+    """Every tenant login kept under the broker's ``directory`` (``tenants/<tenant>.json``)."""
+    logins = []
+    for path in sorted((directory / TENANT_LOGINS).glob("*.json")):
+        login = read_login(path.parent, path.name)
+        if login is not None:
+            logins.append(login)
+    return tuple(logins)
+
+
+def add_tenant_login(directory: Path, tenant_id: str) -> MqttLogin:
+    """A tenant's MQTT login (user name = tenant id), made with a random password on the first call.
+
+    Rewrites the password file and asks a running mosquitto of ``directory`` to reload it (SIGHUP);
+    a broker started later reads it at start.
+    """
+    if tenant_id == EMBEDDED_USERNAME:
+        raise MqttLoginError(f"tenant {tenant_id!r} has the platform login's name: no MQTT login can be made for it")
+    tenants = private_directory(directory / TENANT_LOGINS)
+    login = read_login(tenants, f"{tenant_id}.json")
+    if login is None:
+        login = MqttLogin(tenant_id, secrets.token_urlsafe(24))
+        write_private_file(tenants / f"{tenant_id}.json", json.dumps({"username": login.username, "password": login.password}) + "\n")
+    platform = read_login(directory)
+    if platform is not None and (directory / ACL_FILE).exists():  # a mosquitto of this directory (amqtt has no ACL)
+        write_mosquitto_password_file(directory / PASSWORD_FILE, platform, tenant_logins(directory))
+        reload_broker(directory)
+    return login
+
+
+def reload_broker(directory: Path) -> bool:
+    """Sends SIGHUP to the mosquitto of ``directory`` (its pid file), which rereads its password
+    and ACL files; False when none runs."""
+    import signal
+
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def write_amqtt_password_file(path: Path, login: MqttLogin) -> None:

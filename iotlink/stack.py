@@ -32,14 +32,19 @@ from pathlib import Path
 from connectors.jars import kafka_broker_classpath
 from connectors.mqtt_connection import broker_url
 from iotlink.mqtt_login import (
+    ACL_FILE,
     LOGIN_FILE,
     PASSWORD_FILE,
+    PID_FILE,
     MqttLogin,
     load_or_create_login,
+    mosquitto_acl,
     private_directory,
     read_login,
+    tenant_logins,
     write_amqtt_password_file,
     write_mosquitto_password_file,
+    write_private_file,
 )
 from iotlink.mqtt_tls import MqttTlsError, ensure_tls_files
 from jobs.config import Settings
@@ -214,7 +219,8 @@ def _mqtt_command(port: int, work_dir: Path, login: MqttLogin, tls_port: int | N
     if tls_port is not None and not mosquitto:
         raise StackError("--mqtt-tls-port needs the mosquitto broker (apt-get install mosquitto); the fallback broker has no TLS here")
     if mosquitto:
-        write_mosquitto_password_file(password_file, login)
+        write_mosquitto_password_file(password_file, login, tenant_logins(work_dir))
+        write_private_file(work_dir / ACL_FILE, mosquitto_acl(login.username))
         lines = [f"listener {port} 127.0.0.1"]
         if tls_port is not None:
             try:
@@ -224,7 +230,8 @@ def _mqtt_command(port: int, work_dir: Path, login: MqttLogin, tls_port: int | N
             lines += [f"listener {tls_port} 127.0.0.1", f"cafile {files.ca}", f"certfile {files.certificate}", f"keyfile {files.key}",
                       "tls_version tlsv1.2"]
         # (Settings below apply to every listener: per_listener_settings is false.)
-        lines += ["allow_anonymous false", f"password_file {password_file}", "persistence false"]
+        lines += ["allow_anonymous false", f"password_file {password_file}", f"acl_file {work_dir / ACL_FILE}",
+                  f"pid_file {work_dir / PID_FILE}", "persistence false"]
         if os.geteuid() == 0:
             # Started as root, mosquitto switches to the mosquitto user, which cannot read the
             # owner-only password file in the owner-only directory; it stays the user that started it.

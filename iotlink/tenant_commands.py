@@ -7,6 +7,7 @@ import sys
 
 import orjson
 
+from iotlink.mqtt_login import ACL_FILE, TENANT_LOGINS, MqttLoginError, add_tenant_login
 from jobs.config import Settings
 from operators.value_repr import masked_url
 
@@ -48,12 +49,18 @@ def run_tenant_command(args: argparse.Namespace, settings: Settings) -> int:
                 url = tenant_url(settings.postgres_url, role, password)
                 print(f"tenant {args.tenant_id}: role {role}, login kept in {kept}")
                 print(f"  {masked_url(url)}  (iotlink sql --tenant {args.tenant_id} logs in with it)")
+                mqtt_dir = settings.data_dir / "mqtt"
+                if (mqtt_dir / ACL_FILE).exists():  # the embedded mosquitto of this data directory
+                    login = add_tenant_login(mqtt_dir, args.tenant_id)
+                    print(f"MQTT login of the embedded broker: user {login.username}, kept in "
+                          f"{mqtt_dir / TENANT_LOGINS / (args.tenant_id + '.json')}; its devices publish under "
+                          f"tenants/{args.tenant_id}/iotlink/... only (the bridge checks each device's tenant)")
             else:
                 for tenant in list_tenants(conn):
                     print(orjson.dumps(tenant).decode() if args.json else
                           f"{tenant['tenant_id']:<24} {tenant['role']:<40} {tenant['devices']:>7} devices")
         return 0
-    except TenantError as exc:
+    except (TenantError, MqttLoginError) as exc:
         print(f"iotlink tenants: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 TENANT_MISMATCH = "tenant_mismatch"
@@ -15,7 +16,7 @@ def tenant_id_problem(value: object) -> str | None:
     return None
 
 
-def publish_refusal(credential_tenant: str | None, device_id: str, device_tenants: dict[str, str | None]) -> str | None:
+def publish_refusal(credential_tenant: str | None, device_id: str, device_tenants: Mapping[str, str | None]) -> str | None:
     """Why a credential bound to ``credential_tenant`` may not publish for ``device_id``, or None.
 
     A credential bound to no tenant publishes for any device. One bound to a tenant publishes

@@ -2,6 +2,10 @@
 
 The hub and device levels follow the device id rule of :mod:`operators.device_id`, so a topic
 never gives the platform an id that the HTTP and TCP bridges would refuse.
+
+Devices of a tenant publish the same layout under ``tenants/{tenant}/`` (docs/tenants.md): the
+broker lets a tenant's login write only under its own prefix, and the bridge then holds every
+device named there to that tenant.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from operators.device_id import INVALID_DEVICE_ID, device_id_problem
+from operators.tenant import tenant_id_problem
 from operators.value_repr import bounded_repr
 
 TOPIC_ROOT = "iotlink"
@@ -19,6 +24,7 @@ ROLES = frozenset({"telemetry", "alert_report", "control_request", "control_resu
 # json and bin are the client's formats; csv is this platform's extension for CSV devices.
 TOPIC_FORMATS = frozenset({"json", "bin", "csv"})
 NO_HUB = "nohub"
+TENANT_ROOT = "tenants"
 
 
 class TopicError(ValueError):
@@ -106,3 +112,18 @@ def parse_device_topic(topic: str) -> DeviceTopic:
             # The topic may be 64 kB of a hostile id: the reason shows a bounded piece of it.
             raise TopicError(f"topic {bounded_repr(topic)}: {problem}", INVALID_DEVICE_ID)
     return DeviceTopic(env, hub_id, device_id, message_type, direction, role, fmt)
+
+
+def split_tenant_prefix(topic: str) -> tuple[str | None, str]:
+    """(tenant, the layout topic) of ``tenants/{tenant}/iotlink/...``; (None, topic) of any other.
+
+    Raises:
+        TopicError: a ``tenants/`` topic whose tenant level is not a tenant id.
+    """
+    if not topic.startswith(TENANT_ROOT + "/"):
+        return None, topic
+    _root, tenant, rest = (topic.split("/", 2) + ["", ""])[:3]
+    problem = tenant_id_problem(tenant)
+    if problem is not None:
+        raise TopicError(f"topic {bounded_repr(topic)}: {problem}")
+    return tenant, rest

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -130,3 +131,70 @@ def test_the_hot_layer_as_a_tenant_shows_its_own_devices_only(mongo_url, capsys)
         assert seen == own, collection
     assert main(["mongo", "find", "product_summary_1h", "--tenant", "it-acme", "--mongo-url", url]) == 2
     assert "sums the devices of every tenant" in capsys.readouterr().err
+
+
+def _read_all(bootstrap, topic, timeout_s=8.0):
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=int(timeout_s * 1000),
+                             isolation_level="read_committed")
+    try:
+        return [record.value for record in consumer]
+    finally:
+        consumer.close()
+
+
+def test_mqtt_a_tenant_login_publishes_under_its_prefix_and_for_its_own_devices_only(stack, settings):
+    import paho.mqtt.client as mqtt
+
+    from connectors.bridge_mqtt import BridgeOptions, BrokerAddress, start_bridge
+    from connectors.kafka import ensure_topics
+    from iotlink.mqtt_login import ACL_FILE, add_tenant_login
+
+    mqtt_dir = stack.mqtt_dir
+    assert (mqtt_dir / ACL_FILE).exists(), "the embedded broker is mosquitto with its ACL file"
+    login = add_tenant_login(mqtt_dir, "it-acme")
+    suffix = uuid.uuid4().hex[:8]
+    raw, dlq = f"ten-{suffix}.raw", f"ten-{suffix}.dlq"
+    ensure_topics(settings.bootstrap_servers, [raw, dlq])
+    port = int(settings.mqtt_url.rsplit(":", 1)[1])
+    platform = stack.mqtt_login
+    options = BridgeOptions(bootstrap_servers=settings.bootstrap_servers, raw_topic=raw, dlq_topic=dlq,
+                            broker=BrokerAddress("127.0.0.1", port, False), client_id=f"ten-bridge-{suffix}",
+                            username=platform.username, password=platform.password, device_tenants=DEVICES)
+    running = start_bridge(options)
+    results = {}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ten-dev-{suffix}", protocol=mqtt.MQTTv5)
+    client.username_pw_set(login.username, login.password)
+    client.on_publish = lambda c, u, mid, reason_code, properties: results.__setitem__(mid, reason_code)
+    try:
+        assert running.transport.subscribed.wait(20)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        topics = {
+            "own device": "tenants/it-acme/iotlink/prd/nohub/it-ten-a1/periodic/pub/telemetry/json",
+            "another tenant's device": "tenants/it-acme/iotlink/prd/nohub/it-ten-b1/periodic/pub/telemetry/json",
+            "another tenant's prefix": "tenants/it-globex/iotlink/prd/nohub/it-ten-b1/periodic/pub/telemetry/json",
+            "no prefix": "iotlink/prd/nohub/it-ten-a1/periodic/pub/telemetry/json",
+        }
+        mids = {name: client.publish(topic, f'{{"case": "{name}"}}'.encode(), qos=1).mid for name, topic in topics.items()}
+        deadline = time.monotonic() + 15
+        while len(results) < len(mids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        codes = {name: results.get(mid) for name, mid in mids.items()}
+        # The broker refuses a tenant's login outside its own prefix (MQTT 5: 135, not authorized).
+        assert [codes[name].value for name in ("another tenant's prefix", "no prefix")] == [135, 135], codes
+        assert not codes["own device"].is_failure and not codes["another tenant's device"].is_failure
+        wait_until = time.monotonic() + 20
+        while running.counters["received"] < 2 and time.monotonic() < wait_until:
+            time.sleep(0.2)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        running.stop()
+    raw_records = [json.loads(value) for value in _read_all(settings.bootstrap_servers, raw)]
+    letters = [json.loads(value) for value in _read_all(settings.bootstrap_servers, dlq)]
+    assert [(r["device_id"], r["mqtt_topic"]) for r in raw_records] == [("it-ten-a1", topics["own device"])]
+    assert [(letter["reason_code"], letter["device_id"]) for letter in letters] == [("tenant_mismatch", "it-ten-b1")]
+    assert "a credential of tenant it-acme may not publish for device it-ten-b1 of tenant it-globex" in letters[0]["reason"]
+    assert "another tenant's device" in json.dumps(letters[0])  # the payload as sent

@@ -8,6 +8,7 @@ import pytest
 from connectors.bridge_mqtt import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_TOPIC_FILTER,
+    TENANT_TOPIC_FILTER,
     AckSequencer,
     BrokerAddress,
     add_arguments,
@@ -152,7 +153,8 @@ def parsed(*argv):
 def test_options_default_to_the_layout_filter_and_the_settings_topics():
     settings = Settings(mqtt_url="mqtt://127.0.0.1:11883", bootstrap_servers="127.0.0.1:1")
     options = options_from_args(parsed(), settings)
-    assert options.topic_filters == (DEFAULT_TOPIC_FILTER,) == ("iotlink/+/+/+/+/pub/+/+",)
+    assert options.topic_filters == (DEFAULT_TOPIC_FILTER, TENANT_TOPIC_FILTER) == ("iotlink/+/+/+/+/pub/+/+", "tenants/+/iotlink/+/+/+/+/pub/+/+")
+    assert options.device_tenants is None  # no registry: every tenant topic is refused
     assert (options.raw_topic, options.dlq_topic) == ("iotlink.raw", "iotlink.dlq")
     assert options.broker == BrokerAddress("127.0.0.1", 11883, False) and options.aws is None
     assert options.max_payload_bytes == 1024 * 1024
@@ -215,3 +217,30 @@ def test_the_broker_url_carries_the_login_and_the_options_use_it():
     with pytest.raises(ValueError) as caught:
         parse_broker_url("http://iotlink:s3cret@127.0.0.1:11883")
     assert "s3cret" not in str(caught.value) and "iotlink:***@" in str(caught.value)
+
+
+TENANTS = {"dev-a1": "acme", "dev-b1": "globex", "dev-none": None}
+
+
+@pytest.mark.parametrize(("topic", "code", "reason"), [
+    ("tenants/acme/iotlink/prd/nohub/dev-a1/periodic/pub/telemetry/json", None, None),
+    ("tenants/acme/iotlink/prd/nohub/dev-b1/periodic/pub/telemetry/json", "tenant_mismatch",
+     "a credential of tenant acme may not publish for device dev-b1 of tenant globex"),
+    ("tenants/acme/iotlink/prd/nohub/dev-none/periodic/pub/telemetry/json", "tenant_mismatch", "of no tenant"),
+    ("tenants/acme/iotlink/prd/nohub/dev-x/periodic/pub/telemetry/json", "tenant_mismatch", "not in the device registry"),
+    ("tenants/ACME/iotlink/prd/nohub/dev-a1/periodic/pub/telemetry/json", "invalid_topic", "tenant id 'ACME'"),
+    ("tenants/acme/iotlink/prd/nohub/dev-a1", "invalid_topic", "expected 8"),
+    ("iotlink/prd/nohub/dev-b1/periodic/pub/telemetry/json", None, None),  # the platform's own layout: no tenant claimed
+])
+def test_a_tenant_topic_holds_its_device_to_the_tenant(topic, code, reason):
+    message = classify_message(topic, b"{}", 1, device_tenants=TENANTS)
+    assert message.reason_code == code
+    if reason:
+        assert reason in message.reason
+    if code == "tenant_mismatch":
+        assert message.envelope.mqtt_topic == topic and message.envelope.device_id  # the dead letter names topic and device
+
+
+def test_a_tenant_topic_without_a_registry_is_refused():
+    message = classify_message("tenants/acme/iotlink/prd/nohub/dev-a1/periodic/pub/telemetry/json", b"{}", 1)
+    assert message.reason_code == "tenant_mismatch" and "--device-registry" in message.reason

@@ -229,6 +229,9 @@ def test_mosquitto_refuses_anonymous_clients_and_the_job_logs_in(compose):
     assert broker["depends_on"]["mosquitto-passwd"]["condition"] == "service_completed_successfully"
     assert "mosquitto-auth:/mosquitto/auth:ro" in broker["volumes"] and "mosquitto-auth:/mosquitto/auth" in passwd["volumes"]
     assert passwd["image"] == broker["image"] and "mosquitto_passwd -U /mosquitto/auth/passwd" in passwd["entrypoint"][-1]
+    # Tenants' logins only under their prefix; the platform's user everything, the shadows' $aws topics too.
+    assert "acl_file /mosquitto/auth/acl" in conf
+    assert "pattern readwrite tenants/%%u/#" in passwd["entrypoint"][-1] and "topic readwrite $$aws/#" in passwd["entrypoint"][-1]
     assert "mosquitto-auth" in compose["volumes"]
     url = services["jobmanager"]["environment"]["IOTLINK_MQTT_URL"]
     assert url == "mqtt://${MQTT_USER:-iotlink}:${MQTT_PASSWORD:-change-me-mqtt}@mosquitto:1883"
