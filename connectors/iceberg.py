@@ -130,6 +130,7 @@ def table_definitions() -> dict[str, tuple]:
     from pyiceberg.transforms import DayTransform, IdentityTransform
     from pyiceberg.types import (
         BinaryType,
+        DateType,
         DoubleType,
         IntegerType,
         LongType,
@@ -202,6 +203,23 @@ def table_definitions() -> dict[str, tuple]:
         ("emitted_at", TimestamptzType(), True),
     ))
 
+    # Customer analytics (docs/analytics.md): one row per customer, product, UTC day and metric,
+    # upserted on that key by the streaming customer daily job, days overwritten by a recomputation.
+    daily_fields = fields(
+        ("customer_id", StringType(), True),
+        ("product_id", StringType(), True),
+        ("day", DateType(), True),
+        ("metric", StringType(), True),
+        ("count", LongType(), True),
+        ("sum", DoubleType(), False),
+        ("min", DoubleType(), False),
+        ("max", DoubleType(), False),
+        ("avg", DoubleType(), False),
+        ("devices", IntegerType(), True),
+        ("sites", IntegerType(), True),
+    )
+    customer_daily = Schema(*daily_fields, identifier_field_ids=[1, 2, 3, 4])
+
     def day(schema, column, *identity):
         source = schema.find_field(column).field_id
         parts = [PartitionField(source_id=source, field_id=1000, transform=DayTransform(), name=f"{column}_day")]
@@ -214,6 +232,8 @@ def table_definitions() -> dict[str, tuple]:
         "telemetry": (telemetry, day(telemetry, "device_ts", "product_id")),
         "alarm_events": (alarms, day(alarms, "device_ts")),
         "agg_1h": (agg, day(agg, "window_start")),
+        "customer_product_daily": (customer_daily, PartitionSpec(
+            PartitionField(source_id=3, field_id=1000, transform=IdentityTransform(), name="day"))),
     }
 
 

@@ -227,7 +227,7 @@ def run_analytics_command(args: argparse.Namespace, settings: Settings) -> int:
     if batch and args.first_day is None:
         print("iotlink analytics daily: --to needs --from", file=sys.stderr)
         return 2
-    components = ("postgres", "iceberg") if batch else ("kafka", "postgres")
+    components = ("postgres", "iceberg") if batch else ("kafka", "postgres", "iceberg")
     stack, settings = with_stack(args, settings, components)
     try:
         if not _postgres(settings, "analytics daily"):
@@ -238,6 +238,10 @@ def run_analytics_command(args: argparse.Namespace, settings: Settings) -> int:
         from connectors.postgres import apply_migrations
 
         apply_migrations(settings.postgres_url)
+        if settings.iceberg_catalog:
+            from connectors.iceberg import init_tables, open_catalog
+
+            init_tables(open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse))
         if batch:
             return _daily_batch(args, settings)
         return _daily_streaming(args, settings)
@@ -255,7 +259,7 @@ def _daily_batch(args, settings: Settings) -> int:
 
     first, last = args.first_day, args.last_day or args.first_day
     try:
-        job = CustomerDailyJob(days=(first, last))
+        job = CustomerDailyJob(days=(first, last), iceberg=True)
     except ValueError as exc:
         print(f"iotlink analytics daily: {exc}", file=sys.stderr)
         return 2
@@ -285,7 +289,8 @@ def _daily_streaming(args, settings: Settings) -> int:
     from jobs.customer_daily import CustomerDailyJob, submit_customer_daily
 
     lateness_ms = int(args.lateness * 1000) if args.lateness is not None else settings.flink.allowed_lateness_ms
-    job = CustomerDailyJob(allowed_lateness_ms=lateness_ms, dedup_ttl_ms=settings.flink.dedup_ttl_ms or 3_600_000)
+    job = CustomerDailyJob(allowed_lateness_ms=lateness_ms, dedup_ttl_ms=settings.flink.dedup_ttl_ms or 3_600_000,
+                           iceberg=bool(settings.iceberg_catalog))
     checkpoints = (settings.data_dir / "customer-daily" / "checkpoints").resolve()
     checkpoints.mkdir(parents=True, exist_ok=True)
     conf = {
@@ -309,7 +314,7 @@ def _daily_streaming(args, settings: Settings) -> int:
     result = submit_customer_daily(session.table_env, job)
     client = result.get_job_client()
     print(f"customer daily job {client.get_job_id()} {'resumed from ' + str(resumed) if resumed else 'started from the topic beginning'}; "
-          f"lateness {lateness_ms / 1000:g} s; Ctrl-C stops it", flush=True)
+          f"lateness {lateness_ms / 1000:g} s; to PostgreSQL{' and Iceberg' if job.iceberg else ''}; Ctrl-C stops it", flush=True)
     deadline = time.monotonic() + args.duration if args.duration else None
     next_formulas = time.monotonic() + args.formulas_every if args.formulas_every > 0 else None
     try:

@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     iceberg_sub.add_parser(
         "init", parents=[common], help="create the namespace and every table that does not exist yet (idempotent)",
         description="Create namespace iotlink and the tables raw_payloads (by day of receipt), telemetry (by day and "
-        "product), alarm_events (by day) and agg_1h (by day). Existing tables are left as they are.",
+        "product), alarm_events (by day), agg_1h (by day) and customer_product_daily (by day). Existing tables are left as they are.",
     )
     query = iceberg_sub.add_parser(
         "query", parents=[common], help="run one SQL query (DuckDB) over the Iceberg tables and print the result",

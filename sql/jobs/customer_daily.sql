@@ -4,7 +4,9 @@
 -- site at the reading's device time (device_customer_history: device -> site -> customer, from
 -- PostgreSQL), so a device moved to another site mid-day counts for each customer with the
 -- readings it took there. Then one row per customer, product, UTC day of device time and metric
--- is upserted into PostgreSQL customer_product_daily.
+-- is upserted into PostgreSQL customer_product_daily and, when the Iceberg catalog is configured,
+-- written to Iceberg customer_product_daily by the job (jobs/customer_daily.py: upserts on the
+-- same key while streaming; a recomputation overwrites its days' partitions).
 --
 -- Input: the view `metric_values` the job makes of its source, one row per numeric metric of a
 -- telemetry record:
@@ -37,10 +39,14 @@ FROM (
 )
 WHERE copy = 1;
 
-INSERT INTO customer_product_daily
+-- One row per customer, product, UTC day of device time and metric.
+CREATE TEMPORARY VIEW customer_daily_rows AS
 SELECT /*+ STATE_TTL('u' = '${day_state_ttl}') */
   customer_id, product_id, CAST(device_time AS DATE) AS `day`, metric,
   COUNT(*) AS `count`, SUM(metric_value) AS `sum`, MIN(metric_value) AS `min`, MAX(metric_value) AS `max`,
   AVG(metric_value) AS `avg`, CAST(COUNT(DISTINCT device_id) AS INT) AS devices, CAST(COUNT(DISTINCT site_id) AS INT) AS sites
 FROM unique_customer_metric_values AS u
 GROUP BY customer_id, product_id, CAST(device_time AS DATE), metric;
+
+-- PostgreSQL: upserted on the primary key (the JDBC connector).
+INSERT INTO customer_product_daily SELECT * FROM customer_daily_rows;

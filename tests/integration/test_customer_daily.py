@@ -85,6 +85,24 @@ def readings_for(devices, start_ms, count, step_ms, seed):
     return out
 
 
+def iceberg_daily(session, days):
+    """Iceberg customer_product_daily of the days, read by Flink (it merges the upserts' deletes)."""
+    query = ("SELECT customer_id, product_id, `day`, metric, `count`, `sum`, `min`, `max`, `avg`, devices, sites "
+             f"FROM iotlink.iotlink.customer_product_daily WHERE `day` BETWEEN DATE '{days[0]}' AND DATE '{days[1]}'")
+    with session.table_env.execute_sql(query).collect() as rows:
+        return {(c, p, d, m): (n, round(s, 6), lo, hi, round(a, 6), dv, st) for c, p, d, m, n, s, lo, hi, a, dv, st in rows}
+
+
+def _wait_for_iceberg(session, expected, days, timeout_s=90):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stored = iceberg_daily(session, days)
+        if stored == expected:
+            return
+        time.sleep(2)
+    assert stored == expected, "Iceberg customer_product_daily"
+
+
 def _wait_for(url, expected, timeout_s=90, days=None):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,11 +139,14 @@ def test_streaming_days_follow_late_readings_and_moves(settings):
         producer.send(topics.telemetry, key=record["device_id"].encode(), value=json.dumps(record).encode())
     producer.flush()
 
+    init_tables(open_catalog(settings.iceberg_catalog, settings.iceberg_warehouse))  # as iotlink analytics daily does
     job_settings = settings.model_copy(update={"postgres_url": url, "topics": topics})
     session = open_session(job_settings, kafka_scan(job_settings, "earliest", f"cd-{suffix}"), parallelism=2,
                            extra={"execution.checkpointing.interval": "1 s"})
-    result = submit_customer_daily(session.table_env, CustomerDailyJob(allowed_lateness_ms=2 * DAY_MS))
+    result = submit_customer_daily(session.table_env, CustomerDailyJob(allowed_lateness_ms=2 * DAY_MS, iceberg=True))
     client = result.get_job_client()
+    reader = open_session(job_settings, kafka_scan(job_settings, bounded=True))
+    today = dt.datetime.now(dt.UTC).date()
     try:
         _wait_for(url, expected_daily(readings, stays))
         # A late reading (before the others), a reading whose day ended too long ago (left to a
@@ -143,6 +164,9 @@ def test_streaming_days_follow_late_readings_and_moves(settings):
         expected = expected_daily(readings + late + after, stays)
         assert any(key[0] == "cust-b" and key[1] == "prod-a" for key in expected)
         _wait_for(url, expected)
+        # Iceberg gets the same rows as upserts, committed with the job's checkpoints.
+        _wait_for_iceberg(reader, {k: v for k, v in expected.items() if k[0] in SITES.values()},
+                          (today - dt.timedelta(days=2), today + dt.timedelta(days=1)))
     finally:
         client.cancel().result()
         producer.close()
@@ -167,6 +191,8 @@ def test_batch_days_from_iceberg_with_a_back_dated_move_and_formulas(settings, t
 
     assert main(["analytics", "daily", "--from", str(first), "--to", str(days[1]), *db]) == 0
     assert stored_daily(url, days) == expected_daily(readings, stays)
+    reader = open_session(settings, kafka_scan(settings, bounded=True))
+    assert iceberg_daily(reader, days) == expected_daily(readings, stays)
 
     # Found out later: b3 (prod-c) had been at cust-b's site since the second day began, and b1
     # since mid-morning: cust-a's prod-c row of that day must go, and b1's readings move.
@@ -180,6 +206,7 @@ def test_batch_days_from_iceberg_with_a_back_dated_move_and_formulas(settings, t
     assert after == expected_daily(readings, stays)
     assert ("cust-a", "prod-c", days[1], "power_w") in before and ("cust-a", "prod-c", days[1], "power_w") not in after
     assert after[("cust-b", "prod-c", days[1], "power_w")][0] == 17  # the whole day's readings of b3
+    assert iceberg_daily(reader, days) == after  # the second day's partition replaced, the first kept
 
     # Formulas over those days, evaluated and checked against Python.
     formulas = tmp_path / "formulas.yaml"

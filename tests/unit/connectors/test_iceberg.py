@@ -17,12 +17,14 @@ def catalog_args(tmp_path):
 def test_init_is_idempotent(catalog_args):
     catalog = open_catalog(*catalog_args)
     assert set(init_tables(catalog).values()) == {"exists"}
-    assert {t[1] for t in catalog.list_tables("iotlink")} == {"raw_payloads", "telemetry", "alarm_events", "agg_1h"}
+    assert {t[1] for t in catalog.list_tables("iotlink")} == {"raw_payloads", "telemetry", "alarm_events", "agg_1h", "customer_product_daily"}
+    daily = catalog.load_table("iotlink.customer_product_daily")
+    assert [daily.schema().find_column_name(i) for i in daily.schema().identifier_field_ids] == ["customer_id", "product_id", "day", "metric"]
 
 
 def test_tables_name_zstd_for_the_java_writers_also_when_created_before(catalog_args):
     catalog = open_catalog(*catalog_args)
-    for name in ("raw_payloads", "telemetry", "alarm_events", "agg_1h"):
+    for name in ("raw_payloads", "telemetry", "alarm_events", "agg_1h", "customer_product_daily"):
         assert catalog.load_table(f"iotlink.{name}").properties["write.parquet.compression-codec"] == "zstd"
     table = catalog.load_table("iotlink.telemetry")
     with table.transaction() as transaction:
