@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 import orjson
 
 from jobs.config import Settings
+from operators.instants import epoch_ms
 from operators.spec_loading import SpecLoadError
 
 DAILY_GROUP_ID = "iotlink-customer-daily"
@@ -31,17 +32,11 @@ def day_argument(text: str) -> date:
 
 
 def time_argument(text: str) -> int:
-    """An instant as epoch milliseconds, from ISO 8601 (``2026-12-07T10:30:00Z``, an offset, or
-    no zone for UTC) or a number of epoch milliseconds."""
-    if text.isdigit():
-        return int(text)
+    """An instant as epoch milliseconds (:func:`operators.instants.epoch_ms`)."""
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ISO 8601 (2026-12-07T10:30:00Z) or epoch ms, got {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return epoch_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_analytics_commands(sub, common) -> None:

@@ -14,10 +14,10 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from operators.alarm_engine import AlarmEngine, CompiledRuleSet, DeviceState
+from operators.instants import epoch_ms
 
 CANDIDATE = "candidate"
 LIVE = "live"
@@ -100,14 +100,10 @@ class Incident:
 
 
 def _epoch_ms(text: str, where: str) -> int:
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is neither ISO 8601 nor epoch ms") from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+        return epoch_ms(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def parse_incidents(text: str, source: str = "<incidents>") -> list[Incident]:

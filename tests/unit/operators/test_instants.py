@@ -1,0 +1,18 @@
+"""Instants given by people."""
+
+import pytest
+
+from operators.instants import epoch_ms
+
+
+@pytest.mark.parametrize(("text", "ms"), [
+    ("1970-01-01T00:00:01Z", 1000), ("1970-01-01T00:00:01", 1000), ("1970-01-01T01:00:00+01:00", 0),
+    ("1970-01-02", 86_400_000), (" 1234 ", 1234),
+])
+def test_iso_8601_utc_by_default_or_epoch_ms(text, ms):
+    assert epoch_ms(text) == ms
+
+
+def test_anything_else_is_refused():
+    with pytest.raises(ValueError, match="neither ISO 8601"):
+        epoch_ms("yesterday")
