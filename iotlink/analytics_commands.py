@@ -141,8 +141,9 @@ def run_devices_command(args: argparse.Namespace, settings: Settings) -> int:
             now_ms = int(time.time() * 1000)
             if before != site and args.at is not None and args.at < now_ms - 60_000:
                 first = datetime.fromtimestamp(args.at / 1000, UTC).date()
-                print(f"  readings since then may already count for the site it left: recompute with "
-                      f"iotlink analytics daily --from {first} --to {datetime.now(UTC).date()}")
+                print(f"  readings since then may already count for the site it left: recompute the days before the stream's "
+                      f"lateness with iotlink analytics daily --from {first} --to {datetime.now(UTC).date()} (batch), and restart "
+                      f"a running iotlink analytics daily with --fresh (its open days are recounted from the topic)")
             if args.history:
                 for site_id, customer, start, end in assignment_history(conn, args.device_id):
                     print(f"  {_format_ms(start) if start else 'always':<22} .. {_format_ms(end) if end else 'now':<22} "
