@@ -116,6 +116,8 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
     except (OSError, ValueError) as exc:
         print(f"iotlink rules backtest: {exc}", file=sys.stderr)
         return 2
+    # With --json - the document alone goes to stdout, what the command says to stderr.
+    human = sys.stderr if args.json_path == "-" else sys.stdout
     stack, settings = with_stack(args, settings, ("postgres", "iceberg"))
     try:
         if not settings.iceberg_catalog:
@@ -135,9 +137,9 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
         except ValueError as exc:
             print(f"iotlink rules backtest: {exc}", file=sys.stderr)
             return 2
-        print(live_from)
+        print(live_from, file=human)
         print(f"replaying {_iso(job.from_ms)} .. {_iso(job.until_ms)}, products {', '.join(job.products)}"
-              f"{f', {len(devices)} devices' if devices else ''} from Iceberg telemetry ...", flush=True)
+              f"{f', {len(devices)} devices' if devices else ''} from Iceberg telemetry ...", file=human, flush=True)
         started = time.monotonic()
         # PyFlink runs the Python workers of a local job inside this process ("loopback"), where
         # every parallel instance shares one interpreter; as processes of their own they use the
@@ -145,7 +147,8 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
         os.environ.setdefault("_python_worker_execution_mode", "process")
         session = open_session(settings, kafka_scan(settings, bounded=True), args.parallelism or 2, args.ui_port,
                                report=lambda line: None, extra=python_configuration())
-        by_device, readings = run_backtest(session.table_env, job, progress=lambda n: print(f"  {n} devices replayed", flush=True))
+        by_device, readings = run_backtest(session.table_env, job,
+                                           progress=lambda n: print(f"  {n} devices replayed", file=human, flush=True))
         seconds = time.monotonic() - started
         spans, errors = [], {CANDIDATE: [], LIVE: []}
         for device_id, events in by_device.items():
@@ -156,16 +159,16 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
         report = backtest_report(spans, incidents, job.from_ms, job.until_ms, errors)
         report |= {"devices": len(by_device), "readings": readings, "seconds": round(seconds, 1)}
         for line in report_lines(report):
-            print(line)
+            print(line, file=human)
         print(f"{readings:,} readings of {len(by_device):,} devices replayed through both rule sets in {seconds:.1f} s "
-              f"({readings / seconds:,.0f} readings/s)" if seconds > 0 else "")
+              f"({readings / max(seconds, 1e-9):,.0f} readings/s)", file=human)
         if args.json_path:
             text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
             if args.json_path == "-":
                 print(text)
             else:
                 Path(args.json_path).write_text(text + "\n", encoding="utf-8")
-                print(f"report: {args.json_path}")
+                print(f"report: {args.json_path}", file=human)
         if args.charts:
             from iotlink.backtest_charts import rule_chart
 
@@ -174,7 +177,7 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
                 summary = {label: stats[rule_id] for label, stats in report["rule_sets"].items() if rule_id in stats}
                 path = rule_chart(Path(args.charts) / f"{_file_name(rule_id)}.png", rule_id,
                                   hourly_raised(spans, rule_id, job.from_ms, job.until_ms), job.from_ms, summary)
-                print(f"chart: {path}")
+                print(f"chart: {path}", file=human)
         return 0
     finally:
         if stack is not None:
