@@ -907,12 +907,12 @@ def add_arguments(parser) -> None:
 
 
 def _device_tenants(settings) -> dict[str, str | None]:
-    from connectors.postgres import load_device_registry
+    from connectors.postgres import device_tenants
 
-    devices = load_device_registry(settings.device_registry)
-    if not devices:
+    tenants = device_tenants(settings.device_registry)
+    if not tenants:
         raise ValueError("the token file binds tokens to tenants: give --device-registry FILE|URL (the devices' tenants)")
-    return {device: info.tenant for device, info in devices.items()}
+    return tenants
 
 
 def options_from_args(args, settings) -> HttpOptions:

@@ -790,6 +790,8 @@ def options_from_args(args, settings) -> BridgeOptions:
     """
     import os
 
+    from connectors.postgres import device_tenants
+
     aws = None
     broker = None
     if args.aws_endpoint:
@@ -829,11 +831,5 @@ def options_from_args(args, settings) -> BridgeOptions:
         max_in_flight=args.max_in_flight,
         max_payload_bytes=args.max_payload_bytes,
         drain_timeout_s=args.drain_timeout,
-        device_tenants=_device_tenants(settings.device_registry) if settings.device_registry else None,
+        device_tenants=device_tenants(settings.device_registry) if settings.device_registry else None,
     )
-
-
-def _device_tenants(registry: str) -> dict[str, str | None]:
-    from connectors.postgres import load_device_registry
-
-    return {device: info.tenant for device, info in load_device_registry(registry).items()}

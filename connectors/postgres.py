@@ -222,6 +222,11 @@ def load_device_registry(location: str | Path | None) -> dict[str, DeviceInfo]:
     return load_device_registry_file(location)
 
 
+def device_tenants(location: str | Path | None) -> dict[str, str | None]:
+    """Device id -> tenant of the device registry (:func:`load_device_registry`)."""
+    return {device: info.tenant for device, info in load_device_registry(location).items()}
+
+
 def _devices_from_postgres(url: str) -> dict[str, DeviceInfo]:
     import psycopg
 

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 import orjson
 
 from jobs.config import Settings
-from operators.instants import epoch_ms
+from operators.instants import epoch_ms, iso_utc
 from operators.spec_loading import SpecLoadError
 
 DAILY_GROUP_ID = "iotlink-customer-daily"
@@ -111,12 +111,6 @@ def _postgres(settings: Settings, command: str) -> bool:
     return False
 
 
-def _format_ms(ms: int | None) -> str:
-    if ms is None:
-        return "now"
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def run_devices_command(args: argparse.Namespace, settings: Settings) -> int:
     """Runs ``iotlink devices move``."""
     from connectors.analytics_store import AnalyticsError, assignment_history, move_device
@@ -137,7 +131,7 @@ def run_devices_command(args: argparse.Namespace, settings: Settings) -> int:
             if before == site:
                 print(f"{args.device_id}: already at {site or '(no site)'}; nothing changed")
             else:
-                print(f"{args.device_id}: {before or '(no site)'} -> {site or '(no site)'} at {_format_ms(at_ms)}")
+                print(f"{args.device_id}: {before or '(no site)'} -> {site or '(no site)'} at {iso_utc(at_ms)}")
             now_ms = int(time.time() * 1000)
             if before != site and args.at is not None and args.at < now_ms - 60_000:
                 first = datetime.fromtimestamp(args.at / 1000, UTC).date()
@@ -146,7 +140,7 @@ def run_devices_command(args: argparse.Namespace, settings: Settings) -> int:
                       f"a running iotlink analytics daily with --fresh (its open days are recounted from the topic)")
             if args.history:
                 for site_id, customer, start, end in assignment_history(conn, args.device_id):
-                    print(f"  {_format_ms(start) if start else 'always':<22} .. {_format_ms(end) if end else 'now':<22} "
+                    print(f"  {iso_utc(start) if start else 'always':<22} .. {iso_utc(end) if end else 'now':<22} "
                           f"{site_id or '(no site)'} ({customer or 'no customer'})")
         return 0
     finally:

@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
 from jobs.config import Settings
+from operators.instants import iso_utc
 from operators.spec_loading import SpecLoadError
 
 
@@ -138,7 +138,7 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
             print(f"iotlink rules backtest: {exc}", file=sys.stderr)
             return 2
         print(live_from, file=human)
-        print(f"replaying {_iso(job.from_ms)} .. {_iso(job.until_ms)}, products {', '.join(job.products)}"
+        print(f"replaying {iso_utc(job.from_ms)} .. {iso_utc(job.until_ms)}, products {', '.join(job.products)}"
               f"{f', {len(devices)} devices' if devices else ''} from Iceberg telemetry ...", file=human, flush=True)
         started = time.monotonic()
         # PyFlink runs the Python workers of a local job inside this process ("loopback"), where
@@ -182,10 +182,6 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings, metrics) 
     finally:
         if stack is not None:
             stack.stop()
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _file_name(rule_id: str) -> str:

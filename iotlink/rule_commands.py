@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from jobs.config import Settings
+from operators.instants import iso_utc
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BAD_RULES = 0, 1, 2
 
@@ -289,9 +290,7 @@ def status_lines(statuses: list[dict], errors_per_product: int = 3) -> list[str]
 
 
 def _iso(epoch_ms) -> str:
-    if not isinstance(epoch_ms, int):
-        return "?"
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(epoch_ms) if isinstance(epoch_ms, int) else "?"
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,4 +1,4 @@
-"""Instants given by people: ISO 8601 text or epoch milliseconds."""
+"""Instants given by and shown to people: ISO 8601 text or epoch milliseconds."""
 
 from __future__ import annotations
 
@@ -20,3 +20,8 @@ def epoch_ms(text: str) -> int:
     except ValueError:
         raise ValueError(f"{text!r} is neither ISO 8601 (2026-12-07T10:30:00Z) nor epoch ms") from None
     return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC to the second: ``2026-12-07T10:30:00Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from operators.instants import epoch_ms
+from operators.instants import epoch_ms, iso_utc
 
 
 @pytest.mark.parametrize(("text", "ms"), [
@@ -16,3 +16,8 @@ def test_iso_8601_utc_by_default_or_epoch_ms(text, ms):
 def test_anything_else_is_refused():
     with pytest.raises(ValueError, match="neither ISO 8601"):
         epoch_ms("yesterday")
+
+
+def test_shown_as_iso_8601_utc_to_the_second():
+    assert iso_utc(1772359200123) == "2026-03-01T10:00:00Z"
+    assert epoch_ms(iso_utc(1772359200000)) == 1772359200000
