@@ -1,6 +1,6 @@
 """``iotlink bridge http``: the HTTP ingest — ``POST /v1/telemetry/{device_id}`` -> ``iotlink.raw``.
 
-Routes (described for clients by ``GET /openapi.json``, :mod:`connectors.http_openapi`):
+Routes (declared in :mod:`connectors.http_openapi`, which also makes ``GET /openapi.json`` of them):
 
 - ``POST /v1/telemetry/{device_id}``: one payload; the ``Content-Type`` is the format hint:
   ``application/json`` -> json (must parse), ``text/csv`` -> csv (UTF-8 text),
@@ -52,7 +52,14 @@ import orjson
 from aiohttp import ClientPayloadError, HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from connectors.http_openapi import openapi_document
+from connectors.http_openapi import (
+    BATCH_ROUTE,
+    DEFAULT_MAX_BATCH_RECORDS,
+    DEFAULT_MAX_BODY_BYTES,
+    ROUTES,
+    Route,
+    openapi_document,
+)
 from connectors.raw_producer import BridgeCounters, RawProducer
 from operators.dead_letter import dead_letter_to_json, make_dead_letter
 from operators.device_id import INVALID_DEVICE_ID, device_id_problem
@@ -62,20 +69,10 @@ from operators.tenant import TENANT_MISMATCH, publish_refusal, tenant_id_problem
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # This machine only unless told otherwise: exposing the bridge is a decision (--host 0.0.0.0).
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_MAX_BATCH_RECORDS = 1000
-TELEMETRY_PREFIX = "/v1/telemetry/"
-BATCH_PATH = "/v1/telemetry:batch"
+BATCH_PATH = BATCH_ROUTE.path
 SERVER_NAME = "iotlink-http-ingest"
-# (method, path template) of every route the server answers; the OpenAPI document lists the same.
-ROUTES = (
-    ("POST", "/v1/telemetry/{device_id}"),
-    ("POST", BATCH_PATH),
-    ("GET", "/health"),
-    ("GET", "/openapi.json"),
-)
 CONTENT_TYPE_FORMATS = {
     "application/json": "json",
     "text/csv": "csv",
@@ -117,22 +114,23 @@ class RouteMatch:
     """The route a request hits.
 
     Attributes:
-        route: The path template, as in :data:`ROUTES`.
+        route: The route, one of :data:`connectors.http_openapi.ROUTES`.
         device_id: The device id of ``/v1/telemetry/{device_id}``.
         query: Query parameters (last value wins).
     """
 
-    route: str
+    route: Route
     device_id: str | None = None
     query: dict[str, str] = field(default_factory=dict)
 
 
-def match_route(method: str, target: str) -> RouteMatch:
+def match_route(method: str, target: str, routes: tuple[Route, ...] = ROUTES) -> RouteMatch:
     """Finds the route of a request.
 
     Args:
         method: The HTTP method.
         target: The request target (path and query).
+        routes: The routes served.
 
     Raises:
         HttpError: 404 for an unknown path, 405 (with ``Allow``) for a known path and another method,
@@ -141,19 +139,18 @@ def match_route(method: str, target: str) -> RouteMatch:
     parts = urlsplit(target)
     path = parts.path
     query = {name: values[-1] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
-    if path.startswith(TELEMETRY_PREFIX) and len(path) > len(TELEMETRY_PREFIX):
-        template, device_text = "/v1/telemetry/{device_id}", unquote(path[len(TELEMETRY_PREFIX) :])
-    else:
-        template, device_text = path, None
-    allowed = [m for m, t in ROUTES if t == template]
-    if not allowed:
+    # A path is the route's whole path, or its prefix and one non-empty last segment for its parameter.
+    candidates = [r for r in routes if (path == r.path if r.parameter is None else path.startswith(r.prefix) and len(path) > len(r.prefix))]
+    if not candidates:
         raise HttpError(404, "not_found", f"no route {path!r}; see GET /openapi.json")
-    if method not in allowed:
-        raise HttpError(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}, not {method}", headers={"Allow": ", ".join(allowed)})
+    route = next((r for r in candidates if r.method == method), None)
+    if route is None:
+        allowed = ", ".join(r.method for r in candidates)
+        raise HttpError(405, "method_not_allowed", f"{path} accepts {allowed}, not {method}", headers={"Allow": allowed})
     device_id = None
-    if device_text is not None:
-        device_id = _valid_id(device_text, "device_id", "path")
-    return RouteMatch(template, device_id, query)
+    if route.parameter is not None:
+        device_id = _valid_id(unquote(path[len(route.prefix) :]), route.parameter, "path")
+    return RouteMatch(route, device_id, query)
 
 
 def _valid_id(text: str, name: str, where: str) -> str:
@@ -525,9 +522,9 @@ class _IngestServer(web.Server):
         return _IngestConnection(self, loop=self._loop, **self._kwargs)
 
 
-def _json_response(status: int, body: dict, headers: dict) -> web.Response:
+def _json_response(status: int, body: dict | bytes, headers: dict) -> web.Response:
     # Our own Server header: aiohttp's names its and Python's versions.
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+    return web.Response(status=status, body=body if isinstance(body, bytes) else orjson.dumps(body), content_type="application/json",
                         headers={"Server": SERVER_NAME, **headers})
 
 
@@ -547,6 +544,7 @@ class HttpIngest:
         self.auth = TokenCheck(options.tokens, options.token_digests)
         self.producer: RawProducer | None = None
         self.started_at = time.monotonic()
+        self._openapi = orjson.dumps(openapi_document(options.max_batch_records, options.max_body_bytes))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: _IngestServer | None = None
@@ -726,28 +724,51 @@ class HttpIngest:
             response.force_close()
         return response
 
-    async def _answer(self, request: web.BaseRequest) -> tuple[int, dict, dict]:
+    async def _answer(self, request: web.BaseRequest) -> tuple[int, dict | bytes, dict]:
         if request.version < HttpVersion11 and "Transfer-Encoding" in request.headers:
             raise HttpError(400, "malformed_request",
                             "the request is not well-formed HTTP/1.1: Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
-        route = match_route(request.method, request.raw_path)
-        if route.route == "/health":
-            return await self._health()
-        if route.route == "/openapi.json":
-            return 200, openapi_document(), {}
-        tenant = self.auth.check(request.headers.get("Authorization"))
-        if route.route == BATCH_PATH and media_type(request.headers.get("Content-Type")) != "application/json":
-            raise HttpError(415, "unsupported_media_type", "a batch is a JSON array: send Content-Type application/json")
-        fmt = None if route.route == BATCH_PATH else format_for_content_type(request.headers.get("Content-Type"))
+        match = match_route(request.method, request.raw_path)
+        tenant = None if match.route.public else self.auth.check(request.headers.get("Authorization"))
+        return await getattr(self, match.route.handler)(request, match, tenant)
+
+    # --- the routes' handlers (connectors.http_openapi.ROUTES names them) -----------------------
+
+    async def get_health(self, request: web.BaseRequest, match: RouteMatch, tenant: str | None) -> tuple[int, dict, dict]:
+        """``GET /health``: whether Kafka answers, and the counters."""
+        reachable = await self.kafka_reachable()
+        body = {
+            "status": "ok" if reachable else "kafka_unreachable",
+            "kafka": {"bootstrap_servers": self.options.bootstrap_servers, "reachable": reachable, "topic": self.options.raw_topic},
+            "in_flight": self.producer.in_flight if self.producer else 0,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "counters": self.counters.snapshot(),
+        }
+        return (200 if reachable else 503), body, {}
+
+    async def get_openapi(self, request: web.BaseRequest, match: RouteMatch, tenant: str | None) -> tuple[int, bytes, dict]:
+        """``GET /openapi.json``: the document of the routes, with this server's limits."""
+        return 200, self._openapi, {}
+
+    async def post_telemetry(self, request: web.BaseRequest, match: RouteMatch, tenant: str | None) -> tuple[int, dict, dict]:
+        """``POST /v1/telemetry/{device_id}``: one payload, its format from the ``Content-Type``."""
+        fmt = format_for_content_type(request.headers.get("Content-Type"))
         body = await self._body(request)
-        if route.route == BATCH_PATH:
-            records = parse_batch(body, self.options.max_batch_records)
-        else:
-            check_payload(fmt, body)
-            product_id = route.query.get("product_id")
-            if product_id is not None:
-                product_id = _valid_id(product_id, "product_id", "query")
-            records = [BatchRecord(route.device_id, fmt, body, product_id)]
+        check_payload(fmt, body)
+        product_id = match.query.get("product_id")
+        if product_id is not None:
+            product_id = _valid_id(product_id, "product_id", "query")
+        return await self._store([BatchRecord(match.device_id, fmt, body, product_id)], tenant, batch=False, device_id=match.device_id)
+
+    async def post_batch(self, request: web.BaseRequest, match: RouteMatch, tenant: str | None) -> tuple[int, dict, dict]:
+        """``POST /v1/telemetry:batch``: a JSON array of records, validated all or nothing."""
+        if media_type(request.headers.get("Content-Type")) != "application/json":
+            raise HttpError(415, "unsupported_media_type", "a batch is a JSON array: send Content-Type application/json")
+        records = parse_batch(await self._body(request), self.options.max_batch_records)
+        return await self._store(records, tenant, batch=True)
+
+    async def _store(self, records: list[BatchRecord], tenant: str | None, batch: bool, device_id: str | None = None) -> tuple[int, dict, dict]:
+        """Produces the records of one request; ``202`` once Kafka confirmed every one of them."""
         self.counters.add("received", len(records))
         received_at = int(time.time() * 1000)
         envelopes = [
@@ -755,20 +776,20 @@ class HttpIngest:
             for r in records
         ]
         if tenant is not None:
-            await self._refuse_other_tenants(tenant, envelopes, route.route == BATCH_PATH)
+            await self._refuse_other_tenants(tenant, envelopes, batch)
         outcomes = await self.produce(envelopes)
         failed = [i for i, exc in enumerate(outcomes) if exc is not None]
         if failed:
             first = outcomes[failed[0]]
             message = f"Kafka did not confirm {len(failed)} of {len(records)} records ({type(first).__name__}: {first}); resend them"
             extra = {}
-            if route.route == BATCH_PATH:
+            if batch:
                 extra["results"] = [{"index": i, "status": "failed" if exc is not None else "stored"} for i, exc in enumerate(outcomes)]
             raise HttpError(503, "kafka_unavailable", message, extra=extra, headers={"Retry-After": str(self.options.retry_after_s)})
         self.counters.add("accepted")
         answer = {"accepted": len(records), "received_at": received_at}
-        if route.device_id is not None:
-            answer["device_id"] = route.device_id
+        if device_id is not None:
+            answer["device_id"] = device_id
         return 202, answer, {}
 
     async def _refuse_other_tenants(self, tenant: str, envelopes: list[RawEnvelope], batch: bool) -> None:
@@ -820,17 +841,6 @@ class HttpIngest:
         except (ClientPayloadError, ConnectionError) as exc:
             raise HttpError(400, "incomplete_body", f"the body ended early: {exc}") from None
         return b"".join(parts)
-
-    async def _health(self) -> tuple[int, dict, dict]:
-        reachable = await self.kafka_reachable()
-        body = {
-            "status": "ok" if reachable else "kafka_unreachable",
-            "kafka": {"bootstrap_servers": self.options.bootstrap_servers, "reachable": reachable, "topic": self.options.raw_topic},
-            "in_flight": self.producer.in_flight if self.producer else 0,
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "counters": self.counters.snapshot(),
-        }
-        return (200 if reachable else 503), body, {}
 
 
 class _Confirmations:

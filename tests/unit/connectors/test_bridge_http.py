@@ -12,7 +12,6 @@ import pytest
 
 import connectors.bridge_http
 from connectors.bridge_http import (
-    ROUTES,
     HttpError,
     HttpIngest,
     HttpOptions,
@@ -28,7 +27,8 @@ from connectors.bridge_http import (
     parse_batch,
     token_digest,
 )
-from connectors.http_openapi import openapi_document
+from connectors.http_openapi import ROUTES, Route, openapi_document
+from operators.envelope import FORMATS
 
 
 def error_of(call, *args, **kwargs) -> HttpError:
@@ -39,11 +39,28 @@ def error_of(call, *args, **kwargs) -> HttpError:
 
 def test_routes_with_device_id_and_query():
     match = match_route("POST", "/v1/telemetry/dev-1?product_id=prod-a")
-    assert (match.route, match.device_id, match.query) == ("/v1/telemetry/{device_id}", "dev-1", {"product_id": "prod-a"})
+    assert (match.route.path, match.device_id, match.query) == ("/v1/telemetry/{device_id}", "dev-1", {"product_id": "prod-a"})
+    assert match.route.handler == "post_telemetry"
     assert match_route("POST", "/v1/telemetry/hub%3A7").device_id == "hub:7"
-    assert match_route("POST", "/v1/telemetry:batch").route == "/v1/telemetry:batch"
-    assert match_route("GET", "/health").route == "/health"
-    assert match_route("GET", "/openapi.json").route == "/openapi.json"
+    assert match_route("POST", "/v1/telemetry:batch").route.handler == "post_batch"
+    assert match_route("GET", "/health").route.handler == "get_health"
+    assert match_route("GET", "/openapi.json").route.handler == "get_openapi"
+
+
+def test_every_route_names_a_handler_of_the_ingest():
+    for route in ROUTES:
+        assert callable(getattr(HttpIngest, route.handler, None)), route.handler
+
+
+def test_a_route_added_is_matched_and_documented():
+    extra = Route("GET", "/v1/devices/{device_id}", "get_device", "getDevice", "One device", public=True,
+                  responses={"200": {"description": "The device."}})
+    routes = (*ROUTES, extra)
+    match = match_route("GET", "/v1/devices/dev-9", routes)
+    assert (match.route, match.device_id) == (extra, "dev-9")
+    assert error_of(match_route, "GET", "/v1/devices/dev-9").status == 404  # not served unless declared
+    doc = openapi_document(routes=routes)
+    assert doc["paths"]["/v1/devices/{device_id}"]["get"]["operationId"] == "getDevice"
 
 
 def test_unknown_paths_wrong_methods_and_bad_ids():
@@ -176,12 +193,25 @@ def test_batch_body_shape(body, words):
     assert error.status == 400 and words in error.message
 
 
+def test_openapi_document_carries_the_servers_limits_and_every_format():
+    doc = openapi_document(max_batch_records=250, max_body_bytes=4096)
+    batch = doc["paths"]["/v1/telemetry:batch"]["post"]
+    assert batch["requestBody"]["content"]["application/json"]["schema"]["maxItems"] == 250
+    assert "4096 bytes" in batch["responses"]["413"]["description"]
+    assert "413" not in doc["paths"]["/health"]["get"]["responses"]  # public routes read no body
+    formats = {alt["properties"]["format"]["enum"][0] for alt in doc["components"]["schemas"]["BatchRecord"]["oneOf"]}
+    assert formats == FORMATS
+
+
 def test_openapi_document_describes_exactly_the_served_routes():
     doc = orjson.loads(orjson.dumps(openapi_document()))  # what /openapi.json serves parses as JSON
     assert re.fullmatch(r"3\.\d+\.\d+", doc["openapi"])
     assert doc["info"]["title"] and doc["info"]["version"]
     documented = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
-    assert documented == set(ROUTES)
+    assert documented == {(route.method, route.path) for route in ROUTES}
+    for method, path in documented:  # each documented operation is the route the server matches
+        concrete = path.replace("{device_id}", "dev-1")
+        assert match_route(method, concrete).route.operation_id == doc["paths"][path][method.lower()]["operationId"]
     for path, item in doc["paths"].items():
         for operation in item.values():
             assert operation["responses"], path
