@@ -37,6 +37,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import socket
@@ -394,8 +395,9 @@ def _batch_record(item, index: int) -> BatchRecord:
     if not isinstance(encoding, str) or encoding not in ("utf8", "base64"):
         raise bad("payload_encoding", f"payload_encoding {encoding!r} is not utf8 or base64")
     if fmt == "json" and isinstance(value, dict | list):
-        payload = orjson.dumps(value)
-    elif not isinstance(value, str):
+        # JSON already, and orjson wrote it: not parsed again by check_payload.
+        return BatchRecord(device_id, fmt, orjson.dumps(value), product_id)
+    if not isinstance(value, str):
         raise bad("payload", f"payload is a JSON {type(value).__name__}: send text (or base64), or a JSON object/array for format json")
     elif encoding == "base64":
         try:
@@ -629,25 +631,31 @@ class HttpIngest:
 
     async def _confirmed(self, items: list, send) -> list[BaseException | None]:
         """Sends each item with ``send(producer, item, on_done)`` (False: no in-flight slot free)
-        and waits up to the ack timeout for Kafka's answers; one outcome per item."""
+        and waits up to the ack timeout for Kafka's answers; one outcome per item.
+
+        The request waits on one future, set when Kafka has answered for its last record (not one
+        future per record), and its timeout is one timer of the event loop."""
         producer = self.producer
+        if not items:
+            return []
         if producer is None:
             return [ConnectionError(f"no connection to Kafka at {self.options.bootstrap_servers} yet")] * len(items)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.ack_timeout_s
-        answers = []
-        for item in items:
-            answer = loop.create_future()
-            answers.append(answer)
+        answers = _RequestAnswers(len(items), loop.create_future(), self._confirmations)
+        for index, item in enumerate(items):
             # Never block the event loop on the in-flight bound: wait for a slot in short sleeps,
             # until the ack timeout, like the wait for Kafka's answer itself.
-            while not send(producer, item, functools.partial(self._confirmations.add, answer)):
+            while not send(producer, item, functools.partial(answers.answer, index)):
                 if loop.time() >= deadline:
-                    answer.set_result(BusyError(f"{self.options.max_in_flight} records wait for Kafka"))
+                    answers.answer(index, BusyError(f"{self.options.max_in_flight} records wait for Kafka"))
                     break
                 await asyncio.sleep(0.005)
-        await asyncio.wait(answers, timeout=max(0.0, deadline - loop.time()))
-        return [answer.result() if answer.done() else TimeoutError("no answer from Kafka") for answer in answers]
+        if not answers.all_answered.done():
+            timer = loop.call_at(deadline, _give_up, answers.all_answered)
+            await answers.all_answered
+            timer.cancel()
+        return answers.outcomes()
 
     def stop(self) -> bool:
         """Stops accepting, lets running requests finish (they wait for Kafka), closes the producer.
@@ -847,20 +855,20 @@ class _Confirmations:
     """Kafka's answers, from the producer's callback thread to the requests on the event loop, in batches.
 
     Waking the loop costs a write to its self-pipe and a pass of the loop; once per confirmed
-    record that was a tenth of the bridge's time. An answer arriving while a hand-over is pending
-    joins it, so a burst of confirmations wakes the loop once.
+    request that was a tenth of the bridge's time. A request finishing while a hand-over is
+    pending joins it, so a burst of confirmations wakes the loop once.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._lock = threading.Lock()
-        self._pending: list[tuple[asyncio.Future, BaseException | None]] = []
+        self._pending: list[asyncio.Future] = []
         self._scheduled = False
 
-    def add(self, answer: asyncio.Future, error: BaseException | None) -> None:
-        """One record's answer (callback thread)."""
+    def add(self, answered: asyncio.Future) -> None:
+        """Kafka answered for every record of a request (any thread)."""
         with self._lock:
-            self._pending.append((answer, error))
+            self._pending.append(answered)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -870,9 +878,42 @@ class _Confirmations:
     def _settle(self) -> None:
         with self._lock:
             pending, self._pending, self._scheduled = self._pending, [], False
-        for answer, error in pending:
-            if not answer.done():
-                answer.set_result(error)
+        for answered in pending:
+            if not answered.done():
+                answered.set_result(None)
+
+
+class _RequestAnswers:
+    """Kafka's answers for the records of one request: their outcomes, and a future set once
+    every record was answered."""
+
+    __slots__ = ("_errors", "_answered", "_count", "all_answered", "_confirmations")
+
+    def __init__(self, records: int, all_answered: asyncio.Future, confirmations: _Confirmations):
+        self._errors: list[BaseException | None] = [None] * records
+        self._answered = [False] * records
+        # itertools.count's next() is atomic: answers come from the producer's thread and, for
+        # records Kafka never took, from the event loop's.
+        self._count = itertools.count(1)
+        self.all_answered = all_answered
+        self._confirmations = confirmations
+
+    def answer(self, index: int, error: BaseException | None) -> None:
+        """Record ``index`` was confirmed (``None``) or failed."""
+        self._errors[index] = error
+        self._answered[index] = True
+        if next(self._count) == len(self._errors):
+            self._confirmations.add(self.all_answered)
+
+    def outcomes(self) -> list[BaseException | None]:
+        """One outcome per record: None when confirmed, else why not (no answer in time: TimeoutError)."""
+        return [error if answered else TimeoutError("no answer from Kafka") for error, answered in zip(self._errors, self._answered, strict=True)]
+
+
+def _give_up(all_answered: asyncio.Future) -> None:
+    """The ack timeout passed: the request answers with what Kafka confirmed so far."""
+    if not all_answered.done():
+        all_answered.set_result(None)
 
 
 def status_line(now: dict[str, int], before: dict[str, int], interval_s: float, in_flight: int) -> str:
