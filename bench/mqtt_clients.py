@@ -1,6 +1,8 @@
 """MQTT client benchmark: how fast a subscriber takes QoS 1 messages off a mosquitto broker —
-mosquitto's own ``mosquitto_sub`` (C, the ceiling), paho-mqtt (the MQTT bridge's client: a
-network thread, PUBACKs sent by hand) and aiomqtt (asyncio over paho).
+mosquitto's own ``mosquitto_sub`` (C, the ceiling), paho-mqtt (a network thread, PUBACKs sent
+by hand), paho with the bridge's read-ahead (``connectors.mqtt_connection.ReadAheadClient``: one
+``recv`` per pass of its loop instead of three per packet — the bridge's client) and aiomqtt
+(asyncio over paho).
 
 For each subscriber: a mosquitto of its own (no persistence, unbounded queues), the subscriber
 connected with a persistent session at QoS 1, then ``--publishers`` ``mosquitto_pub -l -q 1``
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from iotlink.stack import free_port, wait_for_port
 
-SUBSCRIBERS = ("mosquitto_sub", "paho", "aiomqtt")
+SUBSCRIBERS = ("mosquitto_sub", "paho", "paho-read-ahead", "aiomqtt")
 TOPIC_FILTER = "iotlink/+/+/+/+/pub/+/+"
 
 
@@ -84,13 +87,16 @@ def run_mosquitto_sub(port: int, messages: int, publishers: int) -> float:
     return elapsed
 
 
-def _run_paho(port: int, messages: int, publishers: int) -> float:
+def _run_paho(port: int, messages: int, publishers: int, read_ahead: bool = False) -> float:
     import paho.mqtt.client as mqtt
+
+    from connectors.mqtt_connection import ReadAheadClient
 
     done = threading.Event()
     received = [0]
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho", protocol=mqtt.MQTTv311, clean_session=False,
-                         manual_ack=True)
+    client_class = ReadAheadClient if read_ahead else mqtt.Client
+    client = client_class(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho", protocol=mqtt.MQTTv311, clean_session=False,
+                          manual_ack=True)
 
     def on_message(c, userdata, message):
         c.ack(message.mid, message.qos)
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", default=",".join(SUBSCRIBERS), metavar="LIST",
                         help=f"which subscribers, in order (default {','.join(SUBSCRIBERS)})")
     args = parser.parse_args(argv)
-    runners = {"mosquitto_sub": run_mosquitto_sub, "paho": _run_paho, "aiomqtt": _run_aiomqtt}
+    runners = {"mosquitto_sub": run_mosquitto_sub, "paho": _run_paho, "paho-read-ahead": functools.partial(_run_paho, read_ahead=True),
+               "aiomqtt": _run_aiomqtt}
     names = [name for name in args.subscribers.split(",") if name]
     unknown = [name for name in names if name not in runners]
     if unknown:

@@ -111,3 +111,56 @@ def paho_client(url: str, client_id: str, **client_options) -> tuple[mqtt.Client
 def refusal(reason_code) -> str | None:
     """Why the broker refused a connection (a failed CONNACK, e.g. ``Not authorized``), or None when it accepted it."""
     return str(reason_code) if getattr(reason_code, "is_failure", False) else None
+
+
+# How much one read from the broker's socket may take: a few hundred small PUBLISH packets.
+READ_AHEAD_BYTES = 64 * 1024
+
+
+class ReadAheadClient(mqtt.Client):
+    """A paho client that reads the broker's socket in large chunks.
+
+    paho 2.2 reads every packet with at least three ``recv`` calls (its first byte, each byte of
+    the remaining length, the rest) and goes back to ``select`` after each packet; at thousands
+    of small PUBLISH packets a second those system calls are a large part of the receive path.
+    Here each pass of paho's loop makes one ``recv`` of up to :data:`READ_AHEAD_BYTES`, paho's
+    reads are served from that buffer, and every packet it holds is handled in the same pass
+    (``select`` would not report data already taken off the socket). A packet cut off at the end
+    of the buffer waits for the next pass, so the loop still gets to write PUBACKs between reads.
+    Overrides paho's private ``_sock_recv`` / ``_sock_close`` of the pinned version
+    (requirements.lock); the bridge's tests run through it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._read_ahead = b""
+        self._read_at = 0
+        self._may_read = False
+        super().__init__(*args, **kwargs)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_at >= len(self._read_ahead):
+            if not self._may_read:
+                raise BlockingIOError  # paho keeps the partial packet and asks select again
+            self._may_read = False
+            data = super()._sock_recv(max(bufsize, READ_AHEAD_BYTES))
+            if len(data) <= bufsize:
+                return data
+            self._read_ahead, self._read_at = data, 0
+        start = self._read_at
+        self._read_at = min(start + bufsize, len(self._read_ahead))
+        if self._read_at >= len(self._read_ahead):
+            chunk, self._read_ahead, self._read_at = self._read_ahead[start:], b"", 0
+            return chunk
+        return self._read_ahead[start : self._read_at]
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        self._may_read = True
+        rc = super().loop_read(max_packets)
+        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._read_ahead:
+            rc = super().loop_read(max_packets)
+        self._may_read = False
+        return rc
+
+    def _sock_close(self) -> None:
+        self._read_ahead, self._read_at = b"", 0
+        super()._sock_close()

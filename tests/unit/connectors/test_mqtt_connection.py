@@ -1,10 +1,14 @@
-"""Broker URLs with a login: parsed for every paho client of ours, built for the embedded stack, never shown with the password."""
+"""Broker URLs with a login: parsed for every paho client of ours, built for the embedded stack, never shown with the password;
+the read-ahead paho client of the bridge."""
 
+import socket
+
+import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from connectors.mqtt_connection import BrokerAddress, broker_url, paho_client, parse_broker_url, refusal
+from connectors.mqtt_connection import BrokerAddress, ReadAheadClient, broker_url, paho_client, parse_broker_url, refusal
 from operators.value_repr import masked_url
 
 
@@ -40,3 +44,81 @@ def test_paho_clients_log_in_with_the_urls_login():
 def test_a_refused_connack_says_why():
     assert refusal(ReasonCode(PacketTypes.CONNACK, "Not authorized")) == "Not authorized"
     assert refusal(ReasonCode(PacketTypes.CONNACK, "Success")) is None
+
+
+# --- ReadAheadClient: paho's reads served from one large recv per loop pass ---
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    """An MQTT 3.1.1 PUBLISH at QoS 0 (short enough for a one-byte remaining length)."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + payload
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body
+
+
+class CountingSocket:
+    """One end of a socket pair that counts the recv calls made on it."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, n: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(n)
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def client_on(sock) -> tuple[ReadAheadClient, list]:
+    client = ReadAheadClient(mqtt.CallbackAPIVersion.VERSION2, client_id="read-ahead-test", protocol=mqtt.MQTTv311)
+    received = []
+    client.on_message = lambda c, userdata, message: received.append((message.topic, message.payload))
+    client._sock = sock  # noqa: SLF001 - the connection's socket, as connect() would set it
+    return client, received
+
+
+def test_every_packet_of_one_read_is_handled_in_one_pass_with_one_recv():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    counting = CountingSocket(ours)
+    client, received = client_on(counting)
+    theirs.sendall(b"".join(publish_packet(f"t/{i}", b"p%d" % i) for i in range(50)))
+    assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert received == [(f"t/{i}", b"p%d" % i) for i in range(50)]
+    assert counting.recvs == 1  # plain paho: at least 150 (a byte, a byte, the rest, per packet)
+    theirs.close()
+    ours.close()
+
+
+def test_a_packet_cut_at_the_end_of_a_read_is_finished_by_the_next_pass():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    counting = CountingSocket(ours)
+    client, received = client_on(counting)
+    first, second = publish_packet("a/1", b"one"), publish_packet("a/2", b"two-two")
+    theirs.sendall(first + second[:4])
+    client.loop_read()
+    assert received == [("a/1", b"one")] and counting.recvs == 1  # the cut packet waits: no second recv in the pass
+    client.loop_read()  # nothing new on the socket: paho keeps the partial packet
+    assert received == [("a/1", b"one")]
+    theirs.sendall(second[4:] + first)
+    client.loop_read()
+    assert received == [("a/1", b"one"), ("a/2", b"two-two"), ("a/1", b"one")]
+    theirs.close()
+    ours.close()
+
+
+def test_a_closed_connection_is_reported_and_forgets_the_buffer():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client, received = client_on(CountingSocket(ours))
+    theirs.sendall(publish_packet("b/1", b"x")[:3])
+    client.loop_read()
+    theirs.close()
+    assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # connection lost
+    assert client._read_ahead == b"" and received == []  # noqa: SLF001
