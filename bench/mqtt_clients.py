@@ -1,6 +1,6 @@
 """MQTT client benchmark: how fast a subscriber takes QoS 1 messages off a mosquitto broker —
 mosquitto's own ``mosquitto_sub`` (C, the ceiling), paho-mqtt (a network thread, PUBACKs sent
-by hand), paho with the bridge's read-ahead (``connectors.mqtt_connection.ReadAheadClient``: one
+by hand), paho with the bridge's read-ahead (``connectors.mqtt_connection.BufferedClient``: one
 ``recv`` per pass of its loop instead of three per packet — the bridge's client) and aiomqtt
 (asyncio over paho).
 
@@ -90,11 +90,11 @@ def run_mosquitto_sub(port: int, messages: int, publishers: int) -> float:
 def _run_paho(port: int, messages: int, publishers: int, read_ahead: bool = False) -> float:
     import paho.mqtt.client as mqtt
 
-    from connectors.mqtt_connection import ReadAheadClient
+    from connectors.mqtt_connection import BufferedClient
 
     done = threading.Event()
     received = [0]
-    client_class = ReadAheadClient if read_ahead else mqtt.Client
+    client_class = BufferedClient if read_ahead else mqtt.Client
     client = client_class(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho", protocol=mqtt.MQTTv311, clean_session=False,
                           manual_ack=True)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.mqtt_connection import BrokerAddress, ReadAheadClient, parse_broker_url
+from connectors.mqtt_connection import BrokerAddress, BufferedClient, parse_broker_url
 from connectors.raw_producer import BridgeCounters, RawProducer
 from operators.dead_letter import dead_letter_to_json, make_dead_letter
 from operators.envelope import RawEnvelope
@@ -451,7 +451,7 @@ class PahoTransport:
         self.subscribed = threading.Event()  # set once the broker has confirmed the subscriptions (or kept them)
         self._v5 = options.protocol == "5"
         kwargs = {"clean_session": False} if not self._v5 else {}
-        self.client = ReadAheadClient(
+        self.client = BufferedClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,

@@ -115,10 +115,13 @@ def refusal(reason_code) -> str | None:
 
 # How much one read from the broker's socket may take: a few hundred small PUBLISH packets.
 READ_AHEAD_BYTES = 64 * 1024
+# PUBACKs queued together and written with one send (4 bytes each in MQTT 3.1.1, 4-6 in MQTT 5).
+COMBINED_ACKS = 1024
+_PUBACK = 0x40
 
 
-class ReadAheadClient(mqtt.Client):
-    """A paho client that reads the broker's socket in large chunks.
+class BufferedClient(mqtt.Client):
+    """A paho client that reads the broker's socket in large chunks and writes queued PUBACKs together.
 
     paho 2.2 reads every packet with at least three ``recv`` calls (its first byte, each byte of
     the remaining length, the rest) and goes back to ``select`` after each packet; at thousands
@@ -127,8 +130,13 @@ class ReadAheadClient(mqtt.Client):
     reads are served from that buffer, and every packet it holds is handled in the same pass
     (``select`` would not report data already taken off the socket). A packet cut off at the end
     of the buffer waits for the next pass, so the loop still gets to write PUBACKs between reads.
-    Overrides paho's private ``_sock_recv`` / ``_sock_close`` of the pinned version
-    (requirements.lock); the bridge's tests run through it.
+
+    PUBACKs queued by the time paho writes (Kafka confirms records in batches, so acknowledgements
+    come in bursts) go out in one ``send`` instead of one each; they are sent in the order they
+    were queued, which is the bridge's order of arrival.
+
+    Overrides paho's private ``_sock_recv`` / ``_sock_close`` / ``_packet_write`` of the pinned
+    version (requirements.lock); the bridge's tests run through it.
     """
 
     def __init__(self, *args, **kwargs):
@@ -164,3 +172,18 @@ class ReadAheadClient(mqtt.Client):
     def _sock_close(self) -> None:
         self._read_ahead, self._read_at = b"", 0
         super()._sock_close()
+
+    def _packet_write(self) -> mqtt.MQTTErrorCode:
+        # Only this thread takes from the left of the queue; other threads append on the right.
+        out = self._out_packet
+        if len(out) > 1 and _unsent_puback(out[0]) and _unsent_puback(out[1]):
+            acks = []
+            while out and len(acks) < COMBINED_ACKS and _unsent_puback(out[0]):
+                acks.append(out.popleft()["packet"])
+            out.appendleft({"command": _PUBACK, "mid": 0, "qos": 0, "pos": 0, "to_process": sum(map(len, acks)),
+                            "packet": b"".join(acks), "info": None})
+        return super()._packet_write()
+
+
+def _unsent_puback(packet: dict) -> bool:
+    return (packet["command"] & 0xF0) == _PUBACK and packet["pos"] == 0

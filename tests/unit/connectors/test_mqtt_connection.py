@@ -8,7 +8,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from connectors.mqtt_connection import BrokerAddress, ReadAheadClient, broker_url, paho_client, parse_broker_url, refusal
+from connectors.mqtt_connection import BrokerAddress, BufferedClient, broker_url, paho_client, parse_broker_url, refusal
 from operators.value_repr import masked_url
 
 
@@ -46,7 +46,7 @@ def test_a_refused_connack_says_why():
     assert refusal(ReasonCode(PacketTypes.CONNACK, "Success")) is None
 
 
-# --- ReadAheadClient: paho's reads served from one large recv per loop pass ---
+# --- BufferedClient: paho's reads served from one large recv per loop pass ---
 
 
 def publish_packet(topic: str, payload: bytes) -> bytes:
@@ -62,10 +62,15 @@ class CountingSocket:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.recvs = 0
+        self.sends = 0
 
     def recv(self, n: int) -> bytes:
         self.recvs += 1
         return self.sock.recv(n)
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
 
     def setblocking(self, flag: bool) -> None:
         self.sock.setblocking(flag)
@@ -74,8 +79,8 @@ class CountingSocket:
         self.sock.close()
 
 
-def client_on(sock) -> tuple[ReadAheadClient, list]:
-    client = ReadAheadClient(mqtt.CallbackAPIVersion.VERSION2, client_id="read-ahead-test", protocol=mqtt.MQTTv311)
+def client_on(sock) -> tuple[BufferedClient, list]:
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="buffered-test", protocol=mqtt.MQTTv311, manual_ack=True)
     received = []
     client.on_message = lambda c, userdata, message: received.append((message.topic, message.payload))
     client._sock = sock  # noqa: SLF001 - the connection's socket, as connect() would set it
@@ -122,3 +127,21 @@ def test_a_closed_connection_is_reported_and_forgets_the_buffer():
     theirs.close()
     assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # connection lost
     assert client._read_ahead == b"" and received == []  # noqa: SLF001
+
+
+def test_queued_pubacks_go_out_in_one_send_in_their_order():
+    ours, theirs = socket.socketpair()
+    counting = CountingSocket(ours)
+    client, _ = client_on(counting)
+    client._thread = object()  # noqa: SLF001 - as under loop_start: acks are queued, the loop writes them
+    for mid in (7, 3, 300):
+        client.ack(mid, 1)
+    assert client.loop_write() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert counting.sends == 1
+    assert theirs.recv(100) == bytes([0x40, 2, 0, 7, 0x40, 2, 0, 3, 0x40, 2, 1, 44])
+    client.ack(9, 1)  # a single one is written as paho writes it
+    client.loop_write()
+    assert counting.sends == 2 and theirs.recv(100) == bytes([0x40, 2, 0, 9])
+    client._thread = None  # noqa: SLF001
+    theirs.close()
+    ours.close()
