@@ -63,10 +63,13 @@ class Result:
     bridge_peak_bytes: int | None = None
     on_topic: int | None = None
     problems: list[str] = field(default_factory=list)
+    note: str = ""
 
     def line(self) -> str:
         """One line for the table."""
         parts = [f"{self.name:<34}{self.count / self.seconds:>10,.0f}/s"]
+        if self.note:
+            parts.append(f"({self.note})")
         if self.latencies_ms:
             cuts = statistics.quantiles(self.latencies_ms, n=100, method="inclusive")
             parts.append(f"p50 {cuts[49]:.1f} / p95 {cuts[94]:.1f} / p99 {cuts[98]:.1f} ms")
@@ -198,10 +201,9 @@ def _mqtt_restart(bootstrap: str, port: int, work: Path, args) -> Result:
         for publisher in publishers:
             publisher.wait(60)
     distinct = len(set(seqs))
-    result = Result(f"mqtt bridge killed at {args.messages // 2:,} and restarted", args.messages, seconds, on_topic=distinct,
-                    problems=[] if distinct == args.messages else [f"{args.messages - distinct} messages lost"])
-    result.name += f" ({down_s:.1f} s down; {len(seqs) - distinct} records twice: redelivered QoS 1)"
-    return result
+    return Result(f"mqtt bridge killed at {args.messages // 2:,} and restarted", args.messages, seconds, on_topic=distinct,
+                  problems=[] if distinct == args.messages else [f"{args.messages - distinct} messages lost"],
+                  note=f"{down_s:.1f} s down; {len(seqs) - distinct} records twice: redelivered QoS 1")
 
 
 def _mqtt_latency(bootstrap: str, topic: str, port: int, args) -> Result:
@@ -395,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=100, metavar="N", help="TCP: unanswered frames per connection (default 100)")
     parser.add_argument("--clients", type=int, default=32, metavar="N", help="HTTP: keep-alive connections (default 32)")
     parser.add_argument("--batch-size", type=int, default=500, metavar="N", help="HTTP batch: readings per request (default 500)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="measure everything N times, one round after the other, and print the median and range of each "
+                        "(default 1; the rates of a shared 2-core machine vary by a third from run to run)")
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} cores; {args.messages} messages per measurement", flush=True)
     results: list[Result] = []
@@ -407,17 +412,38 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = stack.endpoints["kafka"]
             ensure_topics(bootstrap, [RAW, DLQ], partitions={RAW: 4})
             runs = {"mqtt": bench_mqtt, "tcp": bench_tcp, "http": bench_http}
-            for name in (("mqtt", "tcp", "http") if args.bridge == "all" else (args.bridge,)):
-                print(f"{name}: running …", flush=True)
-                for result in runs[name](bootstrap, work, args):
-                    results.append(result)
-                    print(f"  {result.line()}", flush=True)
+            for round_ in range(1, args.rounds + 1):
+                for name in (("mqtt", "tcp", "http") if args.bridge == "all" else (args.bridge,)):
+                    print(f"{name}: running{f' (round {round_} of {args.rounds})' if args.rounds > 1 else ''} …", flush=True)
+                    for result in runs[name](bootstrap, work, args):
+                        results.append(result)
+                        print(f"  {result.line()}", flush=True)
         finally:
             stack.stop()
     print()
     for result in results:
         print(result.line())
+    if args.rounds > 1:
+        print(f"\nover {args.rounds} rounds (median, and the range):")
+        for line in round_summary(results):
+            print(line)
     return 1 if any(result.problems for result in results) else 0
+
+
+def round_summary(results: list[Result]) -> list[str]:
+    """One line per measurement repeated over rounds: the median rate and bridge CPU, and their ranges."""
+    by_name: dict[str, list[Result]] = {}
+    for result in results:
+        by_name.setdefault(result.name, []).append(result)
+    lines = []
+    for name, runs in by_name.items():
+        rates = [r.count / r.seconds for r in runs]
+        line = f"{name:<34}{statistics.median(rates):>10,.0f}/s  ({min(rates):,.0f}–{max(rates):,.0f})"
+        cpus = [r.bridge_cpu_s / r.count * 1e6 for r in runs if r.bridge_cpu_s is not None]
+        if cpus:
+            line += f"  bridge {statistics.median(cpus):.0f} µs CPU/msg ({min(cpus):.0f}–{max(cpus):.0f})"
+        lines.append(line)
+    return lines
 
 
 if __name__ == "__main__":
