@@ -339,16 +339,17 @@ def _http_request(path: str, body: bytes) -> bytes:
 def bench_http(bootstrap: str, work: Path, args) -> list[Result]:
     """Single readings from ``--clients`` keep-alive connections, then the batch endpoint."""
     topic, port = RAW, free_port()
-    bridge = BridgeProcess("http", ["--bootstrap-servers", bootstrap, "--port", str(port), "--token", "bench"],
+    bridge = BridgeProcess("http", ["--bootstrap-servers", bootstrap, "--port", str(port), "--token", "bench", "--workers", str(args.http_workers)],
                            work / "bridge-http.log", ready_port=port)
     results = []
+    workers = f" ({args.http_workers} workers)" if args.http_workers > 1 else ""
     try:
         singles = [[_http_request(f"/v1/telemetry/bench-{seq % 1000:05d}",
                                   b'{"device_timestamp":%d,"data":{"metrics":{"tempC":%d.5,"seq":%d}}}' % (1_795_000_000_000 + seq, seq % 90, seq))
                     for seq in range(client, args.messages, args.clients)] for client in range(args.clients)]
         for name, per_client, readings_per_request in (
-            (f"http bridge: {args.clients} clients, one reading", singles, 1),
-            (f"http batch: {args.clients} clients, {args.batch_size} readings", _batches(args), args.batch_size),
+            (f"http bridge{workers}: {args.clients} clients, one reading", singles, 1),
+            (f"http batch{workers}: {args.clients} clients, {args.batch_size} readings", _batches(args), args.batch_size),
         ):
             latencies: list[float] = []
             problems: list[str] = []
@@ -397,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=100, metavar="N", help="TCP: unanswered frames per connection (default 100)")
     parser.add_argument("--clients", type=int, default=32, metavar="N", help="HTTP: keep-alive connections (default 32)")
     parser.add_argument("--batch-size", type=int, default=500, metavar="N", help="HTTP batch: readings per request (default 500)")
+    parser.add_argument("--http-workers", type=int, default=1, metavar="N", help="HTTP: the bridge's --workers (default 1)")
     parser.add_argument("--rounds", type=int, default=1, metavar="N",
                         help="measure everything N times, one round after the other, and print the median and range of each "
                         "(default 1; the rates of a shared 2-core machine vary by a third from run to run)")

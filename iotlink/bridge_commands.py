@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from connectors import bridge_http, bridge_mqtt, bridge_tcp
+from iotlink.http_workers import HttpWorkers
 from jobs.config import Settings
 from operators.value_repr import masked_url
 
@@ -194,20 +195,42 @@ def run_http(args: argparse.Namespace, settings: Settings) -> int:
         options = bridge_http.options_from_args(args, settings)
         ingest = bridge_http.HttpIngest(options)
         ingest.start()
+        others = None
+        if options.workers > 1:
+            try:
+                others = HttpWorkers(options, options.workers)
+            except RuntimeError as exc:
+                ingest.stop()
+                raise SystemExit(str(exc)) from None
         accepted = len(options.tokens) + len(options.token_digests)
         auth = f"{accepted} bearer token(s)" if accepted else "NO authentication"
 
+        def snapshot() -> dict[str, int]:
+            own = ingest.counters.snapshot()
+            return own if others is None else others.totals(own)
+
+        def status(before: dict[str, int], seconds: float) -> str:
+            in_flight = (ingest.producer.in_flight if ingest.producer else 0) + (others.in_flight() if others else 0)
+            return bridge_http.status_line(snapshot(), before, seconds, in_flight)
+
+        def stop() -> bool:
+            if others is not None:
+                others.begin_stop()  # the other workers drain side by side with this one
+            drained = ingest.stop()
+            return (others.stop(options.drain_timeout_s) if others is not None else True) and drained
+
         def final(drained: bool) -> str:
-            c = ingest.counters.snapshot()
+            c = snapshot()
             return (f"http ingest: stopped: requests {c['requests']}, 202 {c['accepted']}, 503 {c['unavailable']}, "
                     f"records produced {c['produced']}" + ("" if drained else "; some requests were still running at the drain timeout"))
 
+        workers = f", {options.workers} worker processes" if options.workers > 1 else ""
         return RunningService(
-            banner=f"http ingest: listening on http://{options.host}:{ingest.port} ({auth}; OpenAPI at /openapi.json) "
+            banner=f"http ingest: listening on http://{options.host}:{ingest.port} ({auth}; OpenAPI at /openapi.json{workers}) "
             f"-> {options.raw_topic} via {options.bootstrap_servers}",
-            snapshot=ingest.counters.snapshot,
-            status=ingest.status,
-            stop=ingest.stop,
+            snapshot=snapshot,
+            status=status,
+            stop=stop,
             final=final,
         )
 

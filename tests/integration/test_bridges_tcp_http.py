@@ -521,8 +521,10 @@ def test_http_kafka_unreachable_from_the_start(topics):
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
-def test_http_ingest_as_a_subprocess(kafka, tmp_path):
-    """``iotlink bridge http`` as devices meet it: its own process, a token file, curl; SIGTERM stops it cleanly."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_http_ingest_as_a_subprocess(kafka, tmp_path, workers):
+    """``iotlink bridge http`` as devices meet it: its own process (or two worker processes on one
+    port), a token file, curl; the counters add the workers up; SIGTERM stops it cleanly."""
     bootstrap = kafka.endpoints["kafka"]
     # The token file keeps the token hashed: the line iotlink bridge http --new-token prints.
     made = subprocess.run([IOTLINK, "bridge", "http", "--new-token"], capture_output=True, text=True, check=True, timeout=60).stdout
@@ -536,7 +538,7 @@ def test_http_ingest_as_a_subprocess(kafka, tmp_path):
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [IOTLINK, "bridge", "http", "--bootstrap-servers", bootstrap, "--host", "127.0.0.1", "--port", str(port),
-             "--token-file", str(tokens), "--status-interval", "0.5"],
+             "--token-file", str(tokens), "--status-interval", "0.5", "--workers", str(workers)],
             stdout=log_file, stderr=subprocess.STDOUT,
         )
         try:
@@ -556,7 +558,16 @@ def test_http_ingest_as_a_subprocess(kafka, tmp_path):
                 assert status == 202
             status, _ = curl(f"http://127.0.0.1:{port}/v1/telemetry/dev-p", "-H", "Content-Type: application/json", "--data-binary", "{}")
             assert status == 401
-            time.sleep(1.2)  # at least one status line
+            # Each curl is a new connection: the kernel spreads them over the workers (two missing one
+            # of them in 40 connections: 2 in 2**40).
+            answered_by = set()
+            for _ in range(40):
+                status, health = curl(f"http://127.0.0.1:{port}/health")
+                answered_by.add(health["worker"])
+                if len(answered_by) == workers:
+                    break
+            assert answered_by == set(range(workers))
+            time.sleep(1.2)  # at least one status line, with every worker's last report in it
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
@@ -566,6 +577,7 @@ def test_http_ingest_as_a_subprocess(kafka, tmp_path):
     output = log_path.read_text()
     assert "http ingest: listening on http://127.0.0.1:" in output and "1 bearer token(s)" in output
     assert "http ingest: requests" in output  # the status line
-    assert "http ingest: stopped:" in output
+    assert "http ingest: stopped:" in output and ", 202 5," in output  # whichever worker took them
+    assert (f"{workers} worker processes" in output) == (workers > 1)
     records = [r for r in consume(bootstrap, "iotlink.raw", 5, quiet_s=1.0) if tag.encode() in r.value]
     assert sorted(orjson.loads(parse_envelope(r.value).payload)["seq"] for r in records) == [0, 1, 2, 3, 4]

@@ -583,3 +583,16 @@ def test_max_in_flight_is_an_option():
     assert options_from_args(parser.parse_args(["--no-auth"]), Settings()).max_in_flight == 10_000
     with pytest.raises(ValueError, match="--max-in-flight must be 1 or more"):
         options_from_args(parser.parse_args(["--no-auth", "--max-in-flight", "0"]), Settings())
+
+
+def test_workers_share_a_fixed_port():
+    from jobs.config import Settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from_args(parser.parse_args(["--no-auth"]), Settings()).workers == 1
+    assert options_from_args(parser.parse_args(["--no-auth", "--workers", "2", "--port", "8081"]), Settings()).workers == 2
+    with pytest.raises(ValueError, match="needs a fixed --port"):
+        options_from_args(parser.parse_args(["--no-auth", "--workers", "2", "--port", "0"]), Settings())
+    with pytest.raises(ValueError, match="--workers must be between 1 and 64"):
+        options_from_args(parser.parse_args(["--no-auth", "--workers", "0"]), Settings())
