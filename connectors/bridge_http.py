@@ -54,7 +54,6 @@ from aiohttp import ClientPayloadError, HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from connectors.http_openapi import (
-    BATCH_ROUTE,
     DEFAULT_MAX_BATCH_RECORDS,
     DEFAULT_MAX_BODY_BYTES,
     ROUTES,
@@ -72,7 +71,6 @@ log = logging.getLogger(__name__)
 
 # This machine only unless told otherwise: exposing the bridge is a decision (--host 0.0.0.0).
 DEFAULT_HOST = "127.0.0.1"
-BATCH_PATH = BATCH_ROUTE.path
 SERVER_NAME = "iotlink-http-ingest"
 MAX_WORKERS = 64
 HTTP_LINGER_MS = 1
@@ -700,10 +698,6 @@ class HttpIngest:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         return drained
-
-    def status(self, before: dict[str, int], interval_s: float) -> str:
-        """The one-line status against an earlier counter snapshot."""
-        return status_line(self.counters.snapshot(), before, interval_s, self.producer.in_flight if self.producer else 0)
 
     # --- requests ----------------------------------------------------------------------------
 
