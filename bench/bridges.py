@@ -142,7 +142,8 @@ def bench_mqtt(bootstrap: str, work: Path, args) -> list[Result]:
     topic = RAW
     before = _topic_total(bootstrap)
     broker, port = start_broker(work)
-    bridge = BridgeProcess("mqtt", ["--bootstrap-servers", bootstrap, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--client-id", "bench-bridge"],
+    bridge = BridgeProcess("mqtt", ["--bootstrap-servers", bootstrap, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--client-id", "bench-bridge",
+                                    "--mqtt-protocol", args.mqtt_protocol],
                            work / "bridge-mqtt.log", ready_text="subscribed to")
     try:
         with bridge.usage:
@@ -176,7 +177,8 @@ def _mqtt_restart(bootstrap: str, port: int, work: Path, args) -> Result:
     from connectors.kafka import read_topic
 
     before = end_offsets(bootstrap, RAW)
-    command = ["--bootstrap-servers", bootstrap, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--client-id", "bench-restart"]
+    command = ["--bootstrap-servers", bootstrap, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--client-id", "bench-restart",
+               "--mqtt-protocol", args.mqtt_protocol]
     bridge = BridgeProcess("mqtt", command, work / "bridge-mqtt-restart-1.log", ready_text="subscribed to")
     started = time.monotonic()
     publishers = publish_lines(port, args.messages, args.publishers)
@@ -392,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridge", choices=("mqtt", "tcp", "http", "all"), default="all", help="which bridge to measure (default all)")
     parser.add_argument("--messages", type=int, default=100_000, metavar="N", help="messages per measurement (default 100000)")
     parser.add_argument("--publishers", type=int, default=100, metavar="N", help="MQTT: mosquitto_pub processes (default 100)")
+    parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5", help="MQTT: the bridge's protocol version (default 5)")
     parser.add_argument("--rate", type=float, default=1000.0, metavar="MSG/S", help="MQTT latency: publish rate (default 1000)")
     parser.add_argument("--duration", type=float, default=20.0, metavar="S", help="MQTT latency: seconds of publishing (default 20)")
     parser.add_argument("--connections", type=int, default=100, metavar="N", help="TCP: connections (default 100)")

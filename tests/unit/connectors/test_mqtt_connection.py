@@ -145,3 +145,32 @@ def test_queued_pubacks_go_out_in_one_send_in_their_order():
     client._thread = None  # noqa: SLF001
     theirs.close()
     ours.close()
+
+
+def publish_v5(topic: str, payload: bytes, qos: int, mid: int = 0, properties: bytes = b"", flags: int = 0) -> bytes:
+    """An MQTT 5 PUBLISH (properties: their encoded bytes, without the length)."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + (mid.to_bytes(2, "big") if qos else b"") + bytes([len(properties)]) + properties
+    body += payload
+    assert len(body) < 128
+    return bytes([0x30 | (qos << 1) | flags, len(body)]) + body
+
+
+def test_mqtt5_publishes_without_properties_are_decoded_like_paho_does():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="buffered-v5", protocol=mqtt.MQTTv5, manual_ack=True)
+    client._thread = object()  # noqa: SLF001 - acks queued, as under loop_start
+    received = []
+    client.on_message = lambda c, userdata, m: received.append((m.topic, m.payload, m.qos, m.mid, m.dup, m.retain, m.properties))
+    client._sock = ours  # noqa: SLF001
+    content_type = bytes([0x03]) + len("text/csv").to_bytes(2, "big") + b"text/csv"
+    theirs.sendall(publish_v5("iotlink/a/b", b"\x00\xff", 1, mid=513, flags=0x08)  # dup
+                   + publish_v5("iotlink/c", b"{}", 0, flags=0x01)  # retained, QoS 0
+                   + publish_v5("iotlink/d", b"x,y", 1, mid=7, properties=content_type))  # paho decodes this one
+    client.loop_read()
+    assert received[:2] == [("iotlink/a/b", b"\x00\xff", 1, 513, True, False, None), ("iotlink/c", b"{}", 0, 0, False, True, None)]
+    assert received[2][:4] == ("iotlink/d", b"x,y", 1, 7) and received[2][6].ContentType == "text/csv"
+    assert len(client._out_packet) == 0  # noqa: SLF001 - manual acks: nothing sent before the bridge acknowledges
+    client._thread = None  # noqa: SLF001
+    theirs.close()
+    ours.close()
