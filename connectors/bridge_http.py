@@ -578,7 +578,7 @@ class HttpIngest:
         options = self.options
         # A request waits for its records' confirmation, so a keep-alive client sends its next one only
         # then: Kafka's batching wait (librdkafka's linger, 5 ms for the other bridges) would be
-        # most of every request's time. 1 ms: 32 clients 4,100 -> 6,300-9,500 requests/s (docs/performance.md).
+        # most of every request's time. 1 ms: 32 clients 4,100 -> 5,500-12,000 requests/s (docs/performance.md).
         self.producer = RawProducer(options.bootstrap_servers, options.raw_topic, options.max_in_flight, self.counters,
                                     **{"linger_ms": HTTP_LINGER_MS, **options.producer_config})
         self._thread = threading.Thread(target=self._serve, name="http-ingest", daemon=True)
