@@ -961,7 +961,8 @@ def add_arguments(parser) -> None:
     group.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS", help="status line period (default 1; 0: none)")
     group.add_argument("--workers", type=int, default=1, metavar="N",
                        help="processes serving the port, each with its own interpreter, event loop and Kafka producer (SO_REUSEPORT: "
-                       "the kernel spreads connections among them; default 1; about one per core the bridge may use). "
+                       "the kernel spreads connections among them; default 1). Raises what the batch endpoint takes (CPU-bound in one "
+                       "interpreter); single-reading requests, paced by Kafka's round trip, do as well or better with one. "
                        "Counters and the status line add them up; GET /health answers for the worker the connection reached")
 
 
